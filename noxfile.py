@@ -8,7 +8,9 @@ PYTHON = "3.11"
 
 
 def _install(session, extras="test"):
-    session.install("-e", f".[{extras}]")
+    """softnpu from this checkout (editable), its dependencies at the exact versions of
+    constraints.txt (pyproject.toml gives compatible ranges)."""
+    session.install("-c", "constraints.txt", "-e", f".[{extras}]")
 
 
 @nox.session(python=PYTHON)
@@ -21,36 +23,36 @@ def tests(session):
 @nox.session(python=PYTHON)
 def lint(session):
     """ruff over the packages and tests."""
-    session.install("ruff==0.17.5")
-    session.run("ruff", "check", "hdl", "sim", "compiler", "host", "tests", "noxfile.py")
+    session.install("-c", "constraints.txt", "ruff")
+    session.run("ruff", "check", "softnpu", "hdl", "sim", "compiler", "host", "tests", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
 def docs(session):
     """Regenerate docs/isa.md from hdl/isa.py."""
     _install(session)
-    session.run("python", "-m", "hdl.isa_doc")
+    session.run("python", "-m", "softnpu.hdl.isa_doc")
 
 
 @nox.session(python=PYTHON)
 def demo(session):
     """The main job: ResNet-50 compiled, served over gRPC on the RTL-simulated NPU, a photo scored."""
     _install(session)
-    session.run("python", "-m", "host.demo", *session.posargs)
+    session.run("python", "-m", "softnpu.host.demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench_iss(session):
     """ISS speed on a 3x3, 256->256 channel convolution at 56x56 (default config)."""
     _install(session)
-    session.run("python", "-m", "host.bench_iss", *session.posargs)
+    session.run("python", "-m", "softnpu.host.bench_iss", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench_serve(session):
     """Serving latency (p50/p99), throughput and service overhead on the ISS, 1 and 2 workers."""
     _install(session)
-    session.run("python", "-m", "host.bench_serve", *session.posargs)
+    session.run("python", "-m", "softnpu.host.bench_serve", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -79,8 +81,8 @@ def bench_compiler(session):
     """Compile time of ResNet-50, estimated MAC utilization per network, and the ISS's wall time per
     ResNet-50 image next to the interpreter's (XNNPACK, one thread)."""
     _install(session)
-    session.run("python", "-m", "compiler.bench", *session.posargs)
-    session.run("python", "-m", "host.bench_inference")
+    session.run("python", "-m", "softnpu.compiler.bench", *session.posargs)
+    session.run("python", "-m", "softnpu.host.bench_inference")
 
 
 @nox.session(python=PYTHON)
@@ -97,7 +99,7 @@ def rtl_regress(session):
 def bench_rtl(session):
     """RTL simulation speed (cycles/s, MACs/s) and Verilator build time (`-- --config tiny`)."""
     _install(session)
-    session.run("python", "-m", "sim.bench_rtl", *session.posargs)
+    session.run("python", "-m", "softnpu.sim.bench_rtl", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -105,4 +107,4 @@ def waves(session):
     """An example windowed waveform: layer 2 of a small convolution program on the RTL, FST plus a
     GTKWave save file grouped by unit, into out/waves/ (`-- --cycles START LENGTH` for cycles)."""
     _install(session)
-    session.run("python", "-m", "sim.waves", "-o", "out/waves", *session.posargs)
+    session.run("python", "-m", "softnpu.sim.waves", "-o", "out/waves", *session.posargs)

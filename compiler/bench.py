@@ -17,11 +17,11 @@ import statistics
 import time
 from collections import defaultdict
 
-from compiler import emit
-from compiler.compile import compile_tflite, zoo_tflite
-from compiler.lower import lower
-from compiler.tflite_import import load_tflite
-from hdl.config import preset
+from softnpu.compiler import emit
+from softnpu.compiler.compile import compile_tflite, zoo_tflite
+from softnpu.compiler.lower import lower
+from softnpu.compiler.tflite_import import load_tflite
+from softnpu.hdl.config import preset
 
 NETWORKS = ("resnet50", "resnet152", "vgg16", "densenet121")
 MAC_KINDS = ("CONV_2D", "FULLY_CONNECTED", "SPACE_TO_DEPTH")

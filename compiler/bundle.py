@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from hdl.config import NPUConfig
+from softnpu.hdl.config import NPUConfig
 
 __all__ = ["FORMAT_VERSION", "TensorSpec", "Manifest", "Bundle", "BundleError"]
 

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from compiler.bundle import Bundle, Manifest
-from compiler.lower import lower
-from hdl import isa
-from hdl.config import NPUConfig, preset
+from softnpu.compiler.bundle import Bundle, Manifest
+from softnpu.compiler.lower import lower
+from softnpu.hdl import isa
+from softnpu.hdl.config import NPUConfig, preset
 
 __all__ = ["compile_model", "compile_tflite", "zoo_tflite", "zoo_cache_path", "resolve_config",
            "report_table", "print_report", "summary", "ZOO_PREPROCESS"]
@@ -66,14 +66,14 @@ def zoo_cache_path(name: str, size: int) -> Path:
 def zoo_tflite(name: str, input_size: int | None = None, weights: str | None = None,
                calib: str | Path | None = None, progress: bool = True) -> bytes:
     """The zoo network as int8 TFLite.  Default weights and calibration: cached on disk."""
-    from compiler import zoo
+    from softnpu.compiler import zoo
 
     size = zoo.default_input_size(name) if input_size is None else int(input_size)
     cacheable = weights is None and calib is None
     path = zoo_cache_path(name, size) if cacheable else None
     if path is not None and path.exists() and os.environ.get("SOFTNPU_NO_CACHE") != "1":
         return path.read_bytes()
-    from compiler import convert
+    from softnpu.compiler import convert
 
     model = zoo.build_keras(name, size, weights)
     if calib is None:
@@ -97,7 +97,7 @@ def zoo_tflite(name: str, input_size: int | None = None, weights: str | None = N
 def _keras_tflite(path: Path, calib, progress: bool) -> bytes:
     import keras
 
-    from compiler import convert
+    from softnpu.compiler import convert
 
     model = keras.models.load_model(path, compile=False)
     images = convert.load_calib_dir(calib, model.inputs[0].shape) if calib is not None else None
@@ -125,7 +125,7 @@ def compile_tflite(tflite: bytes, config: str | NPUConfig = "default", *, name: 
                    source: str = "", preprocess: dict | None = None, labels: str | None = None,
                    progress: bool = False) -> Bundle:
     """Lower an int8 .tflite flatbuffer for `config` into a bundle that carries the .tflite too."""
-    from compiler.tflite_import import load_tflite
+    from softnpu.compiler.tflite_import import load_tflite
 
     cfg = resolve_config(config)
     graph = load_tflite(bytes(tflite), name=name)
@@ -150,7 +150,7 @@ def compile_model(model: str | Path, config: str | NPUConfig = "default", input_
     path.  input_size: the square input side of a zoo network (default 224; digits 8).  weights:
     zoo weights ('imagenet' or a file; default random, see compiler/zoo.py).  calib: a directory of
     calibration images (default: the zoo's synthetic set, or smooth random images)."""
-    from compiler import zoo
+    from softnpu.compiler import zoo
 
     name = str(model)
     if name in zoo.NETWORKS:

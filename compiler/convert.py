@@ -70,7 +70,7 @@ def capture_fds() -> Iterator[list[str]]:
 def default_calibration(input_shape, count: int = 4, seed: int = 0) -> list[np.ndarray]:
     """A deterministic representative set for a model whose input domain is unknown: smooth random
     images in 0..255 of the model's input shape (HxWxC, batch dimension dropped)."""
-    from compiler.zoo import smooth_images
+    from softnpu.compiler.zoo import smooth_images
 
     shape = tuple(int(d) for d in input_shape if d is not None)
     if len(shape) == 4:

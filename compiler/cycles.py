@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from hdl import timing
-from hdl.config import NPUConfig
-from hdl.isa import INSN_BYTES, Conv, Finish, Insn, Marker, Queue
-from hdl.timing import dram_bytes, fetch_cycles, insn_cycles
+from softnpu.hdl import timing
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import INSN_BYTES, Conv, Finish, Insn, Marker, Queue
+from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
 
 __all__ = ["Estimate", "estimate"]
 

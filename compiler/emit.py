@@ -26,9 +26,22 @@ import dataclasses
 import functools
 import itertools
 
-from hdl.config import NPUConfig
-from hdl.isa import Add, Buffer, Conv, ConvMode, Insn, Load, Marker, Mul, Narrow, Requant, Rounding, Store
-from hdl.timing import dma_cycles
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import (
+    Add,
+    Buffer,
+    Conv,
+    ConvMode,
+    Insn,
+    Load,
+    Marker,
+    Mul,
+    Narrow,
+    Requant,
+    Rounding,
+    Store,
+)
+from softnpu.hdl.timing import dma_cycles
 
 __all__ = ["Activation", "LoweringError", "conv2d", "pool2d", "mean", "elementwise", "layer_marker",
            "coalesce"]
@@ -251,7 +264,7 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
     candidates.sort(key=lambda p: p.estimated_cycles)
     if len(candidates) == 1:
         return candidates[0]
-    from compiler.cycles import estimate
+    from softnpu.compiler.cycles import estimate
 
     y = Activation(0, out_h, out_w, cout)
     scheduled = []

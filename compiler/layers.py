@@ -18,13 +18,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from compiler import emit, layout
-from compiler.emit import Activation, LoweringError
-from compiler.ir import Graph, Op, Tensor
-from compiler.plan_memory import WeightsBlob
-from hdl import numerics
-from hdl.config import NPUConfig
-from hdl.isa import Add, ConvMode, Insn, Mul, Rounding
+from softnpu.compiler import emit, layout
+from softnpu.compiler.emit import Activation, LoweringError
+from softnpu.compiler.ir import Graph, Op, Tensor
+from softnpu.compiler.plan_memory import WeightsBlob
+from softnpu.hdl import numerics
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import Add, ConvMode, Insn, Mul, Rounding
 
 __all__ = ["Layer", "Context", "LayerBuilders", "fail", "short_name", "flatten_weights",
            "space_to_depth_weights", "fold_bias"]

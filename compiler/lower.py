@@ -31,11 +31,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from compiler.bundle import TensorSpec
-from compiler.cycles import Estimate, estimate
-from compiler.emit import Activation, LoweringError
-from compiler.ir import Graph, Op, Tensor
-from compiler.layers import (
+from softnpu.compiler.bundle import TensorSpec
+from softnpu.compiler.cycles import Estimate, estimate
+from softnpu.compiler.emit import Activation, LoweringError
+from softnpu.compiler.ir import Graph, Op, Tensor
+from softnpu.compiler.layers import (
     Context,
     Layer,
     LayerBuilders,
@@ -44,11 +44,11 @@ from compiler.layers import (
     short_name,
     space_to_depth_weights,
 )
-from compiler.plan_memory import ALIGN, Buffer, WeightsBlob, align, plan_activations
-from hdl import isa
-from hdl.config import NPUConfig
-from hdl.isa import ConvMode, Insn
-from hdl.timing import dram_bytes
+from softnpu.compiler.plan_memory import ALIGN, Buffer, WeightsBlob, align, plan_activations
+from softnpu.hdl import isa
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import ConvMode, Insn
+from softnpu.hdl.timing import dram_bytes
 
 __all__ = ["Lowered", "LoweringError", "lower", "device_dims", "short_name", "flatten_weights",
            "space_to_depth_weights"]

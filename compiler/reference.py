@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from compiler.ir import Graph, Op, Tensor
-from hdl import numerics
+from softnpu.compiler.ir import Graph, Op, Tensor
+from softnpu.hdl import numerics
 
 __all__ = ["execute", "run", "quantize", "dequantize", "KERNELS", "conv2d", "fully_connected",
            "pool2d", "im2col", "requantize_double"]

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.ir import SUPPORTED_OPS, Graph, Op, Tensor, UnsupportedOp
-from hdl import numerics
+from softnpu.compiler.ir import SUPPORTED_OPS, Graph, Op, Tensor, UnsupportedOp
+from softnpu.hdl import numerics
 
 __all__ = ["load_tflite", "drop_host_tail", "op_code_names", "activation_range", "conv_output_size",
            "same_padding"]

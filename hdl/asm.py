@@ -11,7 +11,7 @@ decimal or 0x-hex.  `#` starts a comment.
 
 from __future__ import annotations
 
-from hdl.isa import BY_MNEMONIC, INSN_BYTES, TOKEN_FLAGS, Insn, decode
+from softnpu.hdl.isa import BY_MNEMONIC, INSN_BYTES, TOKEN_FLAGS, Insn, decode
 
 __all__ = ["AsmError", "format_insn", "parse_insn", "assemble", "disassemble"]
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 from amaranth import Array, Cat, Module, Mux, Signal
 from amaranth.lib.wiring import In, Out
 
-from hdl import isa, vector_lane
-from hdl.config import NPUConfig
-from hdl.insn_layout import view
-from hdl.load_unit import ScratchpadWriteSignature
-from hdl.mac_array import MACArray
-from hdl.store_unit import ScratchpadReadSignature
-from hdl.unit import Unit
+from softnpu.hdl import isa, vector_lane
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.insn_layout import view
+from softnpu.hdl.load_unit import ScratchpadWriteSignature
+from softnpu.hdl.mac_array import MACArray
+from softnpu.hdl.store_unit import ScratchpadReadSignature
+from softnpu.hdl.unit import Unit
 
 __all__ = ["ComputeUnit"]
 

@@ -12,9 +12,9 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.axi import AXI4LiteSignature
-from hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS
-from hdl.unit import PC_BITS
+from softnpu.hdl.axi import AXI4LiteSignature
+from softnpu.hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS
+from softnpu.hdl.unit import PC_BITS
 
 __all__ = ["CSRBlock"]
 

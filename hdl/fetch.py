@@ -9,11 +9,11 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl import isa
-from hdl.axi import ReadPortSignature
-from hdl.config import NPUConfig
-from hdl.insn_layout import illegal
-from hdl.unit import PC_BITS
+from softnpu.hdl import isa
+from softnpu.hdl.axi import ReadPortSignature
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.insn_layout import illegal
+from softnpu.hdl.unit import PC_BITS
 
 __all__ = ["Fetch", "DispatchSignature"]
 

@@ -7,7 +7,7 @@ from amaranth import Const, signed, unsigned
 from amaranth.hdl import Value
 from amaranth.lib import data
 
-from hdl import isa
+from softnpu.hdl import isa
 
 __all__ = ["layout", "view", "LAYOUTS", "illegal"]
 

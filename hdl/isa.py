@@ -236,7 +236,7 @@ class Insn:
         return hash(self.as_tuple())
 
     def __repr__(self):
-        from hdl.asm import format_insn
+        from softnpu.hdl.asm import format_insn
         return f"<{format_insn(self)}>"
 
 

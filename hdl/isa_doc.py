@@ -1,4 +1,4 @@
-"""Generates docs/isa.md from hdl/isa.py (`nox -s docs`, or `python -m hdl.isa_doc`).
+"""Generates docs/isa.md from hdl/isa.py (`nox -s docs`, or `python -m softnpu.hdl.isa_doc`).
 
 tests/hdl/test_isa.py fails when the checked-in docs/isa.md differs from `render()`.
 """
@@ -9,8 +9,8 @@ import inspect
 import sys
 from pathlib import Path
 
-from hdl import isa
-from hdl.config import PRESETS
+from softnpu.hdl import isa
+from softnpu.hdl.config import PRESETS
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "isa.md"
 

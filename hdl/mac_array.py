@@ -8,7 +8,7 @@ from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.config import NPUConfig
+from softnpu.hdl.config import NPUConfig
 
 __all__ = ["MACArray"]
 

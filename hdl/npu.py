@@ -15,15 +15,15 @@ from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl import isa
-from hdl.axi import AXI4LiteSignature, AXI4Signature
-from hdl.compute_unit import ComputeUnit
-from hdl.config import NPUConfig
-from hdl.csr import CSRBlock
-from hdl.fetch import Fetch
-from hdl.load_unit import LoadUnit
-from hdl.store_unit import StoreUnit
-from hdl.unit import PC_BITS
+from softnpu.hdl import isa
+from softnpu.hdl.axi import AXI4LiteSignature, AXI4Signature
+from softnpu.hdl.compute_unit import ComputeUnit
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.csr import CSRBlock
+from softnpu.hdl.fetch import Fetch
+from softnpu.hdl.load_unit import LoadUnit
+from softnpu.hdl.store_unit import StoreUnit
+from softnpu.hdl.unit import PC_BITS
 
 __all__ = ["NPU"]
 

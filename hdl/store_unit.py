@@ -10,11 +10,11 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from hdl import isa
-from hdl.axi import AXI4Signature, burst_beats
-from hdl.config import NPUConfig
-from hdl.insn_layout import view
-from hdl.unit import Unit
+from softnpu.hdl import isa
+from softnpu.hdl.axi import AXI4Signature, burst_beats
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.insn_layout import view
+from softnpu.hdl.unit import Unit
 
 __all__ = ["StoreUnit", "ScratchpadReadSignature"]
 

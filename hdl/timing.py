@@ -4,8 +4,8 @@ Tightened against the RTL's performance counters."""
 
 from __future__ import annotations
 
-from hdl.config import NPUConfig
-from hdl.isa import (
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import (
     INSN_BYTES,
     Add,
     Buffer,

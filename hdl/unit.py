@@ -13,7 +13,7 @@ from amaranth import Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl import isa
+from softnpu.hdl import isa
 
 __all__ = ["QueueSignature", "TokenSignature", "StatusSignature", "Unit"]
 

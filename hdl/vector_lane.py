@@ -12,7 +12,7 @@ from __future__ import annotations
 from amaranth import Cat, Mux, Signal, signed, unsigned
 from amaranth.hdl import Value
 
-from hdl.isa import ADD_LEFT_SHIFT
+from softnpu.hdl.isa import ADD_LEFT_SHIFT
 
 __all__ = ["wrap32", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
            "multiply_by_quantized_multiplier", "clamp_shift", "clamp", "requantize", "requantize_double",

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from compiler.compile import compile_tflite, zoo_tflite
-from host.runtime import Runtime
+from softnpu.compiler.compile import compile_tflite, zoo_tflite
+from softnpu.host.runtime import Runtime
 
 
 def main(argv=None) -> int:

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
-from compiler import emit, layout
-from hdl import isa
-from hdl.config import preset
-from sim.iss import ISS
+from softnpu.compiler import emit, layout
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.sim.iss import ISS
 
 X_AT, Y_AT, W_AT, P_AT, PROGRAM_AT = 0x0100_0000, 0x0200_0000, 0x0300_0000, 0x0400_0000, 0x0500_0000
 

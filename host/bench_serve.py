@@ -30,7 +30,7 @@ def _percentile(values, q) -> float:
 
 
 def _run(address: str, make_inputs, clients: int, requests: int, outputs: list[str]):
-    from host.client import PredictionClient
+    from softnpu.host.client import PredictionClient
 
     latencies, device = [], []
     lock = threading.Lock()
@@ -72,11 +72,11 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="tiny", help="NPU config of the sample model (default tiny)")
     args = parser.parse_args(argv)
 
-    from host import lightproto
+    from softnpu.host import lightproto
     lightproto.preload()            # the client side needs TF Serving's protos, not TensorFlow
-    from host.pipeline import Preprocessor
-    from host.repository import ModelRepository
-    from host.sample import build_sample
+    from softnpu.host.pipeline import Preprocessor
+    from softnpu.host.repository import ModelRepository
+    from softnpu.host.sample import build_sample
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.bundle:
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
 
 def _health_rtt(address: str, count: int = 200) -> float:
-    from host.client import PredictionClient
+    from softnpu.host.client import PredictionClient
 
     with PredictionClient(address, timeout=30) as c:
         c.health()
@@ -137,7 +137,7 @@ def _health_rtt(address: str, count: int = 200) -> float:
 def _server_process(root: Path, workers: int):
     """`softnpu serve` in its own process (its own interpreter lock, as in production), on a
     free port; yields its address and stops it (SIGTERM, then SIGKILL) afterwards."""
-    cmd = [sys.executable, "-m", "host.cli", "serve", "--model-dir", str(root), "--port", "0",
+    cmd = [sys.executable, "-m", "softnpu.host.cli", "serve", "--model-dir", str(root), "--port", "0",
            "--workers", str(workers), "--max-queue", "64"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

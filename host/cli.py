@@ -7,9 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from compiler.bundle import PROGRAM as PROGRAM_MEMBER  # the encoded program inside a *.npu bundle
-from hdl import isa
-from hdl.asm import AsmError, assemble, disassemble
+from softnpu import __version__
+from softnpu.compiler.bundle import PROGRAM as PROGRAM_MEMBER  # the encoded program inside a *.npu bundle
+from softnpu.hdl import isa
+from softnpu.hdl.asm import AsmError, assemble, disassemble
 
 
 def _read_program(path: Path) -> bytes:
@@ -59,11 +60,11 @@ def cmd_serve(args) -> int:
     import signal
     import threading
 
-    from host import lightproto
+    from softnpu.host import lightproto
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
-    from host.models import ModelStore, describe
-    from host.repository import ModelRepository
-    from host.service import Server, load_api_keys
+    from softnpu.host.models import ModelStore, describe
+    from softnpu.host.repository import ModelRepository
+    from softnpu.host.service import Server, load_api_keys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     keys = []
@@ -112,9 +113,9 @@ def cmd_serve(args) -> int:
 def cmd_score(args) -> int:
     import os
 
-    from host import lightproto
+    from softnpu.host import lightproto
     lightproto.preload()        # this process never runs TensorFlow: skip its seconds of start-up
-    from host.client import PredictionClient, ScoreError
+    from softnpu.host.client import PredictionClient, ScoreError
 
     path = Path(args.image)
     if not path.is_file():
@@ -138,8 +139,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from compiler.bundle import BundleError
-    from host.repository import ModelRepository, RepositoryError
+    from softnpu.compiler.bundle import BundleError
+    from softnpu.host.repository import ModelRepository, RepositoryError
 
     repo = ModelRepository(args.root)
     try:
@@ -167,8 +168,8 @@ def cmd_models(args) -> int:
 
 
 def _add_serving_commands(sub) -> None:
-    from host.device import BACKENDS
-    from host.repository import default_root
+    from softnpu.host.device import BACKENDS
+    from softnpu.host.repository import default_root
 
     p = sub.add_parser("serve", help="serve models over TensorFlow Serving's gRPC API",
                        description="Serve the models of a repository (ROOT/MODEL/VERSION/model.npu) over "
@@ -232,9 +233,9 @@ def _add_serving_commands(sub) -> None:
 # Compiler: `softnpu compile`, `softnpu verify` (TensorFlow and the interpreter load inside)
 # ----------------------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
-    from compiler.compile import compile_model, print_report
-    from compiler.emit import LoweringError
-    from compiler.ir import UnsupportedOp
+    from softnpu.compiler.compile import compile_model, print_report
+    from softnpu.compiler.emit import LoweringError
+    from softnpu.compiler.ir import UnsupportedOp
 
     try:
         bundle = compile_model(args.model, args.config, input_size=args.input_size, weights=args.weights,
@@ -253,8 +254,8 @@ def cmd_compile(args) -> int:
 def cmd_verify(args) -> int:
     import numpy as np
 
-    from compiler.bundle import Bundle, BundleError
-    from host.verify import BackendUnavailable, verify_bundle
+    from softnpu.compiler.bundle import Bundle, BundleError
+    from softnpu.host.verify import BackendUnavailable, verify_bundle
 
     try:
         bundle = Bundle.load(args.bundle)
@@ -306,8 +307,8 @@ def _add_compiler_commands(sub) -> None:
 def cmd_hdl(args) -> int:
     from amaranth.back import verilog
 
-    from hdl.config import preset
-    from hdl.npu import NPU
+    from softnpu.hdl.config import preset
+    from softnpu.hdl.npu import NPU
 
     try:
         config = preset(args.config)
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="softnpu",
         description="softnpu: a soft int8 NPU in Amaranth HDL, its instruction-set simulator, "
                     "compiler and host runtime.")
+    parser.add_argument("--version", action="version", version=f"softnpu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("disasm", help="print the instructions of a program or bundle",
                        description="Disassemble an encoded program (.bin), a bundle (.npu) or "

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from host.tensors import from_proto, to_proto
+from softnpu.host.tensors import from_proto, to_proto
 
 __all__ = ["PredictionClient", "ScoreError"]
 

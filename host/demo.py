@@ -39,7 +39,7 @@ def _cache_key(model: str, config: str, size: int, weights: str | None) -> str:
 
 def bundle_path(model: str, config: str, size: int, weights: str | None) -> Path:
     """Compile once per (model, config, compiler and ISA sources); later runs reuse the file."""
-    from compiler.compile import compile_model
+    from softnpu.compiler.compile import compile_model
 
     cache = Path.home() / ".cache" / "softnpu" / "bundles"
     path = cache / f"{model}-{size}-{config}-{_cache_key(model, config, size, weights)}.npu"
@@ -101,12 +101,12 @@ def write_report(manifest, out: dict, path_md: Path, path_json: Path) -> None:
 def waveform_window(bundle, image: Path, start: int, length: int):
     """The first layer of the bundle's program on a waves build of the RTL, with an FST (or VCD)
     window of `length` cycles from cycle `start` and a GTKWave save file grouped by unit."""
-    from compiler.layout import to_blocked
-    from hdl import isa
-    from host.pipeline import Preprocessor
-    from host.runtime import tensor_hwc
-    from sim.rtl_jobs import Job
-    from sim.waves import Window, record
+    from softnpu.compiler.layout import to_blocked
+    from softnpu.hdl import isa
+    from softnpu.host.pipeline import Preprocessor
+    from softnpu.host.runtime import tensor_hwc
+    from softnpu.sim.rtl_jobs import Job
+    from softnpu.sim.waves import Window, record
 
     manifest = bundle.manifest
     config = manifest.npu_config
@@ -136,16 +136,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
 
-    from compiler.bundle import Bundle
-    from hdl.config import preset
-    from host.client import PredictionClient
-    from host.repository import ModelRepository
-    from host.service import Server
+    from softnpu.compiler.bundle import Bundle
+    from softnpu.hdl.config import preset
+    from softnpu.host.client import PredictionClient
+    from softnpu.host.repository import ModelRepository
+    from softnpu.host.service import Server
 
     path = bundle_path(args.model, args.config, args.input_size, args.weights)
     manifest = Bundle.load(path).manifest
     if args.backend == "rtl":
-        from sim import rtl_harness
+        from softnpu.sim import rtl_harness
         _say(f"[2/5] RTL simulator of the {args.config!r} NPU (Verilator; built once, then cached)")
         start = time.perf_counter()
         build_dir = rtl_harness.build(preset(args.config))

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from hdl.config import NPUConfig
-from hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS, ErrorCode
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS, ErrorCode
 
 __all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceLost", "IssDevice", "BACKENDS", "open_device"]
 
@@ -168,7 +168,7 @@ class IssDevice(Device):
 
     def __init__(self, config: NPUConfig):
         super().__init__(config)
-        from sim.iss import ISS
+        from softnpu.sim.iss import ISS
         self.iss = ISS(config)
 
     def write_memory(self, addr: int, data) -> None:
@@ -201,13 +201,13 @@ class IssDevice(Device):
 
 
 def _iss_process(config: NPUConfig) -> Device:
-    from host.procdev import ProcessDevice
+    from softnpu.host.procdev import ProcessDevice
     return ProcessDevice(config, "iss")
 
 
 # name -> factory(config); "-process" backends run the device in a child process (host/procdev.py)
 def _rtl(config: NPUConfig) -> Device:
-    from host.rtldev import RtlDevice
+    from softnpu.host.rtldev import RtlDevice
     return RtlDevice(config)
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.bundle import Bundle, BundleError
-from host import pipeline
-from host.pipeline import InputError
-from host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
-from host.runtime import Result
+from softnpu.compiler.bundle import Bundle, BundleError
+from softnpu.host import pipeline
+from softnpu.host.pipeline import InputError
+from softnpu.host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
+from softnpu.host.runtime import Result
 
 __all__ = ["ServedModel", "ModelStore", "ModelNotFound", "ModelLoadError", "IMAGES", "LAYER_CYCLES",
            "SIGNATURE", "MAX_BATCH", "describe"]

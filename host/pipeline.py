@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.bundle import Manifest, TensorSpec
+from softnpu.compiler.bundle import Manifest, TensorSpec
 
 __all__ = ["InputError", "MODES", "decode_image", "normalize", "quantize", "dequantize", "softmax",
            "top_k", "Preprocessor", "class_names", "Classification", "classify", "Pipeline"]

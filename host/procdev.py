@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hdl.config import NPUConfig
-from hdl.isa import COUNTERS, CSR
-from host.device import CTRL_START, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Device, DeviceLost
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import COUNTERS, CSR
+from softnpu.host.device import CTRL_START, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Device, DeviceLost
 
 __all__ = ["ProcessDevice", "serve_device"]
 
@@ -88,7 +88,7 @@ class ProcessDevice(Device):
     # -- the child ----------------------------------------------------------------------------
     def _spawn(self):
         path = Path(self._dir.name) / f"dev{self.restarts}.sock"
-        cmd = [sys.executable, "-m", "host.procdev", "--backend", self.inner_backend,
+        cmd = [sys.executable, "-m", "softnpu.host.procdev", "--backend", self.inner_backend,
                "--config", self.config.to_json(), "--socket", str(path)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     parser.add_argument("--socket", required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent decides when this process ends
-    from host.device import open_device
+    from softnpu.host.device import open_device
     device = open_device(args.backend, NPUConfig.from_dict(json.loads(args.config)))
     serve_device(device, args.socket)
     return 0

@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from compiler.bundle import Bundle
+from softnpu.compiler.bundle import Bundle
 
 __all__ = ["BUNDLE_FILE", "ModelRepository", "RepositoryError", "default_root"]
 

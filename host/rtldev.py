@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hdl.config import NPUConfig
-from host.device import Device, DeviceError, DeviceLost, DeviceTimeout
-from sim.rtl_client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
+from softnpu.hdl.config import NPUConfig
+from softnpu.host.device import Device, DeviceError, DeviceLost, DeviceTimeout
+from softnpu.sim.rtl_client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
 
 __all__ = ["RtlDevice"]
 

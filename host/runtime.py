@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.bundle import Bundle, TensorSpec
-from compiler.layout import from_blocked, to_blocked
-from host.device import Device, DeviceError, DeviceLost, DeviceTimeout
-from host.pipeline import InputError
+from softnpu.compiler.bundle import Bundle, TensorSpec
+from softnpu.compiler.layout import from_blocked, to_blocked
+from softnpu.host.device import Device, DeviceError, DeviceLost, DeviceTimeout
+from softnpu.host.pipeline import InputError
 
 __all__ = ["Runtime", "Result", "Stats", "tensor_hwc"]
 
@@ -96,7 +96,7 @@ class Runtime:
     @classmethod
     def open(cls, bundle: Bundle | str | Path, backend: str = "iss", **kw) -> Runtime:
         """A runtime on a new device of `backend` configured as the bundle requires."""
-        from host.device import open_device
+        from softnpu.host.device import open_device
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         return cls(bundle, open_device(backend, bundle.manifest.npu_config), **kw)
 

@@ -15,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from compiler import emit, layout
-from compiler.bundle import Bundle, Manifest, TensorSpec
-from hdl import isa, numerics
-from hdl.config import NPUConfig, preset
+from softnpu.compiler import emit, layout
+from softnpu.compiler.bundle import Bundle, Manifest, TensorSpec
+from softnpu.hdl import isa, numerics
+from softnpu.hdl.config import NPUConfig, preset
 
 __all__ = ["SampleModel", "build_sample"]
 

@@ -46,11 +46,18 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from host.device import DeviceError, DeviceLost, DeviceTimeout
-from host.models import LAYER_CYCLES, SIGNATURE, ModelLoadError, ModelNotFound, ModelStore, ServedModel
-from host.pipeline import InputError
-from host.tensors import TensorError, from_proto, to_proto
-from host.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
+from softnpu.host.device import DeviceError, DeviceLost, DeviceTimeout
+from softnpu.host.models import (
+    LAYER_CYCLES,
+    SIGNATURE,
+    ModelLoadError,
+    ModelNotFound,
+    ModelStore,
+    ServedModel,
+)
+from softnpu.host.pipeline import InputError
+from softnpu.host.tensors import TensorError, from_proto, to_proto
+from softnpu.host.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
 
 __all__ = ["Server", "ApiKeyInterceptor", "load_api_keys", "PREDICTION_SERVICE", "MODEL_SERVICE"]
 

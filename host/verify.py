@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from compiler.bundle import Bundle, BundleError, Manifest
+from softnpu.compiler.bundle import Bundle, BundleError, Manifest
 
 __all__ = ["OutputCheck", "VerifyReport", "reference_interpreter", "random_inputs", "verify_bundle",
            "BackendUnavailable"]
@@ -53,7 +53,7 @@ def reference_interpreter(tflite: bytes):
     """The oracle: BUILTIN_REF interpreter on the model up to the int8 tensors the NPU produces."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from compiler.tflite_import import drop_host_tail
+    from softnpu.compiler.tflite_import import drop_host_tail
 
     interp = Interpreter(model_content=drop_host_tail(bytes(tflite)),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
@@ -76,8 +76,8 @@ def random_inputs(manifest: Manifest, count: int, seed: int) -> list[dict[str, n
 
 
 def _open_runtime(bundle: Bundle, backend: str):
-    from host.device import BACKENDS
-    from host.runtime import Runtime
+    from softnpu.host.device import BACKENDS
+    from softnpu.host.runtime import Runtime
 
     if backend not in BACKENDS:
         raise BackendUnavailable(f"backend {backend!r} is not a device backend; host.device provides "

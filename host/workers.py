@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from hdl.config import NPUConfig
-from host.device import Device, open_device
-from host.runtime import Result, Runtime
+from softnpu.hdl.config import NPUConfig
+from softnpu.host.device import Device, open_device
+from softnpu.host.runtime import Result, Runtime
 
 __all__ = ["WorkerPool", "Worker", "QueueFull", "JobExpired", "PoolClosed"]
 

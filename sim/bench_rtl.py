@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 
-from hdl import isa
-from hdl.config import preset
-from hdl.isa import Buffer, ConvMode
-from sim import rtl_build, rtl_harness
-from sim.rtl_jobs import Job, run_jobs
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import Buffer, ConvMode
+from softnpu.sim import rtl_build, rtl_harness
+from softnpu.sim.rtl_jobs import Job, run_jobs
 
 X, W, P, Y, PROGRAM = 0x10000, 0x100000, 0x200000, 0x300000, 0x400000
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import cocotb
 
-from hdl.config import NPUConfig
-from sim.rtl_device import CycleBudgetExceeded, RTLDevice, RTLFault
-from sim.rtl_jobs import JobResult
-from sim.waves import Window
+from softnpu.hdl.config import NPUConfig
+from softnpu.sim.rtl_device import CycleBudgetExceeded, RTLDevice, RTLFault
+from softnpu.sim.rtl_jobs import JobResult
+from softnpu.sim.waves import Window
 
 
 @cocotb.test()

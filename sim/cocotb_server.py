@@ -10,8 +10,8 @@ from multiprocessing.connection import Listener
 
 import cocotb
 
-from hdl.config import NPUConfig
-from sim.rtl_device import CycleBudgetExceeded, RTLDevice, RTLFault
+from softnpu.hdl.config import NPUConfig
+from softnpu.sim.rtl_device import CycleBudgetExceeded, RTLDevice, RTLFault
 
 
 @cocotb.test()

@@ -19,10 +19,10 @@ from collections import deque
 
 import numpy as np
 
-from hdl import timing
-from hdl.asm import format_insn
-from hdl.config import NPUConfig
-from hdl.isa import (
+from softnpu.hdl import timing
+from softnpu.hdl.asm import format_insn
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import (
     COUNTERS,
     CSR,
     INSN_BYTES,
@@ -36,8 +36,8 @@ from hdl.isa import (
     Queue,
     decode,
 )
-from hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from sim.iss_exec import Fault, Machine
+from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
+from softnpu.sim.iss_exec import Fault, Machine
 
 __all__ = ["ISS", "NPUFault", "RunStats", "insn_cycles"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from hdl import numerics
-from hdl.config import NPUConfig
-from hdl.isa import (
+from softnpu.hdl import numerics
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import (
     Add,
     Buffer,
     Conv,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from xml.etree import ElementTree
 
-from sim import toolchain
+from softnpu.sim import toolchain
 
 __all__ = ["RTLBuildError", "RTLTestFailure", "build", "build_info", "build_key", "cache_root", "run"]
 

@@ -17,8 +17,8 @@ import time
 from multiprocessing.connection import Client
 from pathlib import Path
 
-from hdl.config import NPUConfig
-from sim import rtl_harness
+from softnpu.hdl.config import NPUConfig
+from softnpu.sim import rtl_harness
 
 __all__ = ["RTLProcess", "SimulatorCrashed", "SimulatorHung", "RTLRunFault", "RTLRunHang"]
 
@@ -60,19 +60,16 @@ class RTLProcess:
         socket_path = str(Path(self._dir.name) / f"npu-{secrets.token_hex(4)}.sock")
         authkey = secrets.token_bytes(16)
         code = ("import json, sys\n"
-                "from hdl.config import NPUConfig\n"
-                "from sim import rtl_harness\n"
+                "from softnpu.hdl.config import NPUConfig\n"
+                "from softnpu.sim import rtl_harness\n"
                 "config = NPUConfig.from_dict(json.loads(sys.argv[1]))\n"
-                "rtl_harness.run(sys.argv[2], 'sim.cocotb_server', config, testcase='serve',\n"
-                "                extra_env={'SOFTNPU_SOCKET': sys.argv[3], 'SOFTNPU_AUTHKEY': sys.argv[4],\n"
-                "                           'PYTHONPATH': sys.argv[5]})\n")
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+                "rtl_harness.run(sys.argv[2], 'softnpu.sim.cocotb_server', config, testcase='serve',\n"
+                "    extra_env={'SOFTNPU_SOCKET': sys.argv[3], 'SOFTNPU_AUTHKEY': sys.argv[4]})\n")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", code, self.config.to_json(), str(build_dir), socket_path,
-                 authkey.hex(), env["PYTHONPATH"]],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                 authkey.hex()],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.process.poll() is not None:

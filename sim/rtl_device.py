@@ -15,9 +15,9 @@ import dataclasses
 import numpy as np
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 
-from hdl.config import NPUConfig
-from hdl.isa import COUNTERS, CSR, ErrorCode
-from sim.dpi_mem import DpiMemory
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import COUNTERS, CSR, ErrorCode
+from softnpu.sim.dpi_mem import DpiMemory
 
 __all__ = ["RTLDevice", "RTLFault", "CycleBudgetExceeded", "RTLRun"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hdl.config import NPUConfig
-from hdl.npu import NPU
-from sim import rtl_build, toolchain
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.npu import NPU
+from softnpu.sim import rtl_build, toolchain
 
 __all__ = ["TOPLEVEL", "verilog_sources", "build", "run"]
 

@@ -8,14 +8,13 @@ Host side: `run_jobs(config, jobs)`.  Simulator side: the cocotb test in sim/coc
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import tempfile
 from pathlib import Path
 
-from hdl.config import NPUConfig
-from sim import rtl_harness
-from sim import waves as wave_files
+from softnpu.hdl.config import NPUConfig
+from softnpu.sim import rtl_harness
+from softnpu.sim import waves as wave_files
 
 __all__ = ["Job", "JobResult", "run_jobs"]
 
@@ -61,11 +60,9 @@ def run_jobs(config: NPUConfig, jobs: list[Job], *, waves: str | Path | None = N
     with tempfile.TemporaryDirectory(prefix="softnpu_jobs_") as tmp:
         job_file, result_file = Path(tmp) / "jobs.pkl", Path(tmp) / "results.pkl"
         job_file.write_bytes(pickle.dumps(jobs))
-        rtl_harness.run(build_dir, "sim.cocotb_jobs", config, testcase="run_jobs",
+        rtl_harness.run(build_dir, "softnpu.sim.cocotb_jobs", config, testcase="run_jobs",
                         extra_env={"SOFTNPU_JOBS": str(job_file), "SOFTNPU_RESULTS": str(result_file),
-                                   "PYTHONPATH": os.pathsep.join(
-                                       [str(Path(__file__).resolve().parent.parent),
-                                        os.environ.get("PYTHONPATH", "")]), **env},
+                                   **env},
                         test_dir=Path(tmp) / "run", waves=waves)
         results = pickle.loads(result_file.read_bytes())
     if waves is not None:

@@ -2,8 +2,8 @@
 whole run or only a window of it (a range of cycles, or one layer: from its MARKER to the next),
 beside a GTKWave save file (.gtkw) that groups the signals by unit.
 
-    from sim.rtl_jobs import run_jobs
-    from sim.waves import Window, record
+    from softnpu.sim.rtl_jobs import run_jobs
+    from softnpu.sim.waves import Window, record
     rec = record(config, [job], "out/waves/conv.fst", Window.layer(2))   # rec.waves, rec.gtkw
     run_jobs(config, jobs, waves="out/all.fst", window=Window.cycles(1000, 500))
 
@@ -33,8 +33,8 @@ import re
 import warnings
 from pathlib import Path
 
-from hdl.config import NPUConfig
-from sim import toolchain
+from softnpu.hdl.config import NPUConfig
+from softnpu.sim import toolchain
 
 __all__ = ["Window", "Recording", "UNIT_SIGNALS", "wave_path", "wave_format", "record", "finish",
            "read_signals", "design_widths", "time_span", "write_gtkw", "gtkw_signals"]
@@ -132,7 +132,7 @@ def record(config: NPUConfig, jobs: list, path: str | Path, window: Window | Non
            **kwargs) -> Recording:
     """Run `jobs` (sim.rtl_jobs.Job) on the waves build of `config`, recording `window` (default:
     every run whole) into `path` (its suffix set by `wave_path`) and a .gtkw beside it."""
-    from sim.rtl_jobs import run_jobs
+    from softnpu.sim.rtl_jobs import run_jobs
 
     target = wave_path(path)
     results = run_jobs(config, jobs, waves=target, window=window, **kwargs)
@@ -209,7 +209,7 @@ def design_widths(build_dir: str | Path, config: NPUConfig) -> dict[str, int]:
     """Bits of the signals of a build, named as in its traces, from its Verilog: the harness top's
     ports and wires, and every wire and reg of the NPU's modules (Amaranth names a submodule's
     Verilog module by its path, `npu.fetch` for the instance `dut.fetch`)."""
-    from sim.rtl_harness import harness_widths
+    from softnpu.sim.rtl_harness import harness_widths
 
     out = {f"{TOP}.{name}": width for name, width in harness_widths(config).items()}
     module = None
@@ -350,9 +350,9 @@ def example_job(config: NPUConfig):
     (4x4 outputs of one channel block), the same convolution again, and a 2x2 max pool of its output."""
     import numpy as np
 
-    from hdl import isa
-    from hdl.isa import Buffer, ConvMode
-    from sim.rtl_jobs import Job
+    from softnpu.hdl import isa
+    from softnpu.hdl.isa import Buffer, ConvMode
+    from softnpu.sim.rtl_jobs import Job
 
     b = config.cols
     side, out = 6, 4
@@ -400,7 +400,7 @@ def example_job(config: NPUConfig):
 
 
 def main(argv=None) -> int:
-    from hdl.config import preset
+    from softnpu.hdl.config import preset
 
     parser = argparse.ArgumentParser(description="Record a windowed waveform of a small program.")
     parser.add_argument("-o", "--out", default="out/waves", help="folder to write into")

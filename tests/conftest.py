@@ -18,7 +18,7 @@ import pytest
 
 def convert_zoo(name: str, size: int) -> bytes:
     """The zoo network at ``size`` as int8 TFLite (calibrated on zoo.calibration_images), cached."""
-    from compiler.compile import zoo_tflite
+    from softnpu.compiler.compile import zoo_tflite
 
     return zoo_tflite(name, size, progress=False)
 
@@ -44,7 +44,7 @@ def _interpreter(model: bytes):
     """An interpreter (reference kernels, all tensors kept) on the model without its host tail."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from compiler.tflite_import import drop_host_tail
+    from softnpu.compiler.tflite_import import drop_host_tail
 
     key = hashlib.sha1(model).hexdigest()
     if key not in _INTERPRETERS:

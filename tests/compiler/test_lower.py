@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.bundle import Bundle
-from compiler.compile import compile_tflite
-from compiler.emit import LoweringError
-from compiler.lower import flatten_weights, lower
-from compiler.plan_memory import Buffer, plan_activations
-from compiler.tflite_import import load_tflite
-from hdl import isa
-from hdl.config import preset
-from host.verify import verify_bundle
+from softnpu.compiler.bundle import Bundle
+from softnpu.compiler.compile import compile_tflite
+from softnpu.compiler.emit import LoweringError
+from softnpu.compiler.lower import flatten_weights, lower
+from softnpu.compiler.plan_memory import Buffer, plan_activations
+from softnpu.compiler.tflite_import import load_tflite
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.host.verify import verify_bundle
 from tests import oracle
 
 NETWORK_SIZES = {"resnet50": 64, "resnet152": 32, "vgg16": 32, "densenet121": 32, "digits": 8}
@@ -265,9 +265,9 @@ def test_digits_bit_exact_on_tiny(tflite_model):
 def test_digits_accuracy_through_iss_equals_interpreter(tflite_model):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from compiler import zoo
-    from host.pipeline import quantize
-    from host.runtime import Runtime
+    from softnpu.compiler import zoo
+    from softnpu.host.pipeline import quantize
+    from softnpu.host.runtime import Runtime
 
     model = tflite_model("digits", 8)
     bundle = compile_tflite(model, "default", name="digits")
@@ -295,7 +295,7 @@ def test_digits_accuracy_through_iss_equals_interpreter(tflite_model):
 # CLI
 # ----------------------------------------------------------------------------------------------
 def test_cli_compile_and_verify(tmp_path, capsys, tflite_model):
-    from host.cli import main
+    from softnpu.host.cli import main
 
     tflite_model("digits", 8)                                # the zoo cache holds it now
     out = tmp_path / "digits.npu"
@@ -308,7 +308,7 @@ def test_cli_compile_and_verify(tmp_path, capsys, tflite_model):
     assert main(["verify", str(out), "--inputs", "2", "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert text.count("]: bit-exact") == 2 and "PASS" in text
-    from host.device import BACKENDS
+    from softnpu.host.device import BACKENDS
 
     if "rtl" not in BACKENDS:
         with pytest.raises(SystemExit, match="not available yet"):
@@ -323,7 +323,7 @@ def test_space_to_depth_rewrite_bit_exact(k, padding):
 
 
 def test_compile_is_deterministic(tflite_model):
-    from compiler import emit
+    from softnpu.compiler import emit
 
     model = tflite_model("densenet121", 32)
     first = compile_tflite(model, "default")
@@ -334,7 +334,7 @@ def test_compile_is_deterministic(tflite_model):
 
 
 def test_compile_model_from_a_keras_file(tmp_path):
-    from compiler.compile import compile_model
+    from softnpu.compiler.compile import compile_model
 
     keras = oracle._keras()
     keras.utils.set_random_seed(5)
@@ -352,7 +352,7 @@ def test_compile_model_from_a_keras_file(tmp_path):
 
 
 def test_bundle_without_tflite_loads_and_verify_says_why(tmp_path, tflite_model):
-    from compiler.bundle import BundleError
+    from softnpu.compiler.bundle import BundleError
 
     bundle = compile_tflite(tflite_model("digits", 8), "tiny", name="digits")
     bundle.tflite = None

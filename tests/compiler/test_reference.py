@@ -12,9 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from compiler import reference
-from compiler.ir import HOST_OPS, NPU_OPS, UnsupportedOp
-from compiler.tflite_import import drop_host_tail, load_tflite
+from softnpu.compiler import reference
+from softnpu.compiler.ir import HOST_OPS, NPU_OPS, UnsupportedOp
+from softnpu.compiler.tflite_import import drop_host_tail, load_tflite
 
 from .conftest import interpreter_tensors
 
@@ -50,7 +50,7 @@ def quantized_input(graph, image) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits(tflite_model):
-    from compiler import zoo
+    from softnpu.compiler import zoo
 
     model = tflite_model("digits", 8)
     _, x_test, _, y_test = zoo.digits_data(8)
@@ -99,7 +99,7 @@ def test_digits_accuracy_matches_interpreter(digits):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(NETWORK_SIZES))
 def test_network_every_tensor_bit_exact(name, tflite_model):
-    from compiler import zoo
+    from softnpu.compiler import zoo
 
     size = NETWORK_SIZES[name]
     model = tflite_model(name, size)
@@ -172,7 +172,7 @@ def test_requantize_double_rounds_half_away_from_zero():
 def test_unsupported_op_is_named():
     import keras
 
-    from compiler import convert
+    from softnpu.compiler import convert
 
     inp = keras.Input(shape=(8, 8, 1), batch_size=1)
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
@@ -189,7 +189,7 @@ def test_unsupported_op_is_named():
 
 
 def test_capture_fds_keeps_text():
-    from compiler.convert import capture_fds
+    from softnpu.compiler.convert import capture_fds
 
     with capture_fds() as log:
         os.write(1, b"to stdout\n")
@@ -201,7 +201,7 @@ def test_conversion_error_carries_log():
     import keras
     import tensorflow as tf
 
-    from compiler import convert
+    from softnpu.compiler import convert
 
     inp = keras.Input(shape=(4, 4, 1), batch_size=1)
     det = keras.layers.Lambda(lambda t: tf.linalg.det(t[..., 0]), name="det")(inp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from hdl import isa
+from softnpu.hdl import isa
 
 ALWAYS = (1,)
 STALLY = (1, 1, 0, 1, 0, 0, 1)          # 1: ready/valid this cycle

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hdl.config import PRESETS, NPUConfig, preset
+from softnpu.hdl.config import PRESETS, NPUConfig, preset
 
 
 def test_presets_exist_and_default_is_16x16():

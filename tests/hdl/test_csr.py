@@ -5,8 +5,8 @@ inputs, 64-bit counters as two words, the trace memory (one more cycle of latenc
 from amaranth import Module
 from amaranth.sim import Simulator
 
-from hdl.csr import CSRBlock
-from hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS
+from softnpu.hdl.csr import CSRBlock
+from softnpu.hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS
 from tests.hdl.bfm import AXILiteMaster, Strobes
 
 TRACE_DEPTH = 8

@@ -6,10 +6,10 @@ with DRAM_ALIGN / DRAM_RANGE for a bad program address."""
 
 import pytest
 
-from hdl import isa
-from hdl.config import preset
-from hdl.fetch import Fetch
-from hdl.isa import Buffer, ConvMode, ErrorCode, Queue
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.hdl.fetch import Fetch
+from softnpu.hdl.isa import Buffer, ConvMode, ErrorCode, Queue
 from tests.hdl.bfm import STALLY, ReadMemory, Strobes, simulate
 
 CFG = preset("tiny").replace(name="fetch-test", dram_bytes=1 << 16)

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hdl import isa, isa_doc
-from hdl.asm import AsmError, assemble, disassemble, format_insn, parse_insn
+from softnpu.hdl import isa, isa_doc
+from softnpu.hdl.asm import AsmError, assemble, disassemble, format_insn, parse_insn
 
 
 def _instructions(cls):

@@ -7,10 +7,10 @@ out-of-range or misaligned loads fault with their ErrorCode before touching memo
 import numpy as np
 import pytest
 
-from hdl import isa
-from hdl.config import preset
-from hdl.isa import Buffer, ErrorCode
-from hdl.load_unit import LoadUnit
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import Buffer, ErrorCode
+from softnpu.hdl.load_unit import LoadUnit
 from tests.hdl.bfm import (
     STALLY,
     ReadMemory,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hdl.config import preset
-from hdl.mac_array import MACArray
+from softnpu.hdl.config import preset
+from softnpu.hdl.mac_array import MACArray
 
 
 def _pack(values: np.ndarray, bits: int) -> int:

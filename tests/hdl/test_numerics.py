@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hdl import numerics as N
+from softnpu.hdl import numerics as N
 from tests import oracle as O
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1

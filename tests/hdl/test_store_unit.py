@@ -7,10 +7,10 @@ out-of-range or misaligned stores fault with their ErrorCode before writing."""
 import numpy as np
 import pytest
 
-from hdl import isa
-from hdl.config import preset
-from hdl.isa import ErrorCode
-from hdl.store_unit import StoreUnit
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import ErrorCode
+from softnpu.hdl.store_unit import StoreUnit
 from tests.hdl.bfm import (
     STALLY,
     Strobes,

@@ -7,8 +7,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hdl import numerics, vector_lane
-from sim.iss_exec import SHIFT_MAX, SHIFT_MIN
+from softnpu.hdl import numerics, vector_lane
+from softnpu.sim.iss_exec import SHIFT_MAX, SHIFT_MIN
 
 I32 = signed(32)
 

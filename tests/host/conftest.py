@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 
-from host.device import IssDevice
-from host.repository import ModelRepository
-from host.sample import build_sample
+from softnpu.host.device import IssDevice
+from softnpu.host.repository import ModelRepository
+from softnpu.host.sample import build_sample
 
 API_KEY = "test-key-0123"
 
@@ -94,7 +94,7 @@ class Gate:
 @pytest.fixture()
 def serve(repo):
     """serve(**server_kwargs) -> a started host.service.Server on a free port (stopped after)."""
-    from host.service import Server
+    from softnpu.host.service import Server
 
     servers = []
 

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from host.client import PredictionClient, ScoreError
-from host.tensors import TensorError, from_proto, to_proto
+from softnpu.host.client import PredictionClient, ScoreError
+from softnpu.host.tensors import TensorError, from_proto, to_proto
 from tests.host.conftest import png_bytes
 
 

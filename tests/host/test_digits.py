@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 
-from host.client import PredictionClient
-from host.pipeline import Preprocessor
-from host.runtime import Runtime
+from softnpu.host.client import PredictionClient
+from softnpu.host.pipeline import Preprocessor
+from softnpu.host.runtime import Runtime
 
 COUNT = 64
 
@@ -17,7 +17,7 @@ COUNT = 64
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     pytest.importorskip("sklearn", reason="compiler.zoo's digits data set comes from scikit-learn")
-    from compiler.compile import compile_model
+    from softnpu.compiler.compile import compile_model
 
     bundle = compile_model("digits", "tiny", progress=False)
     return bundle, bundle.save(tmp_path_factory.mktemp("digits") / "digits.npu")
@@ -32,7 +32,7 @@ def _png(gray: np.ndarray) -> bytes:
 
 
 def test_digits_scored_over_grpc_match_the_runtime_and_classify_well(digits, repo, serve):
-    from compiler import zoo
+    from softnpu.compiler import zoo
 
     bundle, path = digits
     repo.register(path, "digits")

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from host import pipeline
-from host.pipeline import InputError, Preprocessor
+from softnpu.host import pipeline
+from softnpu.host.pipeline import InputError, Preprocessor
 from tests.host.conftest import png_bytes
 
 
@@ -105,7 +105,7 @@ def test_classify_applies_the_manifest_softmax_beta(sample):
 
 
 def test_pipeline_image_to_top_classes(sample):
-    from host.runtime import Runtime
+    from softnpu.host.runtime import Runtime
 
     runtime = Runtime.open(sample.bundle)
     image = png_bytes(30, 30, seed=5)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from compiler.bundle import BundleError
-from host.cli import main
-from host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
+from softnpu.compiler.bundle import BundleError
+from softnpu.host.cli import main
+from softnpu.host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
 
 
 def test_register_list_latest_and_remove(tmp_path, bundle_path):

@@ -8,9 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from host.device import DeviceLost, DeviceTimeout, open_device
-from host.runtime import Runtime
-from host.sample import build_sample
+from softnpu.host.device import DeviceLost, DeviceTimeout, open_device
+from softnpu.host.runtime import Runtime
+from softnpu.host.sample import build_sample
 
 
 @pytest.fixture(scope="module")

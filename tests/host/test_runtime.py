@@ -4,15 +4,15 @@ independent numpy computation of the network; bad inputs and device faults are r
 import numpy as np
 import pytest
 
-from compiler import layout
-from hdl import numerics
-from hdl.config import preset
-from hdl.isa import CSR, ErrorCode
-from host.device import DeviceError, IssDevice, open_device
-from host.pipeline import InputError
-from host.runtime import Runtime
-from host.sample import build_sample
-from sim.iss import ISS
+from softnpu.compiler import layout
+from softnpu.hdl import numerics
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import CSR, ErrorCode
+from softnpu.host.device import DeviceError, IssDevice, open_device
+from softnpu.host.pipeline import InputError
+from softnpu.host.runtime import Runtime
+from softnpu.host.sample import build_sample
+from softnpu.sim.iss import ISS
 
 
 def numpy_reference(model, x: np.ndarray) -> np.ndarray:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler import emit, layout
-from hdl import isa, numerics
-from hdl.config import NPUConfig
-from hdl.isa import Add, ConvMode, Mul, Rounding
-from sim.rtl_jobs import Job
+from softnpu.compiler import emit, layout
+from softnpu.hdl import isa, numerics
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import Add, ConvMode, Mul, Rounding
+from softnpu.sim.rtl_jobs import Job
 
 PROGRAM_AT = 0x0
 REGION = 0x40000            # bytes of device memory per layer (inputs, weights, params, outputs)

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from hdl import isa, numerics
-from hdl.config import preset
-from hdl.isa import CSR, Buffer, ConvMode, ErrorCode
-from sim.iss import ISS, NPUFault, insn_cycles
+from softnpu.hdl import isa, numerics
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import CSR, Buffer, ConvMode, ErrorCode
+from softnpu.sim.iss import ISS, NPUFault, insn_cycles
 
 CFG = preset("tiny")
 B = CFG.cols

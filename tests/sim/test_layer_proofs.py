@@ -4,11 +4,11 @@ programs, run on the ISS bit-exactly against the TFLite interpreter (reference k
 import numpy as np
 import pytest
 
-from compiler import emit, layout
-from hdl import isa, numerics
-from hdl.config import preset
-from hdl.isa import Add, ConvMode, Mul
-from sim.iss import ISS
+from softnpu.compiler import emit, layout
+from softnpu.hdl import isa, numerics
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import Add, ConvMode, Mul
+from softnpu.sim.iss import ISS
 from tests import oracle
 
 X_AT, Y_AT, B_AT, W_AT, P_AT, PROGRAM_AT = 0x10000, 0x80000, 0xC0000, 0x100000, 0x300000, 0x380000

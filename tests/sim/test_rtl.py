@@ -13,11 +13,11 @@ import os
 import numpy as np
 import pytest
 
-from hdl import isa
-from hdl.config import preset
-from hdl.isa import Buffer, ErrorCode
-from sim.iss import ISS, NPUFault
-from sim.rtl_jobs import Job, run_jobs
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.hdl.isa import Buffer, ErrorCode
+from softnpu.sim.iss import ISS, NPUFault
+from softnpu.sim.rtl_jobs import Job, run_jobs
 from tests.sim.programs import PROGRAM_AT, random_program
 
 CFG = preset(os.environ.get("SOFTNPU_RTL_CONFIG", "tiny"))

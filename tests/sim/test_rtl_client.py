@@ -8,10 +8,10 @@ import signal
 import numpy as np
 import pytest
 
-from hdl import isa
-from hdl.config import preset
-from sim.iss import ISS
-from sim.rtl_client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
+from softnpu.hdl import isa
+from softnpu.hdl.config import preset
+from softnpu.sim.iss import ISS
+from softnpu.sim.rtl_client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
 from tests.sim.programs import random_program
 
 CFG = preset("tiny")

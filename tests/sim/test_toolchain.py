@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sim import rtl_build, toolchain
+from softnpu.sim import rtl_build, toolchain
 from tests.sim import smoke_design
 
 SMOKE_TESTS = "tests.sim.cocotb_smoke"

@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 
-from hdl.config import preset
-from sim import waves
-from sim.bench_rtl import conv_program
-from sim.waves import Window
+from softnpu.hdl.config import preset
+from softnpu.sim import waves
+from softnpu.sim.bench_rtl import conv_program
+from softnpu.sim.waves import Window
 
 pywellen = pytest.importorskip("pywellen")
 
@@ -152,7 +152,7 @@ def test_vcd_when_asked(out, monkeypatch):
 def test_widths_from_the_verilog_match_the_trace(layer):
     """Without an FST reader the save file is written from the build's Verilog: same names, same
     widths as the trace holds."""
-    from sim import rtl_harness
+    from softnpu.sim import rtl_harness
 
     from_verilog = waves.design_widths(rtl_harness.build(CFG, waves=True), CFG)
     in_trace = waves.read_signals(layer.waves)
