@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,12 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{MANIFEST}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{MANIFEST}: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(f"{MANIFEST}: format_version {version!r}, this softnpu reads "
@@ -82,8 +88,12 @@ class Manifest:
         try:
             data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
             data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
+            manifest = cls(**data)
+            NPUConfig.from_dict(manifest.config)        # it must target a valid NPU config
+            return manifest
+        except KeyError as exc:
+            raise BundleError(f"{MANIFEST}: missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
             raise BundleError(f"{MANIFEST}: {exc}") from None
 
 
@@ -114,14 +124,22 @@ class Bundle:
             raise BundleError(f"{path}: no such file")
         if not zipfile.is_zipfile(path):
             raise BundleError(f"{path}: not a bundle (not a zip file)")
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            missing = {MANIFEST, PROGRAM, WEIGHTS} - names
-            if missing:
-                raise BundleError(f"{path}: missing {sorted(missing)}")
-            manifest = Manifest.from_json(z.read(MANIFEST).decode())
-            bundle = cls(manifest, z.read(PROGRAM), z.read(WEIGHTS),
-                         z.read(TFLITE) if TFLITE in names else None)
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                missing = {MANIFEST, PROGRAM, WEIGHTS} - names
+                if missing:
+                    raise BundleError(f"{path}: missing {sorted(missing)}")
+                try:
+                    manifest = Manifest.from_json(z.read(MANIFEST).decode())
+                except UnicodeDecodeError:
+                    raise BundleError(f"{path}: {MANIFEST} is not UTF-8 text") from None
+                except BundleError as exc:
+                    raise BundleError(f"{path}: {exc}") from None
+                bundle = cls(manifest, z.read(PROGRAM), z.read(WEIGHTS),
+                             z.read(TFLITE) if TFLITE in names else None)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise BundleError(f"{path}: a damaged bundle ({exc})") from None
         expected = manifest.program_instructions * 32
         if len(bundle.program) != expected:
             raise BundleError(f"{path}: {PROGRAM} has {len(bundle.program)} bytes, the manifest says "

@@ -24,7 +24,7 @@ from pathlib import Path
 from softnpu.compiler.bundle import Bundle, Manifest
 from softnpu.compiler.lower import lower
 from softnpu.hdl import isa
-from softnpu.hdl.config import NPUConfig, preset
+from softnpu.hdl.config import NPUConfig, load_config
 
 __all__ = ["compile_model", "compile_tflite", "zoo_tflite", "zoo_cache_path", "resolve_config",
            "report_table", "print_report", "summary", "ZOO_PREPROCESS"]
@@ -37,14 +37,17 @@ ZOO_PREPROCESS = {"resnet50": "caffe", "resnet152": "caffe", "vgg16": "caffe", "
 
 
 def resolve_config(config: str | NPUConfig) -> NPUConfig:
-    return config if isinstance(config, NPUConfig) else preset(config)
+    """A config object, a preset name or a JSON file (hdl/config.py `load_config`)."""
+    return config if isinstance(config, NPUConfig) else load_config(config)
 
 
 # ----------------------------------------------------------------------------------------------
 # Zoo conversion, cached
 # ----------------------------------------------------------------------------------------------
 def _cache_dir() -> Path:
-    return Path(os.environ.get("SOFTNPU_CACHE", "~/.cache/softnpu")).expanduser() / "tflite"
+    from softnpu.cache import cache_dir
+
+    return cache_dir("tflite")
 
 
 def _cache_key(name: str, size: int) -> str:
@@ -75,7 +78,15 @@ def zoo_tflite(name: str, input_size: int | None = None, weights: str | None = N
         return path.read_bytes()
     from softnpu.compiler import convert
 
-    model = zoo.build_keras(name, size, weights)
+    try:
+        model = zoo.build_keras(name, size, weights)
+    except Exception as exc:            # Keras raises bare Exceptions for failed downloads
+        if weights is None:
+            raise
+        hint = (" (downloading ImageNet weights needs network access; pass a weights file instead)"
+                if weights == "imagenet" else "")
+        raise ValueError(f"{name}: --weights {weights}: could not be loaded{hint}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if calib is None:
         data = convert.to_tflite(model, zoo.calibration_images(name, size), progress=progress)
     else:
@@ -95,13 +106,9 @@ def zoo_tflite(name: str, input_size: int | None = None, weights: str | None = N
 
 
 def _keras_tflite(path: Path, calib, progress: bool) -> bytes:
-    import keras
+    from softnpu.compiler.convert_child import keras_file_to_tflite
 
-    from softnpu.compiler import convert
-
-    model = keras.models.load_model(path, compile=False)
-    images = convert.load_calib_dir(calib, model.inputs[0].shape) if calib is not None else None
-    return convert.to_tflite(model, images, progress=progress)
+    return keras_file_to_tflite(path, calib, progress)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
-__all__ = ["NPUConfig", "PRESETS", "preset"]
+__all__ = ["NPUConfig", "PRESETS", "load_config", "preset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,3 +149,40 @@ def preset(name: str) -> NPUConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown NPU config {name!r}; presets are {sorted(PRESETS)}") from None
+
+
+def load_config(spec: str | os.PathLike) -> NPUConfig:
+    """A preset name (`tiny`, `default`, `large`) or a JSON file of NPUConfig fields.
+
+    A file may start from a preset (`{"base": "default", "rows": 32, "cols": 32}`); fields it does not
+    give keep the base's values (the dataclass defaults without `base`); `name` defaults to the
+    file's stem.  Every field is validated as NPUConfig does; errors name the file and the field.
+    """
+    text = os.fspath(spec)
+    if text in PRESETS:
+        return PRESETS[text]
+    path = Path(text)
+    if not path.suffix == ".json" and not path.exists():
+        raise ValueError(f"unknown NPU config {text!r}: not a preset ({', '.join(sorted(PRESETS))}) "
+                         "nor a .json file")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"NPU config file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"NPU config file {path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"NPU config file {path}: expected a JSON object of NPUConfig fields, "
+                         f"got {type(data).__name__}")
+    base_name = data.pop("base", None)
+    if base_name is not None and base_name not in PRESETS:
+        raise ValueError(f"NPU config file {path}: base {base_name!r} is not a preset "
+                         f"({', '.join(sorted(PRESETS))})")
+    fields = PRESETS[base_name].to_dict() if base_name else {}
+    fields.update(data)
+    if "name" not in data:
+        fields["name"] = path.stem
+    try:
+        return NPUConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"NPU config file {path}: {exc}") from None

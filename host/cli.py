@@ -13,9 +13,45 @@ from softnpu.hdl import isa
 from softnpu.hdl.asm import AsmError, assemble, disassemble
 
 
+class UsageError(Exception):
+    """A mistake in the command line (an argument's value, a missing input file, an output path that
+    cannot be written): one line on stderr, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def output_file(path: str, what: str = "output") -> Path:
+    """`path` as a file this command may write: its folder exists and it is not a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{what} {path}: is a folder; give a file name (e.g. {Path(path) / 'out'})")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: folder {parent} does not exist")
+    return out
+
+
+def input_file(path: str, what: str = "input") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} {path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{what} {path}: is a folder, not a file")
+    return p
+
+
 def _read_program(path: Path) -> bytes:
     if not path.exists():
-        raise SystemExit(f"softnpu: {path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as bundle:
             if PROGRAM_MEMBER not in bundle.namelist():
@@ -43,10 +79,10 @@ def cmd_asm(args) -> int:
     try:
         program = assemble(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"softnpu: {path}: no such file") from None
+        raise UsageError(f"{path}: no such file") from None
     except AsmError as exc:
         raise SystemExit(f"softnpu: {path}: {exc}") from None
-    Path(args.output).write_bytes(isa.encode_program(program))
+    output_file(args.output).write_bytes(isa.encode_program(program))
     print(f"{len(program)} instructions -> {args.output}")
     return 0
 
@@ -117,9 +153,7 @@ def cmd_score(args) -> int:
     lightproto.preload()        # this process never runs TensorFlow: skip its seconds of start-up
     from softnpu.host.client import PredictionClient, ScoreError
 
-    path = Path(args.image)
-    if not path.is_file():
-        raise SystemExit(f"softnpu score: {path}: no such file")
+    path = input_file(args.image, "image")
     api_key = args.api_key or os.environ.get("SOFTNPU_API_KEY")
     tls = args.tls_ca if args.tls_ca else bool(args.tls)
     with PredictionClient(args.address, api_key=api_key, tls=tls, timeout=args.timeout, model=args.model,
@@ -142,7 +176,7 @@ def cmd_models(args) -> int:
     from softnpu.compiler.bundle import BundleError
     from softnpu.host.repository import ModelRepository, RepositoryError
 
-    repo = ModelRepository(args.root)
+    repo = ModelRepository(args.model_dir)
     try:
         if args.models_command == "register":
             path = repo.register(args.bundle, args.name, args.version, force=args.force)
@@ -202,7 +236,7 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--address", default="localhost:8500", help="server HOST:PORT (default localhost:8500)")
     p.add_argument("--model", default="", help="model name (default: the server's only model)")
     p.add_argument("--version", type=int, help="model version (default: the latest)")
-    p.add_argument("--top", type=int, default=5, help="classes to print (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="classes to print (default 5)")
     p.add_argument("--api-key", help="API key (default: $SOFTNPU_API_KEY)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="use TLS, trusting this PEM root certificate")
@@ -219,30 +253,47 @@ def _add_serving_commands(sub) -> None:
     r.add_argument("--name", help="model name (default: the manifest's)")
     r.add_argument("--version", type=int, help="version number (default: one past the latest)")
     r.add_argument("--force", action="store_true", help="replace an existing version")
-    r.add_argument("--root", default=str(default_root()), help=root_help)
+    r.add_argument("--model-dir", "--root", dest="model_dir", default=str(default_root()), help=root_help)
     r = msub.add_parser("list", help="list models and versions")
-    r.add_argument("--root", default=str(default_root()), help=root_help)
+    r.add_argument("--model-dir", "--root", dest="model_dir", default=str(default_root()), help=root_help)
     r = msub.add_parser("remove", help="remove a model, or one version of it")
     r.add_argument("name")
     r.add_argument("--version", type=int, help="only this version")
-    r.add_argument("--root", default=str(default_root()), help=root_help)
+    r.add_argument("--model-dir", "--root", dest="model_dir", default=str(default_root()), help=root_help)
     p.set_defaults(func=cmd_models)
 
 
 # ----------------------------------------------------------------------------------------------
 # Compiler: `softnpu compile`, `softnpu verify` (TensorFlow and the interpreter load inside)
 # ----------------------------------------------------------------------------------------------
+def _config(spec: str):
+    from softnpu.hdl.config import load_config
+
+    try:
+        return load_config(spec)
+    except ValueError as exc:
+        raise UsageError(f"--config: {exc}") from None
+
+
 def cmd_compile(args) -> int:
+    from softnpu.compiler import zoo
     from softnpu.compiler.compile import compile_model, print_report
+    from softnpu.compiler.convert import ConversionError
     from softnpu.compiler.emit import LoweringError
     from softnpu.compiler.ir import UnsupportedOp
 
+    config = _config(args.config)
+    output = output_file(args.output, "-o")
+    if args.model not in zoo.NETWORKS:
+        input_file(args.model, "model")
+    if args.calib is not None and not Path(args.calib).is_dir():
+        raise UsageError(f"--calib {args.calib}: not a folder of images")
     try:
-        bundle = compile_model(args.model, args.config, input_size=args.input_size, weights=args.weights,
+        bundle = compile_model(args.model, config, input_size=args.input_size, weights=args.weights,
                                calib=args.calib, progress=not args.quiet)
-    except (LoweringError, UnsupportedOp, ValueError, FileNotFoundError) as exc:
+    except (LoweringError, UnsupportedOp, ConversionError, ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"softnpu compile: {exc}") from None
-    path = bundle.save(args.output)
+    path = bundle.save(output)
     if not args.quiet:
         print_report(bundle.manifest)
     mib = path.stat().st_size / 2**20
@@ -255,13 +306,19 @@ def cmd_verify(args) -> int:
     import numpy as np
 
     from softnpu.compiler.bundle import Bundle, BundleError
+    from softnpu.host.device import DeviceError, DeviceLost, DeviceTimeout
     from softnpu.host.verify import BackendUnavailable, verify_bundle
 
     try:
-        bundle = Bundle.load(args.bundle)
+        bundle = Bundle.load(input_file(args.bundle, "bundle"))
+    except BundleError as exc:
+        raise SystemExit(f"softnpu verify: {exc}") from None
+    try:
         report = verify_bundle(bundle, backend=args.backend, inputs=args.inputs, seed=args.seed)
     except (BundleError, BackendUnavailable) as exc:
         raise SystemExit(f"softnpu verify: {exc}") from None
+    except (DeviceError, DeviceTimeout, DeviceLost) as exc:
+        raise SystemExit(f"softnpu verify: {args.bundle} on {args.backend}: {exc}") from None
     m = bundle.manifest
     print(f"{m.model} on {args.backend} (config {m.config.get('name')!r}) vs the TFLite interpreter "
           f"(reference kernels), {args.inputs} random input(s), seed {args.seed}:")
@@ -286,8 +343,11 @@ def _add_compiler_commands(sub) -> None:
                                    "and print the per-layer report.")
     p.add_argument("model", help="zoo name or model file")
     p.add_argument("-o", "--output", required=True, help="bundle to write (*.npu)")
-    p.add_argument("--config", default="default", help="NPU config preset (tiny, default, large)")
-    p.add_argument("--input-size", type=int, help="square input side of a zoo network (default 224)")
+    p.add_argument("--config", default="default",
+                   help="NPU config: a preset (tiny, default, large) or a JSON file (default: default)")
+    p.add_argument("--input-size", type=positive_int,
+                   help="square input side of a zoo network (default: the network's own, 224 for the "
+                        "ImageNet networks, 8 for digits)")
     p.add_argument("--weights", help="zoo weights: 'imagenet' (needs network access) or a weights file")
     p.add_argument("--calib", help="directory of calibration images (default: a synthetic set)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no report")
@@ -299,7 +359,7 @@ def _add_compiler_commands(sub) -> None:
                                    "compare every NPU output bit for bit; exits 1 on a mismatch.")
     p.add_argument("bundle", help="*.npu bundle written by `softnpu compile`")
     p.add_argument("--backend", choices=["iss", "rtl"], default="iss", help="device backend (default iss)")
-    p.add_argument("--inputs", type=int, default=1, help="random input sets (default 1)")
+    p.add_argument("--inputs", type=positive_int, default=1, help="random input sets (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.set_defaults(func=cmd_verify)
 
@@ -307,15 +367,12 @@ def _add_compiler_commands(sub) -> None:
 def cmd_hdl(args) -> int:
     from amaranth.back import verilog
 
-    from softnpu.hdl.config import preset
     from softnpu.hdl.npu import NPU
 
-    try:
-        config = preset(args.config)
-    except ValueError as exc:
-        raise SystemExit(f"softnpu hdl: {exc}") from None
+    config = _config(args.config)
+    output = output_file(args.output, "-o")
     text = verilog.convert(NPU(config), name=args.name, emit_src=False)   # no checkout paths in the output
-    Path(args.output).write_text(text)
+    output.write_text(text)
     print(f"NPU {config.name} ({config.rows}x{config.cols} MACs): {len(text.splitlines())} lines of "
           f"Verilog, top module {args.name!r} -> {args.output}")
     return 0
@@ -325,7 +382,8 @@ def _add_hardware_commands(sub) -> None:
     p = sub.add_parser("hdl", help="write the NPU's Verilog for a configuration",
                        description="Generate the soft NPU (hdl/npu.py) as Verilog: an AXI4 master to "
                                    "memory, an AXI4-Lite CSR slave, an interrupt line.")
-    p.add_argument("--config", default="default", help="NPU config preset: tiny, default, large")
+    p.add_argument("--config", default="default",
+                   help="NPU config: a preset (tiny, default, large) or a JSON file (default: default)")
     p.add_argument("--name", default="npu", help="top module name (default npu)")
     p.add_argument("-o", "--output", required=True, help="output Verilog file")
     p.set_defaults(func=cmd_hdl)
@@ -337,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="softnpu: a soft int8 NPU in Amaranth HDL, its instruction-set simulator, "
                     "compiler and host runtime.")
     parser.add_argument("--version", action="version", version=f"softnpu {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an unexpected error (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("disasm", help="print the instructions of a program or bundle",
                        description="Disassemble an encoded program (.bin), a bundle (.npu) or "
@@ -356,12 +416,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 success, 1 a failure (a mismatch, a fault, a model that cannot be compiled),
+    2 a usage mistake (argparse's convention), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    command = f"softnpu {args.command}"
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.traceback:
+            raise
+        print(f"{command}: {type(exc).__name__}: {exc}\n(an unexpected error: run again with "
+              "--traceback to see where, and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

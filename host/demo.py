@@ -39,9 +39,10 @@ def _cache_key(model: str, config: str, size: int, weights: str | None) -> str:
 
 def bundle_path(model: str, config: str, size: int, weights: str | None) -> Path:
     """Compile once per (model, config, compiler and ISA sources); later runs reuse the file."""
+    from softnpu.cache import cache_dir
     from softnpu.compiler.compile import compile_model
 
-    cache = Path.home() / ".cache" / "softnpu" / "bundles"
+    cache = cache_dir("bundles")
     path = cache / f"{model}-{size}-{config}-{_cache_key(model, config, size, weights)}.npu"
     if path.exists():
         _say(f"[1/5] bundle: {path} (cached)")

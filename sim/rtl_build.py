@@ -3,7 +3,7 @@
 A build is keyed by a hash of everything that changes its output: the Verilog source text, the
 caller's configuration (``build_key_parts``, e.g. ``NPUConfig.to_dict()``), the DPI memory sources
 and the toolchain (simulator version, flags; see :func:`sim.toolchain.fingerprint`). It lives in
-``$SOFTNPU_CACHE/<hash>`` (default ``~/.cache/softnpu/rtl/<hash>``) and is made once: parallel
+``$SOFTNPU_CACHE/rtl/<hash>`` (default ``~/.cache/softnpu/rtl/<hash>``) and is made once: parallel
 pytest workers wait on a file lock for the one that builds, and a build counts as finished only
 once its metadata file is written last, so a crashed build is redone, never used.
 """
@@ -38,9 +38,10 @@ class RTLTestFailure(AssertionError):
 
 
 def cache_root() -> Path:
-    """Folder holding one sub-folder per build: ``$SOFTNPU_CACHE`` or ``~/.cache/softnpu/rtl``."""
-    root = os.environ.get("SOFTNPU_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "softnpu" / "rtl"
+    """Folder holding one sub-folder per build: ``$SOFTNPU_CACHE/rtl`` (softnpu/cache.py)."""
+    from softnpu.cache import cache_dir
+
+    return cache_dir("rtl")
 
 
 def _sources_text(sources: Iterable[str | os.PathLike]) -> list[tuple[str, str]]:

@@ -56,14 +56,14 @@ def test_directories_without_a_bundle_are_not_versions(tmp_path, bundle_path):
 
 def test_models_cli(tmp_path, bundle_path, capsys):
     root = str(tmp_path / "repo")
-    assert main(["models", "register", str(bundle_path), "--name", "net", "--root", root]) == 0
+    assert main(["models", "register", str(bundle_path), "--name", "net", "--model-dir", root]) == 0
     assert main(["models", "register", str(bundle_path), "--name", "net", "--version", "4",
-                 "--root", root]) == 0
-    assert main(["models", "list", "--root", root]) == 0
+                 "--model-dir", root]) == 0
+    assert main(["models", "list", "--model-dir", root]) == 0
     out = capsys.readouterr().out
     assert "registered net:1" in out and "net: versions 1, 4 (serving 4; sample, config tiny" in out
-    assert main(["models", "remove", "net", "--version", "1", "--root", root]) == 0
+    assert main(["models", "remove", "net", "--version", "1", "--model-dir", root]) == 0
     with pytest.raises(SystemExit, match="no version 1"):
-        main(["models", "remove", "net", "--version", "1", "--root", root])
+        main(["models", "remove", "net", "--version", "1", "--model-dir", root])
     with pytest.raises(SystemExit, match="no such file"):
-        main(["models", "register", str(tmp_path / "missing.npu"), "--name", "x", "--root", root])
+        main(["models", "register", str(tmp_path / "missing.npu"), "--name", "x", "--model-dir", root])
