@@ -19,9 +19,23 @@ from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import INSN_BYTES, Conv, Finish, Insn, Marker, Queue
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
 
-__all__ = ["Estimate", "estimate"]
+__all__ = ["Estimate", "Span", "estimate"]
 
 _UNIT = {Queue.LOAD: 0, Queue.COMPUTE: 1, Queue.STORE: 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One instruction in the modelled schedule (cycles): fetched over [fetch_start, fetch_end),
+    ready at its unit at `ready`, run over [start, end); start - ready is the time it waited for
+    its unit or for a dependency token."""
+    pc: int
+    unit: int                               # 0 load, 1 compute, 2 store
+    fetch_start: int
+    fetch_end: int
+    ready: int
+    start: int
+    end: int
 
 
 @dataclasses.dataclass
@@ -32,6 +46,7 @@ class Estimate:
     mac_active: int
     dram_read_bytes: int
     dram_write_bytes: int
+    spans: list[Span] | None = None         # per instruction, with estimate(..., spans=True)
 
     def layer_cycles(self) -> dict[int, int]:
         """Cycles from each marker to the next (the first one: from the start; the last one: to the
@@ -41,8 +56,9 @@ class Estimate:
         return {mid: end - t for (mid, _), t, end in zip(self.markers, starts, ends, strict=True)}
 
 
-def estimate(config: NPUConfig, program: list[Insn]) -> Estimate:
-    """Modelled cycles of `program` (instructions in program order)."""
+def estimate(config: NPUConfig, program: list[Insn], spans: bool = False) -> Estimate:
+    """Modelled cycles of `program` (instructions in program order); `spans`: also record each
+    instruction's schedule (for timelines)."""
     depth = config.insn_queue_depth
     fetch_cost = fetch_cycles(config)
     free = [0, 0, 0]
@@ -54,14 +70,17 @@ def estimate(config: NPUConfig, program: list[Insn]) -> Estimate:
     queue, token = getattr(timing, "QUEUE", 0), getattr(timing, "TOKEN", 0)
     markers = []
     mac = read = written = 0
+    recorded: list[Span] | None = [] if spans else None
     for pc, insn in enumerate(program):
+        fetched = fetch
         unit = _UNIT[insn.QUEUE]
         ready = fetch + fetch_cost
         k = len(starts[unit])
         if k >= depth:
             ready = max(ready, starts[unit][k - depth])
         fetch = ready
-        start = max(ready + queue, free[unit])
+        arrival = ready + queue
+        start = max(arrival, free[unit])
         for flag, peer in (("pop_prev", unit - 1), ("pop_next", unit + 1)):
             if getattr(insn, flag):
                 channel = tokens[(peer, unit)]
@@ -73,6 +92,8 @@ def estimate(config: NPUConfig, program: list[Insn]) -> Estimate:
             start = max([start] + free)
         cost = insn_cycles(config, insn)
         end = start + cost
+        if recorded is not None:
+            recorded.append(Span(pc, unit, fetched, ready, max(arrival, free[unit]), start, end))
         starts[unit].append(start)
         free[unit] = end
         busy[unit] += cost
@@ -86,4 +107,4 @@ def estimate(config: NPUConfig, program: list[Insn]) -> Estimate:
             mac += insn.array_cycles
         r, w = dram_bytes(config, insn)
         read, written = read + r + INSN_BYTES, written + w
-    return Estimate(max(free) + 1, markers, tuple(busy), mac, read, written)
+    return Estimate(max(free) + 1, markers, tuple(busy), mac, read, written, recorded)

@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_commands(sub)
     _add_compiler_commands(sub)
     _add_hardware_commands(sub)
+    from softnpu.host import cli_run
+
+    cli_run.add_commands(sub)
     return parser
 
 

@@ -13,8 +13,9 @@ outputs  classifier (one [1, C] output): `logits` (float32, dequantized), `logit
          probabilities), `labels` (their class names);
          every output: `<name>` (float32) and `<name>_int8`;
          hardware figures of the run: `npu_cycles` (int64), `npu_latency_ms` (at the config's
-         clock), `device_ms` (host time on the device), `npu_mac_utilization` (MAC-active
-         cycles / cycles), `npu_layer_cycles` (int64 [N, layers], from the marker trace).
+         clock), `device_ms` (host time on the device), `npu_mac_utilization` (useful MACs
+         / the array's peak in those cycles), `npu_mac_active` (cycles with the MAC array active /
+         cycles), `npu_layer_cycles` (int64 [N, layers], from the marker trace).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class ServedModel:
                              "npu_latency_ms": OutputAlias("latency", "float32", [-1]),
                              "device_ms": OutputAlias("device", "float32", [-1]),
                              "npu_mac_utilization": OutputAlias("mac_utilization", "float32", [-1]),
+                             "npu_mac_active": OutputAlias("mac_active", "float32", [-1]),
                              LAYER_CYCLES: OutputAlias("layer_cycles", "int64", [-1, -1])})
 
     def __repr__(self):
@@ -211,6 +213,8 @@ class ServedModel:
                 out[alias] = np.array([r.stats.device_s * 1e3 for r in results], np.float32)
             elif a.kind == "mac_utilization":
                 out[alias] = np.array([r.stats.utilization["mac"] for r in results], np.float32)
+            elif a.kind == "mac_active":
+                out[alias] = np.array([r.stats.utilization["mac_active"] for r in results], np.float32)
             elif a.kind == "layer_cycles":
                 out[alias] = np.array([[layer["cycles"] for layer in (r.stats.layers or [])]
                                        for r in results], np.int64)

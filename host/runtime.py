@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from softnpu.compiler.bundle import Bundle, TensorSpec
+from softnpu.compiler.bundle import Bundle, Manifest, TensorSpec
 from softnpu.compiler.layout import from_blocked, to_blocked
 from softnpu.host.device import Device, DeviceError, DeviceLost, DeviceTimeout
 from softnpu.host.pipeline import InputError
 
-__all__ = ["Runtime", "Result", "Stats", "tensor_hwc"]
+__all__ = ["Runtime", "Result", "Stats", "layer_spans", "tensor_hwc"]
 
 _ids = itertools.count(1)
 
@@ -31,7 +31,7 @@ _ids = itertools.count(1)
 class Stats:
     """What one inference cost on the modelled hardware, and on this host."""
     cycles: int                          # NPU clock cycles, start to done
-    utilization: dict[str, float]        # busy fraction of load/compute/store, MAC-active fraction
+    utilization: dict[str, float]        # busy fraction of load/compute/store, `mac`, `mac_active`
     latency_s: float                     # cycles at the config's clock_mhz
     dram_read_bytes: int
     dram_write_bytes: int
@@ -61,11 +61,26 @@ def tensor_hwc(spec: TensorSpec) -> tuple[int, int, int]:
     raise ValueError(f"tensor {spec.name!r}: shape {shape} has no device layout (batch must be 1)")
 
 
-def _utilization(counters: dict[str, int]) -> dict[str, float]:
+def utilization(counters: dict[str, int], macs: int, peak_macs_per_cycle: int) -> dict[str, float]:
+    """Busy fraction of load/compute/store; `mac`: MAC utilization (useful MACs over the array's
+    peak in these cycles); `mac_active`: cycles with the array active over cycles (host/profile.py
+    names the two metrics)."""
     cycles = max(counters.get("cycles", 0), 1)
     util = {unit: counters.get(f"{unit}_busy", 0) / cycles for unit in ("load", "compute", "store")}
-    util["mac"] = counters.get("mac_active", 0) / cycles
+    util["mac"] = macs / (cycles * peak_macs_per_cycle)
+    util["mac_active"] = counters.get("mac_active", 0) / cycles
     return util
+
+
+def layer_spans(manifest: Manifest, entries: list, counters: dict[str, int]) -> list[dict]:
+    """Per marker (layer) of a marker trace [(id, counters snapshot)]: its name, start cycle, cycles,
+    and every performance counter's increase over the layer (the next snapshot, or the final
+    `counters`, minus this one), so the layers' counters add up to the run's from the first marker."""
+    names = {layer.get("id"): layer.get("name", "") for layer in manifest.layers}
+    ends = [c for _, c in entries[1:]] + [counters]
+    return [{"id": marker, "name": names.get(marker, ""), "start": c["cycles"],
+             "cycles": end["cycles"] - c["cycles"], "counters": {k: end[k] - c[k] for k in c if k in end}}
+            for (marker, c), end in zip(entries, ends, strict=True)]
 
 
 class Runtime:
@@ -167,19 +182,15 @@ class Runtime:
             h, w, c = tensor_hwc(spec)
             outputs[name] = from_blocked(raw[name].reshape(-(-c // b), h, w, b), c).reshape(spec.shape)
         config = self.device.config
-        stats = Stats(cycles=counters["cycles"], utilization=_utilization(counters),
+        macs = sum(int(layer.get("macs", 0)) for layer in self.manifest.layers)
+        util = utilization(counters, macs, config.macs_per_cycle)
+        stats = Stats(cycles=counters["cycles"], utilization=util,
                       latency_s=config.cycles_to_seconds(counters["cycles"]),
                       dram_read_bytes=counters["dram_read_bytes"],
                       dram_write_bytes=counters["dram_write_bytes"],
                       wall_s=time.perf_counter() - t0, device_s=device_s, counters=counters,
-                      layers=self._layers(trace_entries, counters) if trace else None)
+                      layers=layer_spans(self.manifest, trace_entries, counters) if trace else None)
         return Result(outputs, stats)
-
-    def _layers(self, entries, counters) -> list[dict]:
-        names = {layer.get("id"): layer.get("name", "") for layer in self.manifest.layers}
-        marks = [c["cycles"] for _, c in entries[1:]] + [counters["cycles"]]
-        return [{"id": marker, "name": names.get(marker, ""), "start": c["cycles"],
-                 "cycles": end - c["cycles"]} for (marker, c), end in zip(entries, marks, strict=True)]
 
     def close(self):
         self.device.close()

@@ -152,7 +152,8 @@ def build_sample(config: NPUConfig | str = "tiny", size: int = 16, channels: int
         program_instructions=len(program),
         preprocess={"size": size, "mode": "unit"},
         postprocess=[{"op": "dequantize"}, {"op": "softmax"}],
-        layers=[{"id": 0, "name": "conv", "kind": "CONV_2D"}, {"id": 1, "name": "mean", "kind": "MEAN"},
-                {"id": 2, "name": "fc", "kind": "FULLY_CONNECTED"}],
+        layers=[{"id": 0, "name": "conv", "kind": "CONV_2D", "macs": h1 * h1 * channels * 27},
+                {"id": 1, "name": "mean", "kind": "MEAN", "macs": 0},
+                {"id": 2, "name": "fc", "kind": "FULLY_CONNECTED", "macs": channels * classes}],
         source="host.sample")
     return SampleModel(Bundle(manifest, code, bytes(weights)), conv, mean, fc)
