@@ -78,7 +78,7 @@ def write_report(manifest, out: dict, path_md: Path, path_json: Path) -> None:
         cycles = measured[i] if i < len(measured) else None
         macs = int(layer.get("macs", 0))
         rows.append({"id": layer.get("id", i), "name": layer.get("name", ""), "kind": layer.get("kind", ""),
-                     "macs": macs, "estimated_cycles": layer.get("cycles"),     # the cycle model's, from the manifest
+                     "macs": macs, "estimated_cycles": layer.get("cycles"),   # the cycle model's
                      "cycles": cycles,
                      "mac_utilization": (macs / (cycles * macs_per_cycle)) if cycles else None})
     path_json.write_text(json.dumps({"model": manifest.model, "config": manifest.config,
