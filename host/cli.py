@@ -92,7 +92,6 @@ def cmd_asm(args) -> int:
 # TensorFlow's protos, which the other commands do not need)
 # ----------------------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    import logging
     import signal
     import threading
 
@@ -102,7 +101,6 @@ def cmd_serve(args) -> int:
     from softnpu.host.repository import ModelRepository
     from softnpu.host.service import Server, load_api_keys
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     keys = []
     if args.api_key:
         keys.append(args.api_key)
@@ -313,8 +311,12 @@ def cmd_verify(args) -> int:
         bundle = Bundle.load(input_file(args.bundle, "bundle"))
     except BundleError as exc:
         raise SystemExit(f"softnpu verify: {exc}") from None
+    from softnpu.progress import activity
+
     try:
-        report = verify_bundle(bundle, backend=args.backend, inputs=args.inputs, seed=args.seed)
+        with activity(f"verifying {bundle.manifest.model} on {args.backend} against the interpreter, "
+                      f"{args.inputs} input(s)"):
+            report = verify_bundle(bundle, backend=args.backend, inputs=args.inputs, seed=args.seed)
     except (BundleError, BackendUnavailable) as exc:
         raise SystemExit(f"softnpu verify: {exc}") from None
     except (DeviceError, DeviceTimeout, DeviceLost) as exc:
@@ -397,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"softnpu {__version__}")
     parser.add_argument("--traceback", action="store_true",
                         help="show the Python traceback of an unexpected error (for bug reports)")
+    parser.add_argument("-q", "--quiet", dest="global_quiet", action="store_true",
+                        help="no progress display (spinners, bars)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what softnpu does (--log-level INFO)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("disasm", help="print the instructions of a program or bundle",
                        description="Disassemble an encoded program (.bin), a bundle (.npu) or "
@@ -427,6 +435,15 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     command = f"softnpu {args.command}"
+    import logging
+
+    from softnpu import progress
+
+    level = args.log_level or ("INFO" if args.verbose or args.command == "serve" else "WARNING")
+    logging.basicConfig(level=getattr(logging, level),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.global_quiet or getattr(args, "quiet", False):
+        progress.set_enabled(False)
     try:
         return args.func(args)
     except UsageError as exc:

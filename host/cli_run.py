@@ -81,13 +81,14 @@ def _run(args):
                 print(f"waveform: {where}{gtkw}")
         else:
             from softnpu.host.runtime import Runtime
+            from softnpu.progress import activity
 
-            if not quiet and args.backend == "rtl":
-                print("softnpu: starting the RTL simulator (the first build of a config takes a minute "
-                      "or two; cached after)", file=sys.stderr, flush=True)
-            runtime = Runtime.open(bundle, args.backend)
+            estimate = sum(int(layer.get("cycles", 0)) for layer in bundle.manifest.layers)
+            with activity(f"starting the {args.backend} device"):
+                runtime = Runtime.open(bundle, args.backend)
             try:
-                result = runtime.infer(inputs, trace=True)
+                with activity(f"{bundle.manifest.model} on {args.backend}: about {estimate:,} cycles"):
+                    result = runtime.infer(inputs, trace=True)
             finally:
                 runtime.close()
             outputs, stats = result.outputs, result.stats

@@ -62,6 +62,7 @@ from softnpu.host.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
 __all__ = ["Server", "ApiKeyInterceptor", "load_api_keys", "PREDICTION_SERVICE", "MODEL_SERVICE"]
 
 log = logging.getLogger("softnpu.serve")
+access_log = logging.getLogger("softnpu.access")
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
@@ -143,11 +144,25 @@ _CODE_OF = (
 )
 
 
+def _access(method: str, request, context, code: grpc.StatusCode, start: float) -> None:
+    """One access-log line per request (logger `softnpu.access`, INFO): peer, method, model,
+    status, milliseconds."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    spec = getattr(request, "model_spec", None)
+    model = f"{spec.name}:{spec.version.value or 'latest'}" if spec is not None and spec.name else "-"
+    access_log.info("%s %s %s %s %.1fms", context.peer(), method, model, code.name,
+                    (time.perf_counter() - start) * 1e3)
+
+
 def _rpc(method):
     """Run a handler; turn any exception into the gRPC status of its kind (never let one out)."""
     def wrapper(self, request, context):
+        start = time.perf_counter()
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
+            _access(method.__name__, request, context, grpc.StatusCode.OK, start)
+            return response
         except Exception as exc:
             code = next((c for kind, c in _CODE_OF if isinstance(exc, kind)), None)
             if code is None:
@@ -158,6 +173,7 @@ def _rpc(method):
                 if isinstance(exc, (DeviceError, DeviceTimeout, DeviceLost)):
                     message = f"device fault: {exc}"
                     log.error("%s: %s", method.__name__, message)
+        _access(method.__name__, request, context, code, start)
         context.abort(code, message)
     wrapper.__name__ = method.__name__
     return wrapper

@@ -137,9 +137,29 @@ def build(
         if build_dir.exists():  # left over by a failed or killed build
             shutil.rmtree(build_dir)
         build_dir.mkdir(parents=True)
-        _build_into(build_dir, key, top_verilog_sources, toplevel, build_key_parts, waves, public_flat_rw,
-                    extra_args, cpp_sources)
+        from softnpu.progress import activity
+
+        parts = build_key_parts if isinstance(build_key_parts, dict) else {}
+        what = (parts.get("npu_config") or {}).get("name") or parts.get("name")
+        description = (f"Verilator: building {toplevel}" + (f" ({what})" if what else "")
+                       + (" with waveform tracing" if waves else ""))
+        with activity(description, _expected_build_s(root, toplevel, waves)):
+            _build_into(build_dir, key, top_verilog_sources, toplevel, build_key_parts, waves, public_flat_rw,
+                        extra_args, cpp_sources)
     return build_dir
+
+
+def _expected_build_s(root: Path, toplevel: str, waves: bool) -> float | None:
+    """The median time of the earlier finished builds of `toplevel` in the cache (None: none yet)."""
+    times = []
+    for meta in root.glob(f"*/{_META}"):
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("toplevel") == toplevel and (info.get("waves") is not None) == waves:
+            times.append(float(info.get("build_seconds", 0)))
+    return sorted(times)[len(times) // 2] if times else None
 
 
 def _build_into(

@@ -168,7 +168,10 @@ def build(config: NPUConfig, waves: bool = False) -> Path:
         if (build_dir / rtl_build._META).is_file():
             return build_dir
     with tempfile.TemporaryDirectory(prefix="softnpu_rtl_") as tmp:
-        sources = verilog_sources(config, tmp, waves)
+        from softnpu.progress import activity
+
+        with activity(f"Amaranth: generating the NPU's Verilog ({config.name}, {config.rows}x{config.cols})"):
+            sources = verilog_sources(config, tmp, waves)
         build_dir = rtl_build.build(sources, TOPLEVEL, {"npu_config": config.to_dict()}, waves,
                                     cpp_sources=[DPI_TRACE_CPP] if waves else [], extra_args=["--timing"])
     index.parent.mkdir(parents=True, exist_ok=True)

@@ -408,3 +408,16 @@ def test_a_port_in_use_is_a_clear_error(repo):
         s.listen()
         with pytest.raises(OSError, match="cannot listen on 127.0.0.1:"):
             Server(repo.root, port=s.getsockname()[1])
+
+
+def test_every_request_gets_an_access_log_line(serve, sample, caplog):
+    import logging
+
+    server = serve(workers=1)
+    with caplog.at_level(logging.INFO, logger="softnpu.access"):
+        stock_predict(server.address, {"input": x_int8(sample, 0)})
+        with pytest.raises(grpc.RpcError):
+            stock_predict(server.address, {"input": np.zeros((1, 3, 3, 3), np.int8)})
+    lines = [r.getMessage() for r in caplog.records if r.name == "softnpu.access"]
+    assert any(" Predict sample:latest OK " in line for line in lines), lines
+    assert any(" Predict sample:latest INVALID_ARGUMENT " in line for line in lines), lines
