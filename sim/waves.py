@@ -290,8 +290,7 @@ def _vcd_span(path: Path) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 # GTKWave save file
 # ----------------------------------------------------------------------------------------------
-_GROUP_BEGIN, _GROUP_END = "@800200", "@1000200"
-_BINARY, _HEX = "@28", "@22"
+_GROUP_BEGIN, _GROUP_END = "@800200", "@1000200"        # GTKWave's group flags (pyvcd writes them)
 
 
 def write_gtkw(waves: str | Path, widths: dict[str, int], only_present: bool = True,
@@ -302,24 +301,30 @@ def write_gtkw(waves: str | Path, widths: dict[str, int], only_present: bool = T
     `widths` maps full signal names to bits (read_signals or design_widths); with `only_present`
     the signals missing from it are left out.  `span` (first and last time step, time_span) zooms
     the view onto the recorded window."""
+    from vcd.gtkw import GTKWSave
+
     waves = Path(waves).resolve()
-    lines = [f'[dumpfile] "{waves}"', f'[savefile] "{waves.with_suffix(".gtkw")}"',
-             f"[timestart] {span[0] if span else 0}", "[size] 1400 900", "[sst_width] 260",
-             "[signals_width] 300", "[sst_expanded] 1"]
-    if span and span[1] > span[0]:
-        # GTKWave shows 2**-zoom time units per 200 pixels (calczoom); the wave pane is ~800 pixels
-        lines.append(f"*{-math.log2((span[1] - span[0]) * 200 / 800):.6f} {span[0]}")
-    for group, names in UNIT_SIGNALS.items():
-        lines += [_GROUP_BEGIN, f"-{group}"]
-        for name in names:
-            full = f"{TOP}.{name}"
-            if only_present and full not in widths:
-                continue
-            width = widths.get(full, 1)
-            lines += [_BINARY if width == 1 else _HEX, full if width == 1 else f"{full}[{width - 1}:0]"]
-        lines += [_GROUP_END, f"-{group}"]
     out = waves.with_suffix(".gtkw")
-    out.write_text("\n".join(lines) + "\n")
+    with open(out, "w") as file:
+        save = GTKWSave(file)
+        save.dumpfile(str(waves))
+        save.savefile(str(out))
+        save.timestart(span[0] if span else 0)
+        save.size(1400, 900)
+        save.signals_width(300)
+        save.sst_expanded(True)
+        if span and span[1] > span[0]:
+            # GTKWave shows 2**-zoom time units per 200 pixels (calczoom); the wave pane is ~800 pixels
+            save.zoom_markers(-math.log2((span[1] - span[0]) * 200 / 800), span[0])
+        for group, names in UNIT_SIGNALS.items():
+            with save.group(group):
+                for name in names:
+                    full = f"{TOP}.{name}"
+                    if only_present and full not in widths:
+                        continue
+                    width = widths.get(full, 1)
+                    save.trace(full if width == 1 else f"{full}[{width - 1}:0]",
+                               datafmt="bin" if width == 1 else "hex")
     return out
 
 
