@@ -33,7 +33,7 @@ _HERE = Path(__file__).resolve().parent
 
 # keras.applications preprocess_input mode (host/pipeline.py MODES) per zoo network
 ZOO_PREPROCESS = {"resnet50": "caffe", "resnet152": "caffe", "vgg16": "caffe", "densenet121": "torch",
-                  "digits": "unit"}
+                  "digits": "unit", "efficientnet_lite0": "lite"}
 
 
 def resolve_config(config: str | NPUConfig) -> NPUConfig:
@@ -54,7 +54,7 @@ def _cache_key(name: str, size: int) -> str:
             h.update(f"{dist}={metadata.version(dist)}".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{dist}=none".encode())
-    for src in ("zoo.py", "convert.py"):
+    for src in ("zoo.py", "convert.py", "efficientnet.py", "torch_legacy.py"):
         h.update((_HERE / src).read_bytes())
     return h.hexdigest()[:16]
 
