@@ -249,7 +249,8 @@ def _program(config, x: Activation, y: Activation, plan: DepthwisePlan, *, weigh
                                   dram=params + 3 * cb0 * 4 * b, blocks=1, rows=1, cols=3 * ncb))
             first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, stride, kh, pads[0])
             p = ptop + nin + pbot
-            loads.append(Load(buffer=Buffer.INP, sram=inp_base, dram=x.addr + cb0 * x.plane(b) + first_row * x.w * b,
+            src = x.addr + cb0 * x.plane(b) + first_row * x.w * b
+            loads.append(Load(buffer=Buffer.INP, sram=inp_base, dram=src,
                               blocks=ncb, rows=nin, cols=x.w, row_stride=x.w * b, block_stride=x.plane(b),
                               pad_top=ptop, pad_bottom=pbot, pad_left=pads[2], pad_right=pads[3],
                               pad_value=pad_value))
@@ -266,8 +267,8 @@ def _program(config, x: Activation, y: Activation, plan: DepthwisePlan, *, weigh
     return _finish_layer(_emit(tiles), layer_id, first, config)
 
 
-def depthwise2d(config: NPUConfig, x: Activation, y: Activation, *, weights: int, params: int, kh: int, kw: int,
-                stride: int, pads: tuple[int, int, int, int], pad_value: int, zero_point: int,
+def depthwise2d(config: NPUConfig, x: Activation, y: Activation, *, weights: int, params: int, kh: int,
+                kw: int, stride: int, pads: tuple[int, int, int, int], pad_value: int, zero_point: int,
                 act_min: int = -128, act_max: int = 127, layer_id: int = 0, first: bool = False,
                 name: str = "depthwise", plan: DepthwisePlan | None = None) -> list[Insn]:
     """DEPTHWISE_CONV_2D.  `weights`: DRAM address of pack_depthwise_weights' output; `params`: of
@@ -305,9 +306,9 @@ class DepthwiseBuilders:
             b = ctx.config.cols
             wa = ctx.blob.add(pack_depthwise_weights(w, b))
             pa = ctx.blob.add(layout.pack_requant_params(bias, p["multiplier"], p["shift"], b))
-            insns = depthwise2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa, kh=kh,
-                                kw=kw, stride=sh, pads=pads, pad_value=zp_in, zero_point=p["output_zero_point"],
-                                act_min=p["act_min"], act_max=p["act_max"], layer_id=layer_id, first=first,
-                                name=f"op {op.index} DEPTHWISE_CONV_2D")
+            insns = depthwise2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa,
+                                kh=kh, kw=kw, stride=sh, pads=pads, pad_value=zp_in,
+                                zero_point=p["output_zero_point"], act_min=p["act_min"], act_max=p["act_max"],
+                                layer_id=layer_id, first=first, name=f"op {op.index} DEPTHWISE_CONV_2D")
             return insns, macs
         return self._layer(op, "DEPTHWISE_CONV_2D", [x], build)

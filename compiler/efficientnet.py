@@ -89,7 +89,8 @@ def build_keras(input_size: int = 224, weights: str | None = None):
         key, name = f"_blocks.{i}", f"block{i}"
         shortcut = x
         if e != 1:
-            x = bn(conv(x, f"{name}_expand", f"{key}._expand_conv", cin * e), f"{name}_expand_bn", f"{key}._bn0")
+            x = conv(x, f"{name}_expand", f"{key}._expand_conv", cin * e)
+            x = bn(x, f"{name}_expand_bn", f"{key}._bn0")
         dw = layers.DepthwiseConv2D(k, strides=s, padding="same", use_bias=False, name=f"{name}_dwconv")
         loads.append((dw, [sd[f"{key}._depthwise_conv.weight"].transpose(2, 3, 0, 1)]))
         x = bn(dw(x), f"{name}_dw_bn", f"{key}._bn1")

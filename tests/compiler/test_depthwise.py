@@ -26,7 +26,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "{h}x{w}x{c}_k{k}_s{stride}_{padding}_{relu}".format(**c))
+
+def _case_id(c) -> str:
+    return "{h}x{w}x{c}_k{k}_s{stride}_{padding}_{relu}".format(**c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_reference_kernel_matches_the_interpreter(case):
     model = oracle.depthwise_conv2d(**case, seed=case["c"])
     graph = load_tflite(model)
@@ -39,7 +44,7 @@ def test_reference_kernel_matches_the_interpreter(case):
 
 
 @pytest.mark.parametrize("config", ["tiny", "default"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "{h}x{w}x{c}_k{k}_s{stride}_{padding}_{relu}".format(**c))
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_depthwise_bit_exact_on_iss(case, config):
     bundle = assert_bit_exact(oracle.depthwise_conv2d(**case, seed=case["c"]), config, inputs=2)
     assert kinds(bundle) == ["DEPTHWISE_CONV_2D"]

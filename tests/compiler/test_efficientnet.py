@@ -139,12 +139,14 @@ def test_imagenet_class_names():
 # ----------------------------------------------------------------------------------------------
 # The int8 network on the NPU
 # ----------------------------------------------------------------------------------------------
-def test_efficientnet_on_tiny_is_bit_exact():
-    """The whole network at 32x32 on the tiny config (every layer tiled hardest) on the ISS."""
+@pytest.mark.parametrize("backend", ["iss", "rtl"])
+def test_efficientnet_on_tiny_is_bit_exact(backend):
+    """The whole network at 32x32 on the tiny config (every layer tiled hardest), on the ISS and on the
+    RTL (cocotb/Verilator)."""
     bundle = compile_tflite(zoo_tflite("efficientnet_lite0", 32, progress=False), "tiny", name="eff32")
     kinds = [rec["kind"] for rec in bundle.manifest.layers]
     assert kinds.count("DEPTHWISE_CONV_2D") == 16 and kinds.count("ADD") == 9
-    report = verify_bundle(bundle, "iss", inputs=1, seed=5)
+    report = verify_bundle(bundle, backend, inputs=1, seed=5)
     assert report.equal, [c for c in report.checks if not c.equal]
 
 
