@@ -66,6 +66,24 @@ def test_depthwise_tiles_across_block_groups_and_rows():
                      "tiny", inputs=1, seed=4)
 
 
+def test_explicit_zero_padding_folds_into_the_depthwise_load():
+    """ZeroPadding2D + VALID depthwise stride 2 (as Keras models pad explicitly): the PAD is
+    folded into the depthwise layer's load padding."""
+    import keras
+
+    x = keras.Input((10, 9, 8), batch_size=1, name="input")
+    y = keras.layers.ZeroPadding2D(((1, 1), (2, 0)))(x)     # not SAME: the converter keeps the PAD
+    y = keras.layers.DepthwiseConv2D(3, strides=2, padding="valid", activation="relu6", name="dw")(y)
+    model = keras.Model(x, y)
+    rng = np.random.default_rng(3)
+    model.get_layer("dw").set_weights([rng.normal(0, 0.4, (3, 3, 8, 1)).astype(np.float32),
+                                       rng.uniform(-0.3, 0.3, 8).astype(np.float32)])
+    tflite = oracle.convert_int8(model, oracle.representative([(10, 9, 8)]))
+    assert [op.kind for op in load_tflite(tflite).ops] == ["PAD", "DEPTHWISE_CONV_2D"]
+    bundle = assert_bit_exact(tflite, "tiny")
+    assert kinds(bundle) == ["DEPTHWISE_CONV_2D"]
+
+
 def test_diagonal_weights_hold_each_channel_on_its_lane():
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, (1, 3, 5, 7), dtype=np.int8)
