@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from softnpu.compiler import depthwise, reference
 from softnpu.compiler.compile import compile_tflite
@@ -53,6 +55,26 @@ def test_depthwise_bit_exact_on_iss(case, config):
     assert rec["macs"] == oh * ow * case["c"] * case["k"] ** 2
     # the diagonal mapping uses one lane of each row of the array: utilization <= 1/rows
     assert 0 < rec["utilization"] <= 1 / preset(config).rows
+
+
+@st.composite
+def depthwise_layers(draw):
+    k = draw(st.sampled_from([1, 2, 3, 5, 7]))
+    stride = draw(st.integers(1, 2))
+    padding = draw(st.sampled_from(["same", "valid"]))
+    h = draw(st.integers(k if padding == "valid" else 1, 16))
+    w = draw(st.integers(k if padding == "valid" else 1, 16))
+    c = draw(st.sampled_from([1, 3, 4, 7, 16, 21, 48]))
+    relu = draw(st.sampled_from([False, True, "relu6"]))
+    config = draw(st.sampled_from(["tiny", "default"]))
+    return dict(h=h, w=w, c=c, k=k, stride=stride, padding=padding, relu=relu), config
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(depthwise_layers())
+def test_depthwise_of_random_shape_bit_exact(case):
+    layer, config = case
+    assert_bit_exact(oracle.depthwise_conv2d(**layer, seed=layer["h"] * 31 + layer["c"]), config, inputs=1)
 
 
 def test_depthwise_tiles_across_block_groups_and_rows():
