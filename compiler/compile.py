@@ -166,7 +166,10 @@ def compile_model(model: str | Path, config: str | NPUConfig = "default", input_
         data = zoo_tflite(name, size, weights, calib, progress)
         preprocess = {"size": size, "mode": ZOO_PREPROCESS[name],
                       "resize": "stretch" if name == "digits" else "center_crop"}
-        labels = "digits" if name == "digits" else "imagenet"
+        # class names only where the weights are trained: random ImageNet-shaped weights get
+        # "class_<i>" rather than names that would look like answers
+        trained = name in zoo.PRETRAINED_NETWORKS or weights is not None
+        labels = "digits" if name == "digits" else ("imagenet" if trained else None)
         return compile_tflite(data, config, name=name if size == zoo.default_input_size(name) else
                               f"{name}_{size}", source=name, preprocess=preprocess, labels=labels,
                               progress=progress)

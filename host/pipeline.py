@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +28,6 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODES = ("caffe", "torch", "tf", "lite", "unit", "raw")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024           # decompression-bomb guard
-DATA = Path(__file__).parent / "data"
 
 
 class InputError(ValueError):
@@ -134,18 +132,10 @@ def top_k(p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def class_names(manifest: Manifest, count: int) -> list[str]:
-    """Names of the model's classes: manifest.labels names a list shipped in host/data
-    (`<labels>_classes.txt`, one per line, '#' comments), else "class_<i>"."""
-    if manifest.labels == "digits":
-        return [str(i) for i in range(count)]
-    if manifest.labels:
-        path = DATA / f"{manifest.labels}_classes.txt"
-        if path.exists():
-            names = [line.strip() for line in path.read_text().splitlines()
-                     if line.strip() and not line.startswith("#")]
-            if len(names) == count:
-                return names
-    return [f"class_{i}" for i in range(count)]
+    """Names of the model's classes (compiler/labels.py: ImageNet-1k, digits), else "class_<i>"."""
+    from softnpu.compiler.labels import class_names as names_of
+
+    return names_of(manifest.labels, count)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,7 +89,7 @@ def test_class_names_fall_back_to_indices(sample):
     assert pipeline.class_names(m, 3) == ["class_0", "class_1", "class_2"]
     assert pipeline.class_names(dataclasses.replace(m, labels="digits"), 3) == ["0", "1", "2"]
     names = pipeline.class_names(dataclasses.replace(m, labels="imagenet"), 1000)
-    assert len(names) == 1000
+    assert len(names) == 1000 and names[282] == "tiger cat" and names[967] == "espresso"
 
 
 def test_classify_applies_the_manifest_softmax_beta(sample):
