@@ -1,12 +1,14 @@
 """The main job (`nox -s demo`): the Brainwave workflow on the open NPU.
 
-Compiles ResNet-50 to an NPU bundle (cached), serves it over TensorFlow Serving's gRPC API on the
-RTL-simulated NPU, scores a photo that scikit-image ships, prints the top-5 with the hardware's
-cycles, MAC utilization and latency at the configured clock, writes a per-layer report, and stops
-the server.  Zoo weights are random unless --weights is given (this machine cannot download
-ImageNet weights), so the classes are not meaningful; the numbers of the hardware are.
+Compiles ResNet-50 and the pretrained EfficientNet-Lite0 to NPU bundles (cached), serves both over
+TensorFlow Serving's gRPC API on the RTL-simulated NPU, classifies the photos that scikit-image and
+scikit-learn ship with EfficientNet-Lite0 (real answers, ImageNet class names), scores a photo with
+ResNet-50 and prints the hardware's cycles, MAC utilization and latency at the configured clock,
+writes a per-layer report, records a waveform window, and stops the server.  ResNet-50's zoo
+weights are random unless --weights is given (this machine cannot download ImageNet weights), so
+its classes are not meaningful; its hardware figures are.
 
-    python -m host.demo [--backend rtl|iss] [--config default] [--model resnet50] [--image PATH]
+    python -m softnpu.host.demo [--backend rtl|iss] [--config default] [--model resnet50] [--image PATH]
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def bundle_path(model: str, config: str, size: int, weights: str | None) -> Path
     cache = cache_dir("bundles")
     path = cache / f"{model}-{size}-{config}-{_cache_key(model, config, size, weights)}.npu"
     if path.exists():
-        _say(f"[1/5] bundle: {path} (cached)")
+        _say(f"[1/6] bundle: {path} (cached)")
         return path
-    _say(f"[1/5] compiling {model} at {size}x{size} for the {config!r} NPU (once; cached afterwards)")
+    _say(f"[1/6] compiling {model} at {size}x{size} for the {config!r} NPU (once; cached afterwards)")
     start = time.perf_counter()
     bundle = compile_model(model, config, input_size=size, weights=weights, progress=True)
     bundle.save(path)
@@ -67,6 +69,37 @@ def photo(path: str | None) -> Path:
     target = OUT / "chelsea.jpg"
     Image.fromarray(data.chelsea()).save(target, quality=92)
     return target
+
+
+def classify_photos(address: str, model: str, backend: str) -> list[tuple[str, str, float]]:
+    """Score the photos that scikit-image and scikit-learn ship with a pretrained classifier served
+    at `address`; print and return (photo, top-1 class name, probability)."""
+    from PIL import Image
+
+    from softnpu.compiler.efficientnet import PHOTOS, _photo_sources
+    from softnpu.host.client import PredictionClient
+
+    folder = OUT / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    _say(f"[4/6] {model} (pretrained on ImageNet) classifies the bundled photos on the {backend} NPU")
+    rows = []
+    with PredictionClient(address, timeout=4 * 3600.0, model=model) as client:
+        for name, load in _photo_sources().items():
+            if name not in PHOTOS:
+                continue
+            path = folder / f"{name}.png"
+            Image.fromarray(load()).save(path)
+            start = time.perf_counter()
+            out = client.score_file(path, outputs=["labels", "scores", "npu_cycles", "npu_mac_utilization"])
+            labels = [x.decode() if isinstance(x, bytes) else str(x) for x in out["labels"][0][:3]]
+            scores = [float(s) for s in out["scores"][0][:3]]
+            rows.append((name, labels[0], scores[0]))
+            runners = ", ".join(f"{label} {score:.0%}" for label, score in zip(labels[1:], scores[1:],
+                                                                                   strict=True))
+            _say(f"      {name:<11s} {labels[0]:<22s} {scores[0]:6.1%}   (then {runners}; "
+                 f"{int(out['npu_cycles'][0]):,} cycles, MAC utilization "
+                 f"{float(out['npu_mac_utilization'][0]):.1%}, {time.perf_counter() - start:.0f} s)")
+    return rows
 
 
 def write_report(manifest, out: dict, path_md: Path, path_json: Path) -> None:
@@ -126,7 +159,9 @@ def waveform_window(bundle, image: Path, start: int, length: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--model", default="resnet50", help="the network whose hardware figures are reported")
+    parser.add_argument("--classifier", default="efficientnet_lite0",
+                        help="a pretrained network that classifies the bundled photos ('' to skip)")
     parser.add_argument("--config", default="default")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--weights", default=None, help="zoo weights: 'imagenet' or a file (default random)")
@@ -145,29 +180,37 @@ def main(argv=None) -> int:
 
     path = bundle_path(args.model, args.config, args.input_size, args.weights)
     manifest = Bundle.load(path).manifest
+    classifier = bundle_path(args.classifier, args.config, 224, None) if args.classifier else None
     if args.backend == "rtl":
         from softnpu.sim import rtl_harness
-        _say(f"[2/5] RTL simulator of the {args.config!r} NPU (Verilator; built once, then cached)")
+        _say(f"[2/6] RTL simulator of the {args.config!r} NPU (Verilator; built once, then cached)")
         start = time.perf_counter()
         build_dir = rtl_harness.build(preset(args.config))
         _say(f"      {build_dir} ({time.perf_counter() - start:.0f} s)")
     else:
-        _say("[2/5] backend iss: the instruction-set simulator (no RTL)")
+        _say("[2/6] backend iss: the instruction-set simulator (no RTL)")
 
     OUT.mkdir(parents=True, exist_ok=True)
     repo = ModelRepository(OUT / "models")
     if args.model in repo.models():
         repo.remove(args.model)          # the demo's repository holds only this run's bundle
     repo.register(path, name=args.model)
+    if classifier is not None:
+        if args.classifier in repo.models():
+            repo.remove(args.classifier)
+        repo.register(classifier, name=args.classifier)
     server = Server(repo.root, port=0, backend=args.backend, workers=1, run_timeout_s=4 * 3600.0,
                     request_timeout_s=4 * 3600.0, max_message_mb=64)
     server.start()
-    _say(f"[3/5] serving {args.model} over gRPC (TensorFlow Serving Predict API) on {server.address}, "
+    served = args.model + (f" and {args.classifier}" if classifier is not None else "")
+    _say(f"[3/6] serving {served} over gRPC (TensorFlow Serving Predict API) on {server.address}, "
          f"backend {args.backend}")
     try:
+        if classifier is not None:
+            classify_photos(server.address, args.classifier, args.backend)
         image = photo(args.image)
         client = PredictionClient(server.address, timeout=4 * 3600.0, model=args.model)
-        _say(f"[4/5] scoring {image} (the {args.backend} NPU simulates every cycle; minutes on rtl)")
+        _say(f"[5/6] scoring {image} (the {args.backend} NPU simulates every cycle; minutes on rtl)")
         start = time.perf_counter()
         out = client.score_file(image, outputs=["classes", "scores", "labels", "npu_cycles", "npu_latency_ms",
                                                 "npu_mac_utilization", "npu_layer_cycles"])
@@ -190,7 +233,7 @@ def main(argv=None) -> int:
          f"({cycles / wall / 1e3:.0f} k simulated cycles/s on this host)")
     report_md, report_json = OUT / "report.md", OUT / "report.json"
     write_report(manifest, out, report_md, report_json)
-    _say(f"[5/5] per-layer report: {report_md} and {report_json}")
+    _say(f"[6/6] per-layer report: {report_md} and {report_json}")
     if args.backend == "rtl":
         start = time.perf_counter()
         _say(f"      waveform: cycles {args.window[0]}..{sum(args.window)} of the first layer "
