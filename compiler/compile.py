@@ -33,7 +33,7 @@ _HERE = Path(__file__).resolve().parent
 
 # keras.applications preprocess_input mode (host/pipeline.py MODES) per zoo network
 ZOO_PREPROCESS = {"resnet50": "caffe", "resnet152": "caffe", "vgg16": "caffe", "densenet121": "torch",
-                  "digits": "unit"}
+                  "digits": "unit", "ssd_vgg16": "caffe"}
 
 
 def resolve_config(config: str | NPUConfig) -> NPUConfig:
@@ -123,14 +123,21 @@ def _layer_progress(enabled: bool, description: str) -> Iterator:
 
 def compile_tflite(tflite: bytes, config: str | NPUConfig = "default", *, name: str = "model",
                    source: str = "", preprocess: dict | None = None, labels: str | None = None,
-                   progress: bool = False) -> Bundle:
-    """Lower an int8 .tflite flatbuffer for `config` into a bundle that carries the .tflite too."""
+                   detection: dict | None = None, progress: bool = False) -> Bundle:
+    """Lower an int8 .tflite flatbuffer for `config` into a bundle that carries the .tflite too.
+
+    A graph the NPU cannot finish (compiler/host_split.py: L2_NORMALIZATION, reshapes to tensors
+    without a device layout) is cut: the NPU runs the front, the manifest's postprocess gets a
+    ``host_graph`` stage with the rest.  detection: an SSD decoding spec (compiler/ssd.py
+    ``detection_spec``), recorded as the postprocess stage ``ssd_detect``."""
+    from softnpu.compiler.host_split import split_host_tail
     from softnpu.compiler.tflite_import import load_tflite
 
     cfg = resolve_config(config)
     graph = load_tflite(bytes(tflite), name=name)
+    npu_graph, tail = split_host_tail(graph)
     with _layer_progress(progress, f"lowering {name} for {cfg.name}") as update:
-        lowered = lower(graph, cfg, progress=update)
+        lowered = lower(npu_graph, cfg, progress=update)
     pre = dict(lowered.preprocess)
     pre.update(preprocess or {})
     if "size" not in pre and lowered.inputs and len(lowered.inputs[0].shape) == 4:
@@ -138,16 +145,31 @@ def compile_tflite(tflite: bytes, config: str | NPUConfig = "default", *, name: 
     manifest = Manifest(model=name, version=1, config=cfg.to_dict(), inputs=lowered.inputs,
                         outputs=lowered.outputs, memory_map=lowered.memory_map,
                         program_instructions=len(lowered.program), preprocess=pre,
-                        postprocess=lowered.postprocess, layers=lowered.layers, labels=labels,
+                        postprocess=([tail.stage(graph)] if tail else []) + lowered.postprocess
+                        + ([_detection_stage(detection, graph)] if detection else []),
+                        layers=lowered.layers, labels=labels,
                         source=source or name)
     return Bundle(manifest, isa.encode_program(lowered.program), lowered.weights, bytes(tflite))
+
+
+def _detection_stage(spec: dict, graph) -> dict:
+    """The ``ssd_detect`` postprocess stage: the spec plus the names of the model's class-score and
+    box-offset outputs (graph outputs 0 and 1, the Keras model's order)."""
+    if len(graph.outputs) != 2:
+        raise ValueError(f"an SSD detector has two outputs (scores, boxes); {graph.name!r} has "
+                         f"{len(graph.outputs)}")
+    scores, boxes = (graph.tensors[i] for i in graph.outputs)
+    if boxes.shape[-1] != 4 or scores.shape[-1] != spec["num_classes"] or scores.shape[:-1] != boxes.shape[:-1]:
+        raise ValueError(f"SSD outputs {list(scores.shape)}, {list(boxes.shape)}: expected "
+                         f"[1, N, {spec['num_classes']}] class scores and [1, N, 4] box offsets")
+    return {"op": "ssd_detect", **spec, "scores": scores.name, "boxes": boxes.name}
 
 
 def compile_model(model: str | Path, config: str | NPUConfig = "default", input_size: int | None = None,
                   weights: str | None = None, calib: str | Path | None = None,
                   progress: bool = True) -> Bundle:
-    """MODEL is a zoo name (resnet50, resnet152, vgg16, densenet121, digits) or a .keras/.h5/.tflite
-    path.  input_size: the square input side of a zoo network (default 224; digits 8).  weights:
+    """MODEL is a zoo name (resnet50, resnet152, vgg16, densenet121, ssd_vgg16, digits) or a .keras/.h5/.tflite
+    path.  input_size: the square input side of a zoo network (default 224; ssd_vgg16 300; digits 8).  weights:
     zoo weights ('imagenet' or a file; default random, see compiler/zoo.py).  calib: a directory of
     calibration images (default: the zoo's synthetic set, or smooth random images)."""
     from softnpu.compiler import zoo
@@ -156,12 +178,14 @@ def compile_model(model: str | Path, config: str | NPUConfig = "default", input_
     if name in zoo.NETWORKS:
         size = zoo.default_input_size(name) if input_size is None else int(input_size)
         data = zoo_tflite(name, size, weights, calib, progress)
+        # a detector sees the whole image (its boxes are fractions of it): stretch, never crop
         preprocess = {"size": size, "mode": ZOO_PREPROCESS[name],
-                      "resize": "stretch" if name == "digits" else "center_crop"}
-        labels = "digits" if name == "digits" else "imagenet"
+                      "resize": "stretch" if name in ("digits", "ssd_vgg16") else "center_crop"}
+        labels = {"digits": "digits", "ssd_vgg16": "voc"}.get(name, "imagenet")
+        detection = zoo.detection_spec(name, size) if name in zoo.DETECTORS else None
         return compile_tflite(data, config, name=name if size == zoo.default_input_size(name) else
                               f"{name}_{size}", source=name, preprocess=preprocess, labels=labels,
-                              progress=progress)
+                              detection=detection, progress=progress)
     path = Path(name)
     if not path.exists():
         raise FileNotFoundError(f"{name}: neither a zoo network ({', '.join(zoo.NETWORKS)}) nor a file")
