@@ -27,7 +27,7 @@ from softnpu.hdl import isa
 from softnpu.hdl.config import NPUConfig, preset
 
 __all__ = ["compile_model", "compile_tflite", "zoo_tflite", "zoo_cache_path", "resolve_config",
-           "report_table", "print_report", "summary", "ZOO_PREPROCESS"]
+           "report_table", "print_report", "summary", "host_stages", "ZOO_PREPROCESS"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -271,3 +271,29 @@ def print_report(manifest: Manifest, console=None) -> None:
                   f"device memory: activations {mm['activations_bytes'] / 2**20:.1f} MiB, weights "
                   f"{mm['weights_bytes'] / 2**20:.1f} MiB, program {manifest.program_instructions} "
                   f"instructions")
+    for line in host_stages(manifest):
+        console.print(line, markup=False)
+
+
+def host_stages(manifest: Manifest) -> list[str]:
+    """The pipeline's stages around the NPU, as report lines: where a cut graph was split and what
+    the host runs after the NPU (compiler/host_split.py), and a detector's decoding."""
+    lines = []
+    for stage in manifest.postprocess:
+        if stage.get("op") == "host_graph":
+            cuts = stage.get("cuts", [])
+            lines.append(f"host tail: the graph is cut, {len(stage['ops'])} ops run on the host after "
+                         f"the NPU (reference int8 kernels, bit-exact with TFLite)")
+            by_reason: dict[str, list[str]] = {}
+            for cut in cuts:
+                key = "no NPU lowering" if "no NPU lowering" in cut["reason"] else "no device layout"
+                by_reason.setdefault(key, []).append(f"{cut['kind']}@{cut['op']}")
+            for reason, ops in by_reason.items():
+                lines.append(f"  cut at {', '.join(ops[:6])}{' ...' if len(ops) > 6 else ''}: {reason}")
+            lines.append(f"  NPU -> host: {len(stage['inputs'])} tensors: "
+                         + ", ".join(n.split(';')[0] for n in stage["inputs"]))
+            lines.append(f"  host outputs: {', '.join(stage['outputs'])}")
+        elif stage.get("op") == "ssd_detect":
+            lines.append(f"detector: SSD decoding on the host, {stage['num_classes']} classes, feature "
+                         f"maps {stage['feature_maps']}, variances {stage['variances']}; per-class NMS")
+    return lines

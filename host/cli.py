@@ -110,6 +110,27 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _detect(client, path: Path, args) -> int:
+    """`softnpu score --detect`: print the detections, draw them into --output."""
+    data = path.read_bytes()
+    found = client.detect(data, min_score=args.min_score)
+    if not found:
+        print(f"no detections with score >= {args.min_score:g}")
+    width = max((len(d.label) for d in found), default=0)
+    for rank, d in enumerate(found, 1):
+        box = ", ".join(f"{v:.3f}" for v in d.box)
+        print(f"{rank:2d}. {d.label:<{width}}  {d.score:.4f}  [ymin, xmin, ymax, xmax] = [{box}]")
+    if args.output:
+        from softnpu.host.draw import draw_detections
+
+        try:
+            draw_detections(data, found).save(args.output)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"softnpu score: cannot write {args.output}: {exc}") from None
+        print(f"wrote {args.output} ({len(found)} boxes)")
+    return 0
+
+
 def cmd_score(args) -> int:
     import os
 
@@ -122,9 +143,13 @@ def cmd_score(args) -> int:
         raise SystemExit(f"softnpu score: {path}: no such file")
     api_key = args.api_key or os.environ.get("SOFTNPU_API_KEY")
     tls = args.tls_ca if args.tls_ca else bool(args.tls)
+    if args.output and not args.detect:
+        raise SystemExit("softnpu score: -o/--output draws detections: it needs --detect")
     with PredictionClient(args.address, api_key=api_key, tls=tls, timeout=args.timeout, model=args.model,
                           version=args.version) as client:
         try:
+            if args.detect:
+                return _detect(client, path, args)
             out = client.score_file(path, outputs=["classes", "scores", "labels", "npu_cycles",
                                                    "npu_latency_ms"])
         except ScoreError as exc:
@@ -195,14 +220,20 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("score", help="classify an image with a running server",
+    p = sub.add_parser("score", help="classify an image, or detect objects in it, with a running server",
                        description="Send an image to `softnpu serve` (or TF Serving) and print the top "
-                                   "classes with their probabilities.")
+                                   "classes with their probabilities; with --detect, the objects a "
+                                   "detector finds (TF Object Detection API outputs), drawn into -o.")
     p.add_argument("image", help="image file (JPEG, PNG, ...)")
     p.add_argument("--address", default="localhost:8500", help="server HOST:PORT (default localhost:8500)")
     p.add_argument("--model", default="", help="model name (default: the server's only model)")
     p.add_argument("--version", type=int, help="model version (default: the latest)")
     p.add_argument("--top", type=int, default=5, help="classes to print (default 5)")
+    p.add_argument("--detect", action="store_true",
+                   help="the model is a detector: print its detections (label, score, box)")
+    p.add_argument("-o", "--output", help="with --detect: write the image with the boxes drawn (PNG, JPEG)")
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="with --detect: smallest score shown and drawn (default 0.5)")
     p.add_argument("--api-key", help="API key (default: $SOFTNPU_API_KEY)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="use TLS, trusting this PEM root certificate")

@@ -20,6 +20,7 @@ TensorFlow Object Detection API's form:
   IoU 0 with everything.
 * ``detect``: softmax over the classes, per foreground class NMS (at most ``max_per_class``), then
   the ``max_detections`` best over all classes (tf.image.combined_non_max_suppression).
+* ``Detector``: the manifest's ``ssd_detect`` stage applied to a model's int8 outputs.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import math
 
 import numpy as np
 
-__all__ = ["DetectionSpec", "Detections", "prior_boxes", "decode_boxes", "iou", "non_max_suppression",
-           "detect", "SCORE_THRESHOLD", "IOU_THRESHOLD", "MAX_PER_CLASS", "MAX_DETECTIONS"]
+__all__ = ["DetectionSpec", "Detections", "Detector", "DetectorOutput", "detection_stage", "prior_boxes",
+           "decode_boxes", "iou", "non_max_suppression", "detect", "softmax", "SCORE_THRESHOLD", "IOU_THRESHOLD", "MAX_PER_CLASS", "MAX_DETECTIONS"]
 
 # The SSD paper's evaluation settings (ssd.pytorch: conf_thresh 0.01, nms_thresh 0.45, top_k 200)
 SCORE_THRESHOLD = 0.01
@@ -224,3 +225,62 @@ def detect(probabilities: np.ndarray, boxes: np.ndarray, *, score_threshold: flo
     scores = np.concatenate(found_scores)
     order = np.argsort(-scores, kind="stable")[:max_detections]
     return Detections(np.concatenate(found_boxes)[order], scores[order], np.concatenate(found_classes)[order])
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage: a detector's int8 outputs -> detections
+# ----------------------------------------------------------------------------------------------
+def detection_stage(postprocess: list[dict]) -> dict | None:
+    """The manifest's ``ssd_detect`` postprocess stage, if the model is an SSD detector."""
+    return next((p for p in postprocess or [] if p.get("op") == "ssd_detect"), None)
+
+
+@dataclasses.dataclass
+class DetectorOutput:
+    detections: Detections
+    probabilities: np.ndarray      # float32 [N, C], softmax of the dequantized class scores
+    boxes: np.ndarray              # float32 [N, 4], every default box decoded (ymin, xmin, ymax, xmax)
+
+
+class Detector:
+    """The postprocess stage of an SSD: dequantize, softmax, decode against the default boxes,
+    per-class NMS, top-N.  ``specs``: the model's final int8 outputs by name (objects with
+    ``shape``, ``scale``, ``zero_point``); the stage names the class-score and box-offset ones.
+    Thresholds come from the stage (``score_threshold``, ``iou_threshold``, ``max_per_class``,
+    ``max_detections``) or the SSD paper's defaults."""
+
+    def __init__(self, stage: dict, specs: dict):
+        self.spec = DetectionSpec.from_dict(stage)
+        missing = [k for k in ("scores", "boxes") if stage.get(k) not in specs]
+        if missing:
+            raise ValueError(f"ssd_detect stage: its {missing} output(s) are not outputs of the model "
+                             f"({sorted(specs)})")
+        self.scores_spec, self.boxes_spec = specs[stage["scores"]], specs[stage["boxes"]]
+        n = self.spec.num_priors
+        if list(self.scores_spec.shape) != [1, n, self.spec.num_classes] or \
+                list(self.boxes_spec.shape) != [1, n, 4]:
+            raise ValueError(f"ssd_detect stage: outputs {list(self.scores_spec.shape)} and "
+                             f"{list(self.boxes_spec.shape)} do not match {n} default boxes and "
+                             f"{self.spec.num_classes} classes")
+        self.priors = prior_boxes(self.spec)
+        self.score_threshold = float(stage.get("score_threshold", SCORE_THRESHOLD))
+        self.iou_threshold = float(stage.get("iou_threshold", IOU_THRESHOLD))
+        self.max_per_class = int(stage.get("max_per_class", MAX_PER_CLASS))
+        self.max_detections = int(stage.get("max_detections", MAX_DETECTIONS))
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def __call__(self, tensors: dict[str, np.ndarray]) -> DetectorOutput:
+        """One image's int8 outputs by name -> its detections."""
+        s, b = self.scores_spec, self.boxes_spec
+        logits = (np.asarray(tensors[s.name], np.float32).reshape(-1, self.num_classes)
+                  - np.float32(s.zero_point)) * np.float32(s.scale)
+        offsets = (np.asarray(tensors[b.name], np.float32).reshape(-1, 4) - np.float32(b.zero_point)) \
+            * np.float32(b.scale)
+        probs = softmax(logits)
+        boxes = decode_boxes(offsets, self.priors, self.spec.variances)
+        found = detect(probs, boxes, score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
+                       max_per_class=self.max_per_class, max_detections=self.max_detections)
+        return DetectorOutput(found, probs, boxes)
