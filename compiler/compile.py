@@ -9,7 +9,7 @@ manifest with host stages and per-layer records, and the .tflite itself as the o
 Zoo conversions with the default weights and calibration are deterministic, so ``zoo_tflite``
 caches them on disk under ``$SOFTNPU_CACHE`` (default ``~/.cache/softnpu``) in ``tflite/``, keyed
 by network, input size, the versions of tensorflow, keras, ai-edge-litert and numpy, and the
-sources of compiler/zoo.py and compiler/convert.py.  ``SOFTNPU_NO_CACHE=1`` skips reading it.
+sources of compiler/zoo.py, compiler/ssd.py and compiler/convert.py.  ``SOFTNPU_NO_CACHE=1`` skips reading it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _cache_key(name: str, size: int) -> str:
             h.update(f"{dist}={metadata.version(dist)}".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{dist}=none".encode())
-    for src in ("zoo.py", "convert.py"):
+    for src in ("zoo.py", "ssd.py", "convert.py"):
         h.update((_HERE / src).read_bytes())
     return h.hexdigest()[:16]
 
