@@ -59,24 +59,6 @@ class HostTail:
                 "inputs": [graph.tensors[i].name for i in self.inputs],
                 "outputs": [graph.tensors[i].name for i in self.outputs], "cuts": cuts}
 
-    def describe(self, graph: Graph) -> str:
-        """A few lines for the compile report: where the graph is cut and what the host runs."""
-        lines = [f"host tail: {len(self.ops)} ops after the NPU"]
-        for index, why in self.reasons.items():
-            op = next(o for o in self.ops if o.index == index)
-            lines.append(f"  cut at op {index} {op.kind} ({_short(graph.tensors[op.outputs[0]].name)}): {why}")
-        kinds: dict[str, int] = {}
-        for op in self.ops:
-            kinds[op.kind] = kinds.get(op.kind, 0) + 1
-        lines.append("  host runs: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
-        lines.append("  NPU -> host: " + ", ".join(
-            f"{_short(graph.tensors[i].name)}{list(graph.tensors[i].shape)}" for i in self.inputs))
-        return "\n".join(lines)
-
-
-def _short(name: str) -> str:
-    return name.split(";")[0]
-
 
 def _cut_reason(graph: Graph, op: Op) -> str | None:
     if op.kind in HOST_OPS and op.kind not in EDGE_STAGES:

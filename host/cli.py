@@ -312,13 +312,14 @@ def cmd_verify(args) -> int:
 
 def _add_compiler_commands(sub) -> None:
     p = sub.add_parser("compile", help="compile a model to an NPU bundle",
-                       description="Compile a zoo network (resnet50, resnet152, vgg16, densenet121, digits) "
-                                   "or a .keras/.h5/.tflite file to a bundle (*.npu) for an NPU config, "
-                                   "and print the per-layer report.")
+                       description="Compile a zoo network (resnet50, resnet152, vgg16, densenet121, "
+                                   "ssd_vgg16, digits) or a .keras/.h5/.tflite file to a bundle (*.npu) for "
+                                   "an NPU config, and print the per-layer report and the host stages.")
     p.add_argument("model", help="zoo name or model file")
     p.add_argument("-o", "--output", required=True, help="bundle to write (*.npu)")
     p.add_argument("--config", default="default", help="NPU config preset (tiny, default, large)")
-    p.add_argument("--input-size", type=int, help="square input side of a zoo network (default 224)")
+    p.add_argument("--input-size", type=int,
+                   help="square input side of a zoo network (default 224; ssd_vgg16 300)")
     p.add_argument("--weights", help="zoo weights: 'imagenet' (needs network access) or a weights file")
     p.add_argument("--calib", help="directory of calibration images (default: a synthetic set)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no report")
