@@ -159,7 +159,8 @@ def _detection_stage(spec: dict, graph) -> dict:
         raise ValueError(f"an SSD detector has two outputs (scores, boxes); {graph.name!r} has "
                          f"{len(graph.outputs)}")
     scores, boxes = (graph.tensors[i] for i in graph.outputs)
-    if boxes.shape[-1] != 4 or scores.shape[-1] != spec["num_classes"] or scores.shape[:-1] != boxes.shape[:-1]:
+    if boxes.shape[-1] != 4 or scores.shape[-1] != spec["num_classes"] or \
+            scores.shape[:-1] != boxes.shape[:-1]:
         raise ValueError(f"SSD outputs {list(scores.shape)}, {list(boxes.shape)}: expected "
                          f"[1, N, {spec['num_classes']}] class scores and [1, N, 4] box offsets")
     return {"op": "ssd_detect", **spec, "scores": scores.name, "boxes": boxes.name}
@@ -168,10 +169,11 @@ def _detection_stage(spec: dict, graph) -> dict:
 def compile_model(model: str | Path, config: str | NPUConfig = "default", input_size: int | None = None,
                   weights: str | None = None, calib: str | Path | None = None,
                   progress: bool = True) -> Bundle:
-    """MODEL is a zoo name (resnet50, resnet152, vgg16, densenet121, ssd_vgg16, digits) or a .keras/.h5/.tflite
-    path.  input_size: the square input side of a zoo network (default 224; ssd_vgg16 300; digits 8).  weights:
-    zoo weights ('imagenet' or a file; default random, see compiler/zoo.py).  calib: a directory of
-    calibration images (default: the zoo's synthetic set, or smooth random images)."""
+    """MODEL is a zoo name (resnet50, resnet152, vgg16, densenet121, ssd_vgg16, digits) or a
+    .keras/.h5/.tflite path.  input_size: the square input side of a zoo network (default 224;
+    ssd_vgg16 300; digits 8).  weights: zoo weights ('imagenet' or a file; default random, see
+    compiler/zoo.py).  calib: a directory of calibration images (default: the zoo's synthetic set,
+    or smooth random images)."""
     from softnpu.compiler import zoo
 
     name = str(model)

@@ -77,7 +77,6 @@ def _boxes_per_location(aspect_ratios: list[list[int]]) -> list[int]:
 
 
 def _heads(features, aspect_ratios, num_classes: int):
-    import keras
     from keras import layers
 
     scores, boxes = [], []
@@ -87,9 +86,9 @@ def _heads(features, aspect_ratios, num_classes: int):
         b = layers.Conv2D(n * 4, 3, padding="same", name=f"head{k}_loc")(f)
         scores.append(layers.Reshape((h * w * n, num_classes), name=f"head{k}_conf_flat")(c))
         boxes.append(layers.Reshape((h * w * n, 4), name=f"head{k}_loc_flat")(b))
-    cat = (lambda xs, name: layers.Concatenate(axis=1, name=name)(xs) if len(xs) > 1 else
-           layers.Identity(name=name)(xs[0]))
-    del keras
+    def cat(xs, name):
+        return layers.Concatenate(axis=1, name=name)(xs) if len(xs) > 1 else layers.Identity(name=name)(xs[0])
+
     return cat(scores, "scores"), cat(boxes, "boxes")
 
 

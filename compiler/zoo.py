@@ -3,8 +3,8 @@
 ``build_keras(name, input_size=None, weights=None)`` builds ``resnet50``, ``resnet152``, ``vgg16``,
 ``densenet121`` (keras.applications, 1000 classes), ``ssd_vgg16`` (SSD300, 21 PASCAL VOC classes,
 compiler/ssd.py; ``ssd.ssd_vgg16(num_classes=...)`` for other class counts) or ``digits`` (a small
-CNN trained on scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a fixed batch of 1
-so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
+CNN trained on scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a
+fixed batch of 1 so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
 SHAPE + STRIDED_SLICE + PACK).
 
 Without pretrained weights (the offline default) a Keras model has zero biases and BatchNorm layers

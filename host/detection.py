@@ -31,7 +31,8 @@ import math
 import numpy as np
 
 __all__ = ["DetectionSpec", "Detections", "Detector", "DetectorOutput", "detection_stage", "prior_boxes",
-           "decode_boxes", "iou", "non_max_suppression", "detect", "softmax", "SCORE_THRESHOLD", "IOU_THRESHOLD", "MAX_PER_CLASS", "MAX_DETECTIONS"]
+           "decode_boxes", "iou", "non_max_suppression", "detect", "softmax", "SCORE_THRESHOLD",
+           "IOU_THRESHOLD", "MAX_PER_CLASS", "MAX_DETECTIONS"]
 
 # The SSD paper's evaluation settings (ssd.pytorch: conf_thresh 0.01, nms_thresh 0.45, top_k 200)
 SCORE_THRESHOLD = 0.01
@@ -68,7 +69,8 @@ class DetectionSpec:
     @classmethod
     def from_dict(cls, d: dict) -> DetectionSpec:
         try:
-            return cls(image_size=float(d["image_size"]), feature_maps=tuple(int(f) for f in d["feature_maps"]),
+            return cls(image_size=float(d["image_size"]),
+                       feature_maps=tuple(int(f) for f in d["feature_maps"]),
                        steps=tuple(float(s) for s in d["steps"]),
                        min_sizes=tuple(float(s) for s in d["min_sizes"]),
                        max_sizes=tuple(float(s) for s in d["max_sizes"]),

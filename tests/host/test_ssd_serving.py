@@ -19,7 +19,8 @@ def interpreter_outputs(bundle, x):
     """The model's final int8 outputs from the TFLite interpreter (reference kernels)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interp = Interpreter(model_content=bundle.tflite, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp = Interpreter(model_content=bundle.tflite,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     interp.allocate_tensors()
     interp.set_tensor(interp.get_input_details()[0]["index"], x)
     interp.invoke()
@@ -80,7 +81,8 @@ def test_stock_client_gets_the_four_detection_outputs(ssd_repo, serve, ssd_bundl
     assert 0 < n <= m
     assert np.all((out["detection_boxes"] >= 0) & (out["detection_boxes"] <= 1))
     assert set(out["detection_classes"][0, :n].astype(int)) <= {1, 2, 3, 4}
-    assert np.all(np.diff(out["detection_scores"][0, :n]) <= 0) and np.all(out["detection_scores"][0, n:] == 0)
+    scores = out["detection_scores"][0]
+    assert np.all(np.diff(scores[:n]) <= 0) and np.all(scores[n:] == 0)
     # the same detections as the interpreter's outputs decoded on the host
     tail = HostGraph.from_bundle(bundle)
     want = Detector(bundle.manifest.postprocess[1], {s.name: s for s in tail.outputs})(
@@ -142,8 +144,9 @@ def test_cli_score_detect_draws_boxes(ssd_repo, serve, tmp_path):
     image = tmp_path / "in.png"
     image.write_bytes(png_bytes(60, 80, seed=6))
     out = tmp_path / "boxes.png"
-    run = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", "--detect", str(image), "-o", str(out),
-                          "--min-score", "0", "--address", server.address, "--model", "tiny_ssd"],
+    run = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", "--detect", str(image),
+                          "-o", str(out), "--min-score", "0", "--address", server.address,
+                          "--model", "tiny_ssd"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "class_" in run.stdout and f"wrote {out}" in run.stdout
@@ -153,3 +156,24 @@ def test_cli_score_detect_draws_boxes(ssd_repo, serve, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", str(image), "-o", str(out),
                           "--address", server.address], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "needs --detect" in bad.stderr
+
+
+def test_in_process_pipeline_detects(ssd_bundle):
+    from softnpu.host.detection import Detections, Detector
+    from softnpu.host.host_graph import HostGraph
+    from softnpu.host.pipeline import Pipeline
+    from softnpu.host.runtime import Runtime
+
+    bundle, _ = ssd_bundle
+    pipe = Pipeline(Runtime.open(bundle, "iss"))
+    image = png_bytes(50, 70, seed=8)
+    found, stats = pipe(image)
+    assert isinstance(found, Detections) and stats.cycles > 0
+    assert pipe.names[1:] == ["class_1", "class_2", "class_3", "class_4"]
+    x = pipe.preprocess(image)
+    tail = HostGraph.from_bundle(bundle)
+    want = Detector(bundle.manifest.postprocess[1], {s.name: s for s in tail.outputs})(
+        interpreter_outputs(bundle, x)).detections
+    np.testing.assert_array_equal(found.boxes, want.boxes)
+    np.testing.assert_array_equal(found.classes, want.classes)
+    np.testing.assert_array_equal(found.scores, want.scores)
