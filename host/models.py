@@ -211,10 +211,11 @@ class ServedModel:
                              f"{self.name}:{self.version} (outputs: {list(self.aliases)})")
         cls = None
         out = {}
-        finals = [self.final_outputs(r) for r in results] if any(
-            self.aliases[w].spec is not None or self.aliases[w].kind in _DETECTION for w in wanted) else []
-        detected = [self.detector(f) for f in finals] if self.detector is not None and any(
-            self.aliases[w].kind in _DETECTION for w in wanted) else []
+        # the host tail and the detector run only when a requested output needs them
+        detecting = any(self.aliases[w].kind in _DETECTION for w in wanted)
+        finals = [self.final_outputs(r) for r in results] if detecting or any(
+            self.aliases[w].spec is not None for w in wanted) else []
+        detected = [self.detector(f) for f in finals] if detecting else []
         for alias in dict.fromkeys(wanted):
             a = self.aliases[alias]
             if a.kind in _DETECTION:
@@ -251,7 +252,6 @@ class ServedModel:
                 out[alias] = np.array([[layer["cycles"] for layer in (r.stats.layers or [])]
                                        for r in results], np.int64)
         return out
-
 
     def final_outputs(self, result: Result) -> dict[str, np.ndarray]:
         """The model's int8 outputs for one NPU result: the NPU's, or the host tail's after them."""

@@ -164,10 +164,16 @@ def test_compile_report_prints_the_split(tiny_ssd_tflite):
 @pytest.mark.xfail(raises=UnsupportedOp, strict=True,
                    reason="fc6 is a dilated convolution: the import rejects dilation until the lowering "
                           "supports it (another branch); then this test must pass")
-def test_ssd_vgg16_splits_at_conv4_3_norm():
+def test_ssd_vgg16_splits_at_conv4_3_norm_and_its_host_tail_is_bit_exact():
+    import dataclasses
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from softnpu.compiler import reference
     from softnpu.compiler.compile import zoo_tflite
 
-    graph = load_tflite(zoo_tflite("ssd_vgg16", progress=False))
+    data = zoo_tflite("ssd_vgg16", progress=False)
+    graph = load_tflite(data)
     npu, tail = split_host_tail(graph)
     assert tail.ops[0].kind == "L2_NORMALIZATION"
     kinds = [op.kind for op in tail.ops]
@@ -175,3 +181,14 @@ def test_ssd_vgg16_splits_at_conv4_3_norm():
     assert kinds.count("RESHAPE") == 12 and kinds.count("CONCATENATION") == 2
     assert len(tail.inputs) == 11                   # conv4_3 and the 10 heads of the other maps
     assert any(graph.tensors[i].shape == (1, 38, 38, 512) for i in tail.inputs)
+    # the host tail on the interpreter's NPU-side tensors gives the interpreter's outputs (~7 s)
+    interp = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                         experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    x = np.random.default_rng(0).integers(-128, 128, (1, 300, 300, 3), dtype=np.int8)
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    host = dataclasses.replace(graph, ops=tail.ops, inputs=tail.inputs, outputs=tail.outputs)
+    got = reference.run(host, [interp.get_tensor(i) for i in tail.inputs])
+    for i, value in zip(tail.outputs, got, strict=True):
+        np.testing.assert_array_equal(value, interp.get_tensor(i))
