@@ -110,10 +110,24 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _label_names(labels: str) -> list[str]:
+    """--labels: 'voc' or a text file with one class name per line for class ids 1, 2, ... (the
+    TF Object Detection API's ids; id 0 is the background)."""
+    if labels == "voc":
+        from softnpu.compiler.ssd import VOC_CLASSES
+        return ["background", *VOC_CLASSES]
+    try:
+        lines = Path(labels).read_text().splitlines()
+    except OSError as exc:
+        raise SystemExit(f"softnpu score: --labels {labels}: {exc.strerror or exc}") from None
+    return ["background"] + [line.strip() for line in lines if line.strip()]
+
+
 def _detect(client, path: Path, args) -> int:
     """`softnpu score --detect`: print the detections, draw them into --output."""
     data = path.read_bytes()
-    found = client.detect(data, min_score=args.min_score)
+    names = _label_names(args.labels) if args.labels else None
+    found = client.detect(data, min_score=args.min_score, label_names=names)
     if not found:
         print(f"no detections with score >= {args.min_score:g}")
     width = max((len(d.label) for d in found), default=0)
@@ -234,6 +248,9 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("-o", "--output", help="with --detect: write the image with the boxes drawn (PNG, JPEG)")
     p.add_argument("--min-score", type=float, default=0.5,
                    help="with --detect: smallest score shown and drawn (default 0.5)")
+    p.add_argument("--labels", help="with --detect: class names by id, 'voc' or a file (one per line, id 1 "
+                                    "first); then only the four standard outputs are asked for, as any TF "
+                                    "Serving detector has them (default: the server's detection_labels)")
     p.add_argument("--api-key", help="API key (default: $SOFTNPU_API_KEY)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="use TLS, trusting this PEM root certificate")

@@ -153,6 +153,11 @@ def test_cli_score_detect_draws_boxes(ssd_repo, serve, tmp_path):
     with Image.open(out) as drawn, Image.open(image) as original:
         assert drawn.size == original.size
         assert np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original.convert("RGB")))
+    voc = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", "--detect", str(image),
+                          "--labels", "voc", "--min-score", "0", "--address", server.address],
+                         capture_output=True, text=True, timeout=120)
+    assert voc.returncode == 0, voc.stderr
+    assert "class_" not in voc.stdout and {"aeroplane", "bicycle", "bird", "boat"} & set(voc.stdout.split())
     bad = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", str(image), "-o", str(out),
                           "--address", server.address], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "needs --detect" in bad.stderr
@@ -177,3 +182,13 @@ def test_in_process_pipeline_detects(ssd_bundle):
     np.testing.assert_array_equal(found.boxes, want.boxes)
     np.testing.assert_array_equal(found.classes, want.classes)
     np.testing.assert_array_equal(found.scores, want.scores)
+
+
+def test_voc_names_by_class_id():
+    from types import SimpleNamespace
+
+    from softnpu.host.pipeline import class_names
+
+    names = class_names(SimpleNamespace(labels="voc"), 21)
+    assert names[0] == "background" and names[15] == "person" and names[20] == "tvmonitor"
+    assert class_names(SimpleNamespace(labels="voc"), 5) == [f"class_{i}" for i in range(5)]
