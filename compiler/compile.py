@@ -94,14 +94,18 @@ def zoo_tflite(name: str, input_size: int | None = None, weights: str | None = N
     return data
 
 
-def _keras_tflite(path: Path, calib, progress: bool) -> bytes:
+def _keras_tflite(path: Path, calib, progress: bool) -> tuple[bytes, dict | None]:
+    """The file's model as int8 TFLite, and its detection spec if it is an SSD of compiler/ssd.py
+    (e.g. ``ssd.ssd_vgg16(num_classes=...)`` saved to a .keras file)."""
     import keras
 
-    from softnpu.compiler import convert
+    from softnpu.compiler import convert, ssd
 
+    ssd.register_layers()
     model = keras.models.load_model(path, compile=False)
     images = convert.load_calib_dir(calib, model.inputs[0].shape) if calib is not None else None
-    return convert.to_tflite(model, images, progress=progress)
+    detection = ssd.detection_spec(model) if ssd.is_ssd(model) else None
+    return convert.to_tflite(model, images, progress=progress), detection
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,13 +200,15 @@ def compile_model(model: str | Path, config: str | NPUConfig = "default", input_
     if path.suffix == ".tflite":
         if calib is not None:
             raise ValueError("--calib applies to Keras models; a .tflite file is already quantized")
-        data = path.read_bytes()
+        data, detection = path.read_bytes(), None
     elif path.suffix in (".keras", ".h5"):
-        data = _keras_tflite(path, calib, progress)
+        data, detection = _keras_tflite(path, calib, progress)
     else:
         raise ValueError(f"{path}: expected a .keras, .h5 or .tflite file")
-    bundle = compile_tflite(data, config, name=path.stem, source=str(path), preprocess={"mode": "raw"},
-                            progress=progress)
+    # a detector's boxes are fractions of the whole image: stretch it to the input, never crop
+    preprocess = {"mode": "raw", "resize": "stretch"} if detection else {"mode": "raw"}
+    bundle = compile_tflite(data, config, name=path.stem, source=str(path), preprocess=preprocess,
+                            detection=detection, progress=progress)
     shape = bundle.manifest.inputs[0].shape if bundle.manifest.inputs else []
     if input_size is not None and len(shape) == 4 and shape[1:3] != [input_size, input_size]:
         raise ValueError(f"{path}: the model's input is {shape[1]}x{shape[2]}, --input-size {input_size} "

@@ -22,9 +22,12 @@ that the int8 graph is realistic), or a weights file.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-__all__ = ["L2Normalization", "ssd_vgg16", "tiny_ssd", "detection_spec", "ssd_vgg16_spec",
+__all__ = ["L2Normalization", "ssd_vgg16", "tiny_ssd", "detection_spec", "ssd_vgg16_spec", "is_ssd",
+           "register_layers",
            "ssd_vgg16_feature_maps", "VOC_CLASSES", "SSD300_SPEC", "SSD_SEED"]
 
 SSD_SEED = 300
@@ -40,7 +43,9 @@ SSD300_SPEC = dict(image_size=300, feature_maps=[38, 19, 10, 5, 3, 1], steps=[8,
                    clip=True)
 
 
+@functools.cache
 def _l2_layer():
+    """The L2Normalization layer class, registered with Keras (once) so saved SSDs load."""
     import keras
     import tensorflow as tf
 
@@ -244,6 +249,17 @@ def detection_spec(model) -> dict:
     return dict(image_size=size, feature_maps=maps, steps=[size / m for m in maps],
                 min_sizes=[s * size for s in scales[:n]], max_sizes=[s * size for s in scales[1:]],
                 aspect_ratios=aspect, variances=[0.1, 0.2], clip=True, num_classes=num_classes)
+
+
+def is_ssd(model) -> bool:
+    """Whether a Keras model is an SSD built here (heads named head<k>_conf/_loc, two outputs)."""
+    names = {layer.name for layer in model.layers}
+    return "head0_conf" in names and "head0_loc" in names and len(model.outputs) == 2
+
+
+def register_layers() -> None:
+    """Make the L2Normalization layer known to keras.models.load_model."""
+    _l2_layer()
 
 
 def _count_heads(model) -> int:

@@ -161,6 +161,17 @@ def test_compile_report_prints_the_split(tiny_ssd_tflite):
                                                                num_classes=4))
 
 
+def test_saved_ssd_file_compiles_to_a_detector(tmp_path):
+    from softnpu.compiler.compile import compile_model
+
+    path = tmp_path / "my_ssd.keras"
+    ssd.tiny_ssd(32, num_classes=3).save(path)
+    bundle = compile_model(path, "tiny", progress=False)
+    stage = bundle.manifest.postprocess[-1]
+    assert stage["op"] == "ssd_detect" and stage["num_classes"] == 3
+    assert bundle.manifest.preprocess["resize"] == "stretch"
+
+
 @pytest.mark.xfail(raises=UnsupportedOp, strict=True,
                    reason="fc6 is a dilated convolution: the import rejects dilation until the lowering "
                           "supports it (another branch); then this test must pass")
