@@ -192,3 +192,17 @@ def test_voc_names_by_class_id():
     names = class_names(SimpleNamespace(labels="voc"), 21)
     assert names[0] == "background" and names[15] == "person" and names[20] == "tvmonitor"
     assert class_names(SimpleNamespace(labels="voc"), 5) == [f"class_{i}" for i in range(5)]
+
+
+def test_classify_on_a_detector_is_failed_precondition(ssd_repo, serve):
+    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
+
+    server = serve(root=ssd_repo.root)
+    with grpc.insecure_channel(server.address) as channel:
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "tiny_ssd"
+        request.input.example_list.examples.add()
+        with pytest.raises(grpc.RpcError) as err:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is a detector; use Predict" in err.value.details()
