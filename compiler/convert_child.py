@@ -9,6 +9,7 @@ and turns a non-zero exit or a signal into a ``ConversionError`` that names the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -23,9 +24,11 @@ __all__ = ["keras_file_to_tflite"]
 _FAILED = 3          # exit code of a conversion that failed with a Python exception (message on stderr)
 
 
-def keras_file_to_tflite(path: str | Path, calib: str | Path | None = None, progress: bool = True) -> bytes:
+def keras_file_to_tflite(path: str | Path, calib: str | Path | None = None,
+                         progress: bool = True) -> tuple[bytes, dict | None]:
     """Load a .keras/.h5 model and convert it to int8 TFLite (compiler/convert.py `to_tflite`) in a
-    child process; calibration images from the folder `calib`, else convert.py's default set."""
+    child process; calibration images from the folder `calib`, else convert.py's default set.
+    Returns the flatbuffer and, for an SSD of compiler/ssd.py, its detection spec (else None)."""
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="softnpu_convert_") as tmp:
         out = Path(tmp) / "model.tflite"
@@ -36,7 +39,8 @@ def keras_file_to_tflite(path: str | Path, calib: str | Path | None = None, prog
         with _status(f"converting {path.name} to int8 TFLite", progress):
             run = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
         if run.returncode == 0 and out.exists():
-            return out.read_bytes()
+            spec = out.with_suffix(".detection.json")
+            return out.read_bytes(), (json.loads(spec.read_text()) if spec.exists() else None)
     log = run.stderr.strip()
     if run.returncode < 0:
         name = signal.Signals(-run.returncode).name
@@ -59,11 +63,14 @@ def _main(argv=None) -> int:
     try:
         import keras
 
-        from softnpu.compiler import convert
+        from softnpu.compiler import convert, ssd
 
+        ssd.register_layers()           # the SSD's custom layers (L2 normalization)
         model = keras.models.load_model(args.model, compile=False)
         images = convert.load_calib_dir(args.calib, model.inputs[0].shape) if args.calib else None
         data = convert.to_tflite(model, images, progress=False)
+        if ssd.is_ssd(model):
+            Path(args.output).with_suffix(".detection.json").write_text(json.dumps(ssd.detection_spec(model)))
     except Exception as exc:
         print(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return _FAILED

@@ -13,7 +13,8 @@ A ``Graph`` is what ``compiler.tflite_import.load_tflite`` makes of a .tflite fl
   ADD/MUL offsets and multipliers, MEAN multiplier, int8 clamp bounds).  Ops are in topological
   (execution) order.
 
-Op kinds run on the NPU: ``NPU_OPS``; host stages (float or format conversions): ``HOST_OPS``.
+Op kinds run on the NPU: ``NPU_OPS``; host stages (float or format conversions, and ops the NPU
+cannot compute such as L2_NORMALIZATION's per-pixel inverse square root): ``HOST_OPS``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ NPU_OPS = frozenset({
     "CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN",
     "CONCATENATION", "RESHAPE", "DEPTHWISE_CONV_2D",
 })
-HOST_OPS = frozenset({"SOFTMAX", "QUANTIZE", "DEQUANTIZE"})
+HOST_OPS = frozenset({"SOFTMAX", "QUANTIZE", "DEQUANTIZE", "L2_NORMALIZATION"})
 SUPPORTED_OPS = NPU_OPS | HOST_OPS
 
 

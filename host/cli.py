@@ -144,6 +144,41 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _label_names(labels: str) -> list[str]:
+    """--labels: 'voc' or a text file with one class name per line for class ids 1, 2, ... (the
+    TF Object Detection API's ids; id 0 is the background)."""
+    if labels == "voc":
+        from softnpu.compiler.ssd import VOC_CLASSES
+        return ["background", *VOC_CLASSES]
+    try:
+        lines = Path(labels).read_text().splitlines()
+    except OSError as exc:
+        raise SystemExit(f"softnpu score: --labels {labels}: {exc.strerror or exc}") from None
+    return ["background"] + [line.strip() for line in lines if line.strip()]
+
+
+def _detect(client, path: Path, args) -> int:
+    """`softnpu score --detect`: print the detections, draw them into --output."""
+    data = path.read_bytes()
+    names = _label_names(args.labels) if args.labels else None
+    found = client.detect(data, min_score=args.min_score, label_names=names)
+    if not found:
+        print(f"no detections with score >= {args.min_score:g}")
+    width = max((len(d.label) for d in found), default=0)
+    for rank, d in enumerate(found, 1):
+        box = ", ".join(f"{v:.3f}" for v in d.box)
+        print(f"{rank:2d}. {d.label:<{width}}  {d.score:.4f}  [ymin, xmin, ymax, xmax] = [{box}]")
+    if args.output:
+        from softnpu.host.draw import draw_detections
+
+        try:
+            draw_detections(data, found).save(args.output)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"softnpu score: cannot write {args.output}: {exc}") from None
+        print(f"wrote {args.output} ({len(found)} boxes)")
+    return 0
+
+
 def cmd_score(args) -> int:
     import os
 
@@ -154,9 +189,13 @@ def cmd_score(args) -> int:
     path = input_file(args.image, "image")
     api_key = args.api_key or os.environ.get("SOFTNPU_API_KEY")
     tls = args.tls_ca if args.tls_ca else bool(args.tls)
+    if args.output and not args.detect:
+        raise SystemExit("softnpu score: -o/--output draws detections: it needs --detect")
     with PredictionClient(args.address, api_key=api_key, tls=tls, timeout=args.timeout, model=args.model,
                           version=args.version) as client:
         try:
+            if args.detect:
+                return _detect(client, path, args)
             out = client.score_file(path, outputs=["classes", "scores", "labels", "npu_cycles",
                                                    "npu_latency_ms"])
         except ScoreError as exc:
@@ -227,14 +266,23 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("score", help="classify an image with a running server",
+    p = sub.add_parser("score", help="classify an image, or detect objects in it, with a running server",
                        description="Send an image to `softnpu serve` (or TF Serving) and print the top "
-                                   "classes with their probabilities.")
+                                   "classes with their probabilities; with --detect, the objects a "
+                                   "detector finds (TF Object Detection API outputs), drawn into -o.")
     p.add_argument("image", help="image file (JPEG, PNG, ...)")
     p.add_argument("--address", default="localhost:8500", help="server HOST:PORT (default localhost:8500)")
     p.add_argument("--model", default="", help="model name (default: the server's only model)")
     p.add_argument("--version", type=int, help="model version (default: the latest)")
     p.add_argument("--top", type=positive_int, default=5, help="classes to print (default 5)")
+    p.add_argument("--detect", action="store_true",
+                   help="the model is a detector: print its detections (label, score, box)")
+    p.add_argument("-o", "--output", help="with --detect: write the image with the boxes drawn (PNG, JPEG)")
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="with --detect: smallest score shown and drawn (default 0.5)")
+    p.add_argument("--labels", help="with --detect: class names by id, 'voc' or a file (one per line, id 1 "
+                                    "first); then only the four standard outputs are asked for, as any TF "
+                                    "Serving detector has them (default: the server's detection_labels)")
     p.add_argument("--api-key", help="API key (default: $SOFTNPU_API_KEY)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="use TLS, trusting this PEM root certificate")
@@ -340,16 +388,16 @@ def cmd_verify(args) -> int:
 
 def _add_compiler_commands(sub) -> None:
     p = sub.add_parser("compile", help="compile a model to an NPU bundle",
-                       description="Compile a zoo network (resnet50, resnet152, vgg16, densenet121, digits) "
-                                   "or a .keras/.h5/.tflite file to a bundle (*.npu) for an NPU config, "
-                                   "and print the per-layer report.")
+                       description="Compile a zoo network (resnet50, resnet152, vgg16, densenet121, "
+                                   "ssd_vgg16, digits) or a .keras/.h5/.tflite file to a bundle (*.npu) for "
+                                   "an NPU config, and print the per-layer report and the host stages.")
     p.add_argument("model", help="zoo name or model file")
     p.add_argument("-o", "--output", required=True, help="bundle to write (*.npu)")
     p.add_argument("--config", default="default",
                    help="NPU config: a preset (tiny, default, large) or a JSON file (default: default)")
     p.add_argument("--input-size", type=positive_int,
                    help="square input side of a zoo network (default: the network's own, 224 for the "
-                        "ImageNet networks, 8 for digits)")
+                        "ImageNet networks, 300 for ssd_vgg16, 8 for digits)")
     p.add_argument("--weights", help="zoo weights: 'imagenet' (needs network access) or a weights file")
     p.add_argument("--calib", help="directory of calibration images (default: a synthetic set)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no report")

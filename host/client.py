@@ -10,6 +10,7 @@ restarting, connection reset) are retried with exponential backoff within the ca
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -28,7 +29,18 @@ from tensorflow_serving.apis import (
 
 from softnpu.host.tensors import from_proto, to_proto
 
-__all__ = ["PredictionClient", "ScoreError"]
+__all__ = ["PredictionClient", "ScoreError", "Detection", "DETECTION_OUTPUTS"]
+
+# The TF Object Detection API's outputs (what stock TF Serving detectors return)
+DETECTION_OUTPUTS = ["detection_boxes", "detection_scores", "detection_classes", "num_detections"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    label: str
+    score: float
+    box: tuple[float, float, float, float]     # ymin, xmin, ymax, xmax: fractions of the image
+    class_id: int
 
 
 class ScoreError(RuntimeError):
@@ -168,6 +180,30 @@ class PredictionClient:
         out = self.score_image(data, ["classes", "scores", "labels"], **kw)
         rows = zip(out["labels"][0], out["scores"][0], out["classes"][0], strict=True)
         return [(str(label), float(score), int(c)) for label, score, c in list(rows)[:k]]
+
+    def detect(self, path_or_bytes, min_score: float = 0.0, label_names: list[str] | None = None,
+               input_name: str = "images", **kw) -> list[Detection]:
+        """The objects a detector finds in one image, best first, with score >= min_score.
+
+        label_names: names by class id (a TF Object Detection label map as a list, id 0 unused);
+        then only the API's four standard outputs are asked for, which any TF Serving detector has.
+        Without it the class names come from softnpu's `detection_labels` output."""
+        data = Path(path_or_bytes).read_bytes() if isinstance(path_or_bytes, (str, Path)) else path_or_bytes
+        wanted = DETECTION_OUTPUTS + ([] if label_names is not None else ["detection_labels"])
+        out = self.score_image(data, wanted, input_name, **kw)
+        n = int(out["num_detections"][0])
+        found = []
+        for k in range(n):
+            score = float(out["detection_scores"][0, k])
+            if score < min_score:
+                continue
+            cid = int(out["detection_classes"][0, k])
+            if label_names is not None:
+                label = label_names[cid] if 0 <= cid < len(label_names) else f"class_{cid}"
+            else:
+                label = str(out["detection_labels"][0, k])
+            found.append(Detection(label, score, tuple(float(v) for v in out["detection_boxes"][0, k]), cid))
+        return found
 
     def metadata(self, model: str | None = None, version: int | None = None,
                  timeout: float | None = None) -> dict:

@@ -11,7 +11,15 @@ inputs   `images`   DT_STRING [N] encoded images (JPEG, PNG, ...), preprocessed 
 outputs  classifier (one [1, C] output): `logits` (float32, dequantized), `logits_int8` (the
          NPU's int8), `probabilities` (softmax), `classes` (int64 top-k), `scores` (their
          probabilities), `labels` (their class names);
-         every output: `<name>` (float32) and `<name>_int8`;
+         detector (an `ssd_detect` postprocess stage), the TF Object Detection API's outputs:
+         `detection_boxes` [N, M, 4] (ymin, xmin, ymax, xmax, fractions of the image),
+         `detection_scores` [N, M], `detection_classes` [N, M] (float32 class ids, 1-based: the
+         model's class index, background being 0), `num_detections` [N] (float32), zero-padded to
+         M = max_detections; `detection_labels` [N, M] their class names (softnpu's addition);
+         `raw_detection_boxes` [N, boxes, 4] and `raw_detection_scores`
+         [N, boxes, classes] before NMS;
+         every output of a model that is not a detector: `<name>` (float32) and `<name>_int8`
+         (after the host tail, when the graph was cut: host/host_graph.py);
          hardware figures of the run: `npu_cycles` (int64), `npu_latency_ms` (at the config's
          clock), `device_ms` (host time on the device), `npu_mac_utilization` (useful MACs
          / the array's peak in those cycles), `npu_mac_active` (cycles with the MAC array active /
@@ -29,6 +37,8 @@ import numpy as np
 
 from softnpu.compiler.bundle import Bundle, BundleError
 from softnpu.host import pipeline
+from softnpu.host.detection import Detector, detection_stage
+from softnpu.host.host_graph import HostGraph
 from softnpu.host.pipeline import InputError
 from softnpu.host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
 from softnpu.host.runtime import Result
@@ -71,9 +81,15 @@ class ServedModel:
         self.preprocessor = None
         if len(m.inputs) == 1 and len(m.inputs[0].shape) == 4 and m.inputs[0].shape[3] in (1, 3):
             self.preprocessor = pipeline.Preprocessor.for_manifest(m)
-        first = m.outputs[0]
-        self.classifier = len(first.shape) == 2 and first.shape[0] == 1
-        self.class_names = pipeline.class_names(m, first.shape[-1]) if self.classifier else []
+        # a cut graph (compiler/host_split.py): the host runs the tail after the NPU
+        self.host_graph = HostGraph.from_bundle(bundle)
+        finals = self.host_graph.outputs if self.host_graph is not None else m.outputs
+        stage = detection_stage(m.postprocess)
+        self.detector = Detector(stage, {s.name: s for s in finals}) if stage is not None else None
+        first = finals[0]
+        self.classifier = self.detector is None and len(first.shape) == 2 and first.shape[0] == 1
+        self.class_names = pipeline.class_names(m, first.shape[-1]) if self.classifier else \
+            pipeline.class_names(m, self.detector.num_classes) if self.detector is not None else []
         self.top_k = max(1, min(top_k, first.shape[-1]))
         self.aliases: dict[str, OutputAlias] = {}
         if self.classifier:
@@ -85,10 +101,22 @@ class ServedModel:
                 "classes": OutputAlias("classes", "int64", [-1, k], first),
                 "scores": OutputAlias("scores", "float32", [-1, k], first),
                 "labels": OutputAlias("labels", "string", [-1, k], first)})
-        for spec in m.outputs:
-            shape = [-1] + list(spec.shape[1:])
-            self.aliases.setdefault(spec.name, OutputAlias("float", "float32", shape, spec))
-            self.aliases.setdefault(spec.name + "_int8", OutputAlias("int8", "int8", shape, spec))
+        if self.detector is not None:
+            d = self.detector
+            n, c, top = d.spec.num_priors, d.num_classes, d.max_detections
+            self.aliases.update({
+                "detection_boxes": OutputAlias("detection_boxes", "float32", [-1, top, 4]),
+                "detection_scores": OutputAlias("detection_scores", "float32", [-1, top]),
+                "detection_classes": OutputAlias("detection_classes", "float32", [-1, top]),
+                "num_detections": OutputAlias("num_detections", "float32", [-1]),
+                "detection_labels": OutputAlias("detection_labels", "string", [-1, top]),
+                "raw_detection_boxes": OutputAlias("raw_detection_boxes", "float32", [-1, n, 4]),
+                "raw_detection_scores": OutputAlias("raw_detection_scores", "float32", [-1, n, c])})
+        else:
+            for spec in finals:
+                shape = [-1] + list(spec.shape[1:])
+                self.aliases.setdefault(spec.name, OutputAlias("float", "float32", shape, spec))
+                self.aliases.setdefault(spec.name + "_int8", OutputAlias("int8", "int8", shape, spec))
         self.aliases.update({"npu_cycles": OutputAlias("cycles", "int64", [-1]),
                              "npu_latency_ms": OutputAlias("latency", "float32", [-1]),
                              "device_ms": OutputAlias("device", "float32", [-1]),
@@ -185,15 +213,24 @@ class ServedModel:
                              f"{self.name}:{self.version} (outputs: {list(self.aliases)})")
         cls = None
         out = {}
+        # the host tail and the detector run only when a requested output needs them
+        detecting = any(self.aliases[w].kind in _DETECTION for w in wanted)
+        finals = [self.final_outputs(r) for r in results] if detecting or any(
+            self.aliases[w].spec is not None for w in wanted) else []
+        detected = [self.detector(f) for f in finals] if detecting else []
         for alias in dict.fromkeys(wanted):
             a = self.aliases[alias]
+            if a.kind in _DETECTION:
+                out[alias] = _detection_output(a.kind, detected, self.detector.max_detections,
+                                               self.class_names)
+                continue
             if a.kind in ("probabilities", "classes", "scores", "labels") and cls is None:
-                q = np.concatenate([r.outputs[a.spec.name] for r in results])
+                q = np.concatenate([f[a.spec.name] for f in finals])
                 cls = pipeline.classify(q, a.spec, self.class_names, self.top_k, self.manifest.postprocess)
             if a.kind == "int8":
-                out[alias] = np.concatenate([r.outputs[a.spec.name] for r in results])
+                out[alias] = np.concatenate([f[a.spec.name] for f in finals])
             elif a.kind == "float":
-                q = np.concatenate([r.outputs[a.spec.name] for r in results])
+                q = np.concatenate([f[a.spec.name] for f in finals])
                 out[alias] = pipeline.dequantize(q, a.spec.scale, a.spec.zero_point)
             elif a.kind == "probabilities":
                 out[alias] = cls.probabilities
@@ -219,6 +256,31 @@ class ServedModel:
                 out[alias] = np.array([[layer["cycles"] for layer in (r.stats.layers or [])]
                                        for r in results], np.int64)
         return out
+
+    def final_outputs(self, result: Result) -> dict[str, np.ndarray]:
+        """The model's int8 outputs for one NPU result: the NPU's, or the host tail's after them."""
+        return self.host_graph(result.outputs) if self.host_graph is not None else result.outputs
+
+
+_DETECTION = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
+              "detection_labels", "raw_detection_boxes", "raw_detection_scores")
+
+
+def _detection_output(kind: str, detected: list, top: int, names: list[str]) -> np.ndarray:
+    """One TF Object Detection API output over a batch of DetectorOutput (padded to `top`);
+    `detection_labels` (softnpu's addition) are the class names, b"" in the padding."""
+    if kind == "raw_detection_boxes":
+        return np.stack([d.boxes for d in detected])
+    if kind == "raw_detection_scores":
+        return np.stack([d.probabilities for d in detected])
+    if kind == "detection_labels":
+        labels = np.full((len(detected), top), b"", dtype=object)
+        for row, d in enumerate(detected):
+            for k, c in enumerate(d.detections.classes[:top]):
+                labels[row, k] = names[c].encode()
+        return labels
+    rows = [d.detections.padded(top) for d in detected]
+    return np.concatenate([row[kind] for row in rows])
 
 
 @dataclasses.dataclass

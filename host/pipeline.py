@@ -3,7 +3,9 @@
 preprocess:  encoded image (JPEG/PNG/...) -> decoded with Pillow -> resized to the model input ->
              normalised as keras.applications' `preprocess_input` does (manifest.preprocess
              `mode`) -> quantized with the input tensor's scale and zero point (int8, NHWC).
-postprocess: int8 output -> dequantized -> softmax (float) -> top-k classes with their names.
+postprocess: int8 output -> dequantized -> softmax (float) -> top-k classes with their names; or,
+             for a detector, host/detection.py (boxes, per-class NMS), after the host tail of a
+             cut graph (host/host_graph.py) when there is one.
 
 Floating point lives only here, never on the NPU.  Every bad input raises `InputError` with a
 message that says what is wrong.
@@ -192,21 +194,33 @@ def classify(q: np.ndarray, spec: TensorSpec, names: list[str], k: int = 5,
 
 
 class Pipeline:
-    """preprocess -> NPU -> postprocess for a single-input image classifier on a runtime
-    (host.runtime.Runtime): Brainwave's service definition, in process."""
+    """preprocess -> NPU -> (host tail) -> postprocess for a single-input image model on a runtime
+    (host.runtime.Runtime): Brainwave's service definition, in process.  A classifier returns a
+    `Classification`, a detector (an `ssd_detect` stage) `host.detection.Detections`."""
 
     def __init__(self, runtime, top_k: int = 5):
+        from softnpu.host.detection import Detector, detection_stage
+        from softnpu.host.host_graph import HostGraph
+
         manifest = runtime.manifest
         self.runtime, self.top_k = runtime, top_k
         self.preprocess = Preprocessor.for_manifest(manifest)
-        self.output = manifest.outputs[0]
-        if len(self.output.shape) != 2:
+        self.host_graph = HostGraph.from_bundle(runtime.bundle)
+        finals = self.host_graph.outputs if self.host_graph is not None else manifest.outputs
+        stage = detection_stage(manifest.postprocess)
+        self.detector = Detector(stage, {s.name: s for s in finals}) if stage is not None else None
+        self.output = finals[0]
+        if self.detector is None and len(self.output.shape) != 2:
             raise ValueError(f"output {self.output.name!r} of shape {self.output.shape} is not a "
-                             "classifier's [1, classes]")
-        self.names = class_names(manifest, self.output.shape[-1])
+                             "classifier's [1, classes], and the model has no detection stage")
+        self.names = class_names(manifest, self.detector.num_classes if self.detector is not None
+                                 else self.output.shape[-1])
 
     def __call__(self, image: bytes):
-        """Encoded image -> (Classification, host.runtime.Stats)."""
+        """Encoded image -> (Classification or Detections, host.runtime.Stats)."""
         result = self.runtime.infer({self.preprocess.spec.name: self.preprocess(image)})
-        return (classify(result.outputs[self.output.name], self.output, self.names, self.top_k,
+        outputs = self.host_graph(result.outputs) if self.host_graph is not None else result.outputs
+        if self.detector is not None:
+            return self.detector(outputs).detections, result.stats
+        return (classify(outputs[self.output.name], self.output, self.names, self.top_k,
                          self.runtime.manifest.postprocess), result.stats)

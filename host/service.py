@@ -245,8 +245,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         model = self._model(request.model_spec)
         if not model.classifier:
-            raise ModelLoadError(f"{model.name}:{model.version} is not a classifier (its output is "
-                                 f"{model.manifest.outputs[0].shape}); use Predict")
+            what = "a detector" if model.detector is not None else \
+                f"not a classifier (its output is {model.manifest.outputs[0].shape})"
+            raise ModelLoadError(f"{model.name}:{model.version} is {what}; use Predict")
         if request.input.HasField("example_list_with_context"):
             raise InputError("example_list_with_context is not supported; send example_list")
         examples = []

@@ -4,7 +4,10 @@ The bundle carries the .tflite its compiler consumed (member ``model.tflite``). 
 interpreter with reference kernels (``BUILTIN_REF``) on that model without its host tail
 (``tflite_import.drop_host_tail``: trailing SOFTMAX/DEQUANTIZE run on the host, and the reference
 int8 SOFTMAX can abort on small input scales), so it produces exactly the int8 tensors the NPU
-writes: the inputs of the host stages.  Both run on the same random int8 inputs.
+writes: the inputs of the host stages.  Both run on the same random int8 inputs.  A cut graph
+(compiler/host_split.py) is checked twice: its NPU outputs against the interpreter's intermediate
+tensors of the same name, and the host tail's outputs (host/host_graph.py, run on the NPU's) against
+the interpreter's outputs.
 """
 
 from __future__ import annotations
@@ -49,14 +52,17 @@ class VerifyReport:
         return all(c.equal for c in self.checks)
 
 
-def reference_interpreter(tflite: bytes):
-    """The oracle: BUILTIN_REF interpreter on the model up to the int8 tensors the NPU produces."""
+def reference_interpreter(tflite: bytes, preserve_all: bool = False):
+    """The oracle: BUILTIN_REF interpreter on the model up to the int8 tensors the NPU produces.
+    preserve_all: keep every intermediate tensor readable (a cut graph's NPU outputs are inside
+    the model)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from softnpu.compiler.tflite_import import drop_host_tail
 
     interp = Interpreter(model_content=drop_host_tail(bytes(tflite)),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                         experimental_preserve_all_tensors=preserve_all)
     interp.allocate_tensors()
     return interp
 
@@ -91,11 +97,18 @@ def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: i
     if bundle.tflite is None:
         raise BundleError(f"bundle {bundle.manifest.model!r} carries no model.tflite: recompile it with "
                           "`softnpu compile` to verify it")
-    interp = reference_interpreter(bundle.tflite)
+    from softnpu.host.host_graph import HostGraph
+
+    tail = HostGraph.from_bundle(bundle)
+    interp = reference_interpreter(bundle.tflite, preserve_all=tail is not None)
     in_details = {d["name"]: d for d in interp.get_input_details()}
     out_details = {d["name"]: d for d in interp.get_output_details()}
+    if tail is not None:      # the NPU's outputs are intermediate tensors of the model
+        inner = {d["name"]: d for d in interp.get_tensor_details()}
+        out_details = {**{s.name: inner[s.name] for s in bundle.manifest.outputs if s.name in inner},
+                       **out_details}
     manifest = bundle.manifest
-    for spec in manifest.outputs:
+    for spec in manifest.outputs + (tail.outputs if tail is not None else []):
         if spec.name not in out_details:
             raise BundleError(f"NPU output {spec.name!r} is not an output of the interpreter's model "
                               f"(outputs: {sorted(out_details)})")
@@ -115,9 +128,12 @@ def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: i
                 interp.set_tensor(d["index"], x.reshape(d["shape"]))
             interp.invoke()
             report.interpreter_seconds.append(time.perf_counter() - start)
-            for spec in manifest.outputs:
+            got_all = dict(result.outputs)
+            if tail is not None:
+                got_all.update(tail(result.outputs))
+            for spec in manifest.outputs + (tail.outputs if tail is not None else []):
                 want = interp.get_tensor(out_details[spec.name]["index"])
-                got = result.outputs[spec.name].reshape(want.shape)
+                got = got_all[spec.name].reshape(want.shape)
                 diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
                 report.checks.append(OutputCheck(k, spec.name, list(want.shape), int((diff > 0).sum()),
                                                  int(diff.max()) if diff.size else 0))

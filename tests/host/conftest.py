@@ -141,3 +141,28 @@ def joined(threads, timeout=30):
         for t in threads:
             t.join(timeout)
             assert not t.is_alive(), "a client thread hung"
+
+
+@pytest.fixture(scope="session")
+def ssd_bundle(tmp_path_factory):
+    """A tiny SSD (compiler/ssd.py tiny_ssd: 32x32 input, 5 classes, 368 default boxes, an
+    L2-normalized first feature map) compiled for the `tiny` NPU: the NPU runs the backbone and
+    most heads, the host the L2 normalization, its heads and the reshape/concat tail."""
+    from softnpu.compiler import convert, ssd
+    from softnpu.compiler.compile import compile_tflite
+
+    model = ssd.tiny_ssd(32, 5)
+    spec = ssd.detection_spec(model)
+    calib = [np.random.default_rng(i).uniform(-120, 140, (1, 32, 32, 3)).astype(np.float32) for i in range(4)]
+    data = convert.to_tflite(model, calib, progress=False)
+    spec.update(score_threshold=0.05, max_detections=10)
+    bundle = compile_tflite(data, "tiny", name="tiny_ssd", source="tiny_ssd", labels="voc", detection=spec,
+                            preprocess={"mode": "caffe", "resize": "stretch"})
+    return bundle, bundle.save(tmp_path_factory.mktemp("ssd") / "tiny_ssd.npu")
+
+
+@pytest.fixture()
+def ssd_repo(tmp_path, ssd_bundle):
+    r = ModelRepository(tmp_path / "ssd_models")
+    r.register(ssd_bundle[1], "tiny_ssd")
+    return r
