@@ -361,10 +361,21 @@ def cmd_verify(args) -> int:
         raise SystemExit(f"softnpu verify: {exc}") from None
     from softnpu.progress import activity
 
+    window = None
+    if args.waves:
+        from softnpu.host.cli_run import parse_window
+
+        output_file(args.waves, "--waves")
+        if args.backend != "rtl":
+            raise UsageError("--waves needs --backend rtl (the ISS has no signals)")
+        window = parse_window(args.window) if args.window else None
+    elif args.window:
+        raise UsageError("--window needs --waves FILE")
     try:
         with activity(f"verifying {bundle.manifest.model} on {args.backend} against the interpreter, "
                       f"{args.inputs} input(s)"):
-            report = verify_bundle(bundle, backend=args.backend, inputs=args.inputs, seed=args.seed)
+            report = verify_bundle(bundle, backend=args.backend, inputs=args.inputs, seed=args.seed,
+                                   waves=args.waves, window=window)
     except (BundleError, BackendUnavailable) as exc:
         raise SystemExit(f"softnpu verify: {exc}") from None
     except (DeviceError, DeviceTimeout, DeviceLost) as exc:
@@ -382,6 +393,10 @@ def cmd_verify(args) -> int:
           f"{m.npu_config.clock_mhz:g} MHz; host time per input: {args.backend} "
           f"{np.median(report.device_seconds):.2f} s, interpreter "
           f"{np.median(report.interpreter_seconds):.2f} s")
+    if report.recording is not None:
+        rec = report.recording
+        print(f"waveform: {rec.waves or 'nothing (the window never opened)'}"
+              + (f", GTKWave save file {rec.gtkw}" if rec.gtkw else ""))
     print("PASS: every output bit-exact" if report.equal else "FAIL: outputs differ from the interpreter")
     return 0 if report.equal else 1
 
@@ -410,6 +425,10 @@ def _add_compiler_commands(sub) -> None:
     p.add_argument("bundle", help="*.npu bundle written by `softnpu compile`")
     p.add_argument("--backend", choices=["iss", "rtl"], default="iss", help="device backend (default iss)")
     p.add_argument("--inputs", type=positive_int, default=1, help="random input sets (default 1)")
+    p.add_argument("--waves", metavar="OUT.fst",
+                   help="record a waveform of the first input's run (needs --backend rtl)")
+    p.add_argument("--window", help="what the waveform records: layer:N or cycles:START:END "
+                                    "(default: the whole run)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.set_defaults(func=cmd_verify)
 

@@ -46,6 +46,7 @@ class VerifyReport:
     cycles: list[int]                   # NPU cycles per input
     device_seconds: list[float]         # host wall time of each device run
     interpreter_seconds: list[float]
+    recording: object = None            # sim.waves.Recording of a run with waves
 
     @property
     def equal(self) -> bool:
@@ -91,9 +92,16 @@ def _open_runtime(bundle: Bundle, backend: str):
     return Runtime.open(bundle, backend)
 
 
-def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: int = 0) -> VerifyReport:
+def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: int = 0,
+                  waves=None, window=None) -> VerifyReport:
     """Run `inputs` random input sets through the bundle on a `backend` device and through the
-    interpreter; compare every NPU output with the interpreter's tensor of the same name."""
+    interpreter; compare every NPU output with the interpreter's tensor of the same name.
+
+    `waves` (a file path; backend rtl): the first input set runs on the RTL's waves build and
+    records `window` (a sim.waves.Window; default the whole run) into that file
+    (host/waves_run.py); the report's `recording` says what was written."""
+    if waves is not None and backend != "rtl":
+        raise BackendUnavailable(f"waveforms need the rtl backend, not {backend!r}")
     if bundle.tflite is None:
         raise BundleError(f"bundle {bundle.manifest.model!r} carries no model.tflite: recompile it with "
                           "`softnpu compile` to verify it")
@@ -116,7 +124,14 @@ def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: i
     report = VerifyReport([], [], [], [])
     try:
         for k, feeds in enumerate(random_inputs(manifest, inputs, seed)):
-            result = runtime.infer(feeds)
+            if k == 0 and waves is not None:
+                from softnpu.host.runtime import Result
+                from softnpu.host.waves_run import record_inference
+
+                outputs, stats, report.recording = record_inference(bundle, feeds, waves, window)
+                result = Result(outputs, stats)
+            else:
+                result = runtime.infer(feeds)
             report.cycles.append(result.stats.cycles)
             report.device_seconds.append(result.stats.device_s)
             start = time.perf_counter()

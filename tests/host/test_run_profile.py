@@ -127,3 +127,14 @@ def test_recorded_inference_computes_what_the_iss_computes(bundle_path, tmp_path
     assert stats.counters["mac_active"] == iss.stats.counters["mac_active"]
     assert [layer["id"] for layer in stats.layers] == [layer["id"] for layer in iss.stats.layers]
     assert recording.waves is not None
+
+
+def test_verify_on_rtl_records_a_window(bundle_path, tmp_path, capsys):
+    from softnpu.compiler.bundle import Bundle as _Bundle
+
+    assert _Bundle.load(bundle_path).tflite is not None
+    assert main(["verify", str(bundle_path), "--backend", "rtl", "--waves", str(tmp_path / "v.fst"),
+                 "--window", "cycles:10:200"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "waveform:" in out
+    assert any(p.suffix in (".fst", ".vcd") for p in tmp_path.iterdir())
