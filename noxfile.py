@@ -121,3 +121,11 @@ def waves(session):
     GTKWave save file grouped by unit, into out/waves/ (`-- --cycles START LENGTH` for cycles)."""
     _install(session)
     session.run("python", "-m", "softnpu.sim.waves", "-o", "out/waves", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_depthwise(session):
+    """EfficientNet-Lite0's depthwise layers measured on the RTL (`-- --backend iss` for the ISS): MAC
+    utilization per layer, and the whole network's cycles and utilization next to ResNet-50's."""
+    _install(session)
+    session.run("python", "-m", "softnpu.host.bench_depthwise", *session.posargs)
