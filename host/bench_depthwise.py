@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     dw_macs = sum(layer.macs for layer in depthwise)
     print(f"depthwise total: {dw_macs / 1e6:.1f} MMACs in {dw_cycles:,} cycles "
           f"({dw_cycles / eff.cycles:.0%} of the network's), MAC utilization "
-          f"{dw_macs / (dw_cycles * peak):.2%}, median per layer {statistics.median(layer.mac_utilization for layer in depthwise):.2%}")
+          f"{dw_macs / (dw_cycles * peak):.2%}, median per layer "
+          f"{statistics.median(layer.mac_utilization for layer in depthwise):.2%}")
     r50 = _profile("resnet50", args.config, args.backend)
     print(f"\nwhole networks on {args.backend} ({args.config}):")
     print(f"{'network':<20} {'GMACs':>7} {'cycles':>12} {'ms':>8} {'MAC util':>9} {'MAC-active':>10}")
