@@ -2,7 +2,7 @@
 
 * `cycles.*`: cycles per layer, stacked by what the compute unit was doing (the counters): MAC
   array active, other compute (vector work), waiting for load/store tokens (`compute_stall`: memory
-  stalls), and no instruction to run (fetch, issue, drain);
+  stalls), and compute idle with no instruction (fetch blocked behind a full queue, drain);
 * `utilization.*`: MAC utilization (useful MACs / peak) and MAC-active per layer;
 * `roofline.*`: MACs per cycle against MACs per DRAM byte, under the config's compute roof (rows x
   cols) and bandwidth roof (dram_bus_bytes per cycle).
@@ -55,7 +55,7 @@ def write_plots(profile: Profile, out_dir: str | Path) -> list[Path]:
     for values, name, color in ((mac, "MAC array active", "#2a9d8f"),
                                 (other, "other compute (vector, partial tiles)", "#8ab17d"),
                                 (stalled_mem, "waiting for load/store tokens", "#e76f51"),
-                                (rest, "no instruction (fetch, issue, drain)", "#bbbbbb")):
+                                (rest, "compute idle: no instruction reached it (fetch, full queues)", "#bbbbbb")):
         ax.bar(x, values, bottom=bottom, label=name, color=color, width=0.85)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xlabel("layer (id)")
