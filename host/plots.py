@@ -55,7 +55,7 @@ def write_plots(profile: Profile, out_dir: str | Path) -> list[Path]:
     for values, name, color in ((mac, "MAC array active", "#2a9d8f"),
                                 (other, "other compute (vector, partial tiles)", "#8ab17d"),
                                 (stalled_mem, "waiting for load/store tokens", "#e76f51"),
-                                (rest, "compute idle: no instruction reached it (fetch, full queues)", "#bbbbbb")):
+                                (rest, "compute idle: no instruction (fetch, full queues)", "#bbbbbb")):
         ax.bar(x, values, bottom=bottom, label=name, color=color, width=0.85)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xlabel("layer (id)")

@@ -9,7 +9,10 @@ scalars; a single value broadcasts to the whole shape, as in TensorFlow).
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from softnpu.host.tfs_api import api
+
+tensor_pb2, tensor_shape_pb2, types_pb2 = api.tensor_pb2, api.tensor_shape_pb2, api.types_pb2
 
 __all__ = ["TensorError", "to_proto", "from_proto", "dtype_name", "NUMPY_OF", "DT_OF", "MAX_ELEMENTS"]
 

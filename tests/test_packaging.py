@@ -54,7 +54,8 @@ def test_wheel_holds_one_namespace_and_the_harness_sources(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"softnpu"}, tops
     for member in ("softnpu/__main__.py", "softnpu/hdl/isa.py", "softnpu/sim/rtl/axi_mem.sv",
-                   "softnpu/sim/dpi_mem.sv", "softnpu/sim/dpi_mem.cpp", "softnpu/sim/dpi_trace.cpp"):
+                   "softnpu/sim/dpi_mem.sv", "softnpu/sim/dpi_mem.cpp", "softnpu/sim/dpi_trace.cpp",
+                   "softnpu/host/tfs_api.desc"):
         assert member in names, member
 
 
