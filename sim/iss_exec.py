@@ -13,6 +13,7 @@ mode, all its hardware loops included, is one im2col copy and one float32 matrix
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -101,7 +102,7 @@ class Machine:
 
     def _workspace(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 scratch array for the conv engine, reused across instructions (grown on demand)."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._work.get(slot)
         if buf is None or buf.size < size:
             buf = self._work[slot] = np.empty(size, np.float32)
