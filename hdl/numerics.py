@@ -70,7 +70,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     high = a * b
     high += 1 << 30
     high >>= 31
-    if np.any(b == INT32_MIN) and np.any(a == INT32_MIN):
+    if (b == INT32_MIN).any() and (a == INT32_MIN).any():
         high = np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
     return high
 
@@ -79,19 +79,20 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     """gemmlowp RoundingDivideByPOT: x / 2**exponent, rounding half away from zero.  0<=exponent<=31.
 
     gemmlowp compares the remainder x & mask (mask = 2**exponent - 1) with mask/2 (+1 when x < 0);
-    equivalently it floors x + nudge, nudge = mask >> 1 plus 1 when x >= 0 and exponent > 0:
-    2**(e-1) for x >= 0 (half rounds up) and 2**(e-1) - 1 for x < 0 (half rounds down).
+    equivalently it floors (x + nudge) / 2**exponent with nudge = 2**(exponent-1) for x >= 0 (half
+    rounds up), 2**(exponent-1) - 1 for x < 0 (half rounds down), and 0 for exponent 0; `x >> 63`
+    is the -1 for x < 0.  Written in place: one temporary the size of x.
     """
     x, exponent = _i64(x), _i64(exponent)
-    if np.any((exponent < 0) | (exponent > 31)):
+    if ((exponent < 0) | (exponent > 31)).any():
         raise ValueError(f"rounding_divide_by_pot: exponent must be in [0, 31], got "
                          f"{np.unique(exponent[(exponent < 0) | (exponent > 31)])}")
-    mask = (np.int64(1) << exponent) - 1
-    up = x >= 0
-    if np.any(exponent == 0):
-        up = up & (exponent > 0)
-    result = x + (mask >> 1)
-    result += up
+    rounds = exponent > 0
+    result = np.broadcast_to(x, np.broadcast_shapes(x.shape, exponent.shape)) >> 63
+    if not rounds.all():
+        result &= -rounds.astype(np.int64)
+    result += x
+    result += (np.int64(1) << exponent) >> 1
     result >>= exponent
     return result
 
@@ -107,7 +108,7 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
     right = np.maximum(-shift, 0)
     x = np.asarray(x)
     # an int32 array shifted by nothing is already the 32-bit value; anything else is wrapped
-    scaled = x if x.dtype == np.int32 and not np.any(left) else wrap_int32(_i64(x) << left)
+    scaled = x if x.dtype == np.int32 and not left.any() else wrap_int32(_i64(x) << left)
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, multiplier), right)
 
 
@@ -135,8 +136,7 @@ def _round_half_away(x: float) -> float:
 
 def clamp_int8(x, act_min=-128, act_max=127) -> np.ndarray:
     """Clamp to [act_min, act_max] (within int8) and narrow to int8."""
-    x = _i64(x)
-    return np.clip(x, act_min, act_max, out=np.empty_like(x)).astype(np.int8)
+    return np.minimum(np.maximum(_i64(x), act_min), act_max).astype(np.int8)
 
 
 def requantize(acc, bias, multiplier, shift, zero_point, act_min=-128, act_max=127) -> np.ndarray:
@@ -264,22 +264,31 @@ def int_matmul(x, w) -> np.ndarray:
     return int_matmul_f32(x.astype(np.float32), w.astype(np.float32))
 
 
-def int_matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x[..., K] @ w[K, N] -> int32 for float32 arrays that hold int8-range integers, exactly.
+def int_matmul_f32(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False,
+                   scratch: np.ndarray | None = None) -> np.ndarray:
+    """x[M, K] @ w[K, N] -> int32 for float32 arrays that hold int8-range integers, exactly.
 
     float32 BLAS on chunks of K <= 1024: every product is an integer of magnitude <= 2**14 and
     every partial sum, in whatever order BLAS adds, an integer of magnitude <= 1024 * 2**14 = 2**24,
     which float32 holds exactly; so each chunk's result is exact and converts to int32 exactly.  The
     chunks add in int32, wrapping at 32 bits like the accumulators.
+
+    With `out` (int32, M*N elements in (M, N) order, any shape and strides) the result goes there,
+    added to its contents when `accumulate`; `scratch` (float32 [M, N]) holds each chunk's product.
     """
     k = x.shape[-1]
     if k != w.shape[0]:
         raise ValueError(f"int_matmul_f32: shapes {x.shape} and {w.shape} do not chain")
-    total = np.matmul(x[..., :_EXACT_F32_K], w[:_EXACT_F32_K]).astype(np.int32)
-    for start in range(_EXACT_F32_K, k, _EXACT_F32_K):
-        chunk = np.matmul(x[..., start:start + _EXACT_F32_K], w[start:start + _EXACT_F32_K])
-        accumulate_int32(total, chunk.astype(np.int32))
-    return total
+    if out is None:
+        out, accumulate = np.empty(x.shape[:-1] + w.shape[1:], np.int32), False
+    for start in range(0, k, _EXACT_F32_K):
+        chunk = np.matmul(x[..., start:start + _EXACT_F32_K], w[start:start + _EXACT_F32_K], out=scratch)
+        chunk = chunk.reshape(out.shape)
+        if accumulate or start:
+            accumulate_int32(out, chunk.astype(np.int32))
+        else:
+            np.copyto(out, chunk, casting="unsafe")          # integers below 2**24: exact in int32
+    return out
 
 
 def accumulate_int32(acc: np.ndarray, x: np.ndarray) -> None:

@@ -101,11 +101,14 @@ class Machine:
                           strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
 
     def _workspace(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 scratch array for the conv engine, reused across instructions (grown on demand)."""
+        """A float32 scratch array of the conv engine, taken when an op is prepared and shared by the
+        ops of this machine (they run one at a time).  It grows by doubling; ops prepared earlier
+        keep the smaller buffer they hold, so at most a few buffers per slot exist."""
         size = math.prod(shape)
         buf = self._work.get(slot)
         if buf is None or buf.size < size:
-            buf = self._work[slot] = np.empty(size, np.float32)
+            buf = self._work[slot] = np.empty(max(size, 2 * buf.size if buf is not None else 0),
+                                              np.float32)
         return buf[:size].reshape(shape)
 
     # -- instructions -----------------------------------------------------------------------
@@ -202,31 +205,35 @@ class Machine:
         w_src = self.wgt[insn.wgt:insn.wgt + n_wgt].reshape(co, ci, kh, kw, r, c).transpose(1, 2, 3, 5, 0, 4)
         acc_dst = acc.reshape(co, m, r).transpose(1, 0, 2)          # (oh, ow) x co x r
 
+        x, w, product = self._workspace(0, (m, k)), self._workspace(1, (k, n)), self._workspace(2, (m, n))
+        x_fill, w_fill = x.reshape(x_src.shape), w.reshape(w_src.shape)
+        accumulate = bool(insn.accumulate)
+
         def conv_mac():
-            x = self._workspace(0, (m, k))
-            np.copyto(x.reshape(x_src.shape), x_src)                  # int8 -> float32, exact
-            w = self._workspace(1, (k, n))
-            np.copyto(w.reshape(w_src.shape), w_src)
-            product = numerics.int_matmul_f32(x, w).reshape(m, co, r)
-            if insn.accumulate:
-                numerics.accumulate_int32(acc_dst, product)
-            else:
-                acc_dst[...] = product
+            np.copyto(x_fill, x_src)                                  # int8 -> float32, exact
+            np.copyto(w_fill, w_src)
+            numerics.int_matmul_f32(x, w, out=acc_dst, accumulate=accumulate, scratch=product)
         return conv_mac
 
     def _vector_operands(self, insn, src_name: str, src: int):
-        """Operand and output of a vector op as (blocks, lines, line) views, and the entries per line.
+        """Operand and output of a vector op as (blocks, lines, line) views, the entries per line
+        `k`, and the slices of lines that the op computes at a time.
 
         Parameters are per lane, the same for every entry of a block; numpy broadcasts a 16-lane
         vector over a tile slowly (its inner loop is one entry), so the tile is viewed as lines of
-        `k` entries and the parameters are tiled `k` times (`_tile`), which changes nothing else."""
+        `k` entries and the parameters are tiled `k` times (`_tile`), which changes nothing else.
+        A large tile is computed a slice of lines at a time so that numpy's int64 temporaries stay
+        small (cache-resident, and below the size where malloc maps fresh pages for each one)."""
         n = insn.blocks * insn.count
         self._check_sram("out", insn.out, n, f"{insn.MNEMONIC} output")
         self._check_sram(src_name, src, n, f"{insn.MNEMONIC} operand")
         k = _entries_per_line(insn.count)
-        shape = (insn.blocks, insn.count // k, -1)
+        lines = insn.count // k
+        shape = (insn.blocks, lines, -1)
         source = getattr(self, src_name)[src:src + n].reshape(shape)
-        return source, self.out[insn.out:insn.out + n].reshape(shape), k
+        step = max(1, _CHUNK_ELEMENTS // (insn.blocks * k * self.config.rows))
+        slices = [slice(start, start + step) for start in range(0, lines, step)]
+        return source, self.out[insn.out:insn.out + n].reshape(shape), k, slices
 
     def _params(self, insn, count: int) -> np.ndarray:
         """The parameter entries an instruction reads (a view: read them when the Op runs)."""
@@ -234,50 +241,57 @@ class Machine:
         return self.param[insn.param:insn.param + count]
 
     def _requant(self, insn: Requant) -> Op:
-        acc, out, k = self._vector_operands(insn, "acc", insn.acc)
+        acc, out, k, slices = self._vector_operands(insn, "acc", insn.acc)
+        chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
+        zero_point, act_min, act_max = insn.zero_point, insn.act_min, insn.act_max
         if insn.rounding == Rounding.DOUBLE:
             def requant_double():
                 p = params.astype(np.int64)
                 words = (p[:, 1] & 0xFFFFFFFF) | ((p[:, 2] & 0xFFFFFFFF) << 32)
-                multiplier = words.astype(np.uint64).view(np.float64)
-                out[...] = numerics.requantize_double(acc, _tile(p[:, 0], k), _tile(multiplier, k),
-                                                      insn.zero_point, insn.act_min, insn.act_max)
+                bias, multiplier = _tile(p[:, 0], k), _tile(words.astype(np.uint64).view(np.float64), k)
+                for a, o in chunks:
+                    o[...] = numerics.requantize_double(a, bias, multiplier, zero_point, act_min, act_max)
             return requant_double
 
         def requant():
             p = _tile(params, k)
-            shift = np.clip(p[:, 2], SHIFT_MIN, SHIFT_MAX)
-            out[...] = numerics.requantize(acc, p[:, 0], p[:, 1], shift, insn.zero_point,
-                                           insn.act_min, insn.act_max)
+            bias, multiplier, shift = p[:, 0], p[:, 1], np.clip(p[:, 2], SHIFT_MIN, SHIFT_MAX)
+            for a, o in chunks:
+                o[...] = numerics.requantize(a, bias, multiplier, shift, zero_point, act_min, act_max)
         return requant
 
     def _narrow(self, insn: Narrow) -> Op:
-        acc, out, _ = self._vector_operands(insn, "acc", insn.acc)
+        acc, out, _, slices = self._vector_operands(insn, "acc", insn.acc)
+        chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
 
         def narrow():
-            out[...] = numerics.pool_output(acc, insn.divisor, insn.act_min, insn.act_max)
+            for a, o in chunks:
+                o[...] = numerics.pool_output(a, insn.divisor, insn.act_min, insn.act_max)
         return narrow
 
-    def _binary_b(self, insn, k: int) -> tuple[np.ndarray, bool]:
-        """Operand b: from the input scratchpad like a, or one parameter entry per block (tiled)."""
+    def _binary(self, insn, function) -> Op:
+        """ADD and MUL: out = function(a, b, parameters) lane-wise; b from the input scratchpad like
+        a, or one parameter entry per block."""
+        a, out, k, slices = self._vector_operands(insn, "inp", insn.a)
         if insn.b_param:
             self._check_sram("param", insn.b, insn.blocks, f"{insn.MNEMONIC} operand b")
-            return self.param[insn.b:insn.b + insn.blocks][:, None, :], True
-        n = insn.blocks * insn.count
-        self._check_sram("inp", insn.b, n, f"{insn.MNEMONIC} operand b")
-        return self.inp[insn.b:insn.b + n].reshape(insn.blocks, insn.count // k, -1), False
-
-    def _binary(self, insn, function) -> Op:
-        """ADD and MUL: out = function(a, b, parameters) lane-wise."""
-        a, out, k = self._vector_operands(insn, "inp", insn.a)
-        b, b_param = self._binary_b(insn, k)
+            b_entries = self.param[insn.b:insn.b + insn.blocks][:, None, :]
+            b_chunks = None
+        else:
+            n = insn.blocks * insn.count
+            self._check_sram("inp", insn.b, n, f"{insn.MNEMONIC} operand b")
+            b = self.inp[insn.b:insn.b + n].reshape(a.shape)
+            b_chunks = [b[:, rows] for rows in slices]
+        chunks = [(a[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, len(insn.PARAMS))
+        fixed = dict(zero_point=insn.zero_point, act_min=insn.act_min, act_max=insn.act_max)
 
         def binary():
             p = _named_params(insn.PARAMS, _tile(params, k))
-            out[...] = function(a, _tile(b, k) if b_param else b, **p, zero_point=insn.zero_point,
-                                act_min=insn.act_min, act_max=insn.act_max)
+            bs = b_chunks or [_tile(b_entries, k)] * len(chunks)
+            for (x, o), y in zip(chunks, bs, strict=True):
+                o[...] = function(x, y, **p, **fixed)
         binary.__name__ = insn.MNEMONIC
         return binary
 
@@ -298,6 +312,8 @@ def _no_op():
 # entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop
 # is long, short enough that tiling the parameters costs nothing
 _LINE_ENTRIES = 64
+# elements a vector op computes at a time: int64 temporaries of 128 KiB
+_CHUNK_ELEMENTS = 16384
 
 
 def _entries_per_line(count: int) -> int:
