@@ -191,10 +191,28 @@ def add_params(a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: 
 def add(a, b, *, a_offset, a_mult, a_shift, b_offset, b_mult, b_shift, out_mult, out_shift,
         zero_point, act_min=-128, act_max=127) -> np.ndarray:
     """TFLite reference int8 ADD (integer_ops/add.h), element-wise with broadcasting."""
-    sa = multiply_by_quantized_multiplier((_i64(a) + a_offset) << ADD_LEFT_SHIFT, a_mult, a_shift)
-    sb = multiply_by_quantized_multiplier((_i64(b) + b_offset) << ADD_LEFT_SHIFT, b_mult, b_shift)
-    raw = multiply_by_quantized_multiplier(wrap_int32(sa + sb), out_mult, out_shift)
+    sa = _add_input_stage(a, a_offset, a_mult, a_shift)
+    sb = _add_input_stage(b, b_offset, b_mult, b_shift)
+    raw = multiply_by_quantized_multiplier(add_int32(sa, sb), out_mult, out_shift)
     return clamp_int8(raw + zero_point, act_min, act_max)
+
+
+def _add_input_stage(x, offset, mult, shift) -> np.ndarray:
+    """ADD's rescaling of one input, MBQM((x + offset) << ADD_LEFT_SHIFT, mult, shift), as int32.
+
+    It depends on one int8 value: with parameters that are the same for every element (per tensor,
+    as TFLite's are) it is computed for the 256 int8 values once and looked up, a table indexed by
+    the input's bits."""
+    x = np.asarray(x)
+    params = [np.asarray(p) for p in (offset, mult, shift)]
+    shape = np.broadcast_shapes(x.shape, *(p.shape for p in params))
+    if x.dtype == np.int8 and all(p.size == 1 or (p == p.flat[0]).all() for p in params):
+        offset, mult, shift = (p.flat[0] for p in params)
+        by_bits = np.arange(256, dtype=np.uint8).view(np.int8)
+        table = multiply_by_quantized_multiplier((_i64(by_bits) + offset) << ADD_LEFT_SHIFT, mult, shift)
+        return np.broadcast_to(table.astype(np.int32)[x.view(np.uint8)], shape)
+    stage = multiply_by_quantized_multiplier((_i64(x) + offset) << ADD_LEFT_SHIFT, mult, shift)
+    return stage.astype(np.int32)
 
 
 def mul_params(a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: int,

@@ -151,3 +151,25 @@ def test_conv_mac_over_two_chunks_with_output_blocks_matches_int64():
 def test_every_instruction_has_semantics():
     from softnpu.sim.iss_exec import _HANDLERS
     assert set(_HANDLERS) == set(isa.INSTRUCTIONS)
+
+
+# -- ADD's per-tensor input stage as a 256-entry table -----------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_add_table_lookup_equals_the_computed_stage(seed):
+    """int8 inputs with per-tensor parameters take the table; int16 inputs (same values) and
+    per-lane parameters compute MBQM element by element: all three agree, at every int8 value."""
+    rng = np.random.default_rng(seed)
+    a = np.arange(-128, 128, dtype=np.int8).reshape(16, 16)
+    b = rng.permutation(a.reshape(-1)).reshape(16, 16)
+    p = numerics.add_params(*rng.uniform(0.01, 0.2, 1), int(rng.integers(-128, 128)),
+                            *rng.uniform(0.01, 0.2, 1), int(rng.integers(-128, 128)),
+                            float(rng.uniform(0.02, 0.4)))
+    table = numerics.add(a, b, **p, zero_point=5)
+    computed = numerics.add(a.astype(np.int16), b.astype(np.int16), **p, zero_point=5)
+    per_lane = numerics.add(a, b, **{k: np.full(16, v) for k, v in p.items()} | {
+        "a_shift": np.r_[np.full(15, p["a_shift"]), p["a_shift"] - 1]}, zero_point=5)
+    np.testing.assert_array_equal(table, computed)
+    assert table.dtype == np.int8
+    lane = numerics.add(a[:, 15], b[:, 15], **p | {"a_shift": p["a_shift"] - 1}, zero_point=5)
+    np.testing.assert_array_equal(per_lane[:, :15], table[:, :15])
+    np.testing.assert_array_equal(per_lane[:, 15], lane)
