@@ -10,6 +10,8 @@ cycles once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 from collections import OrderedDict
 
@@ -35,6 +37,23 @@ __all__ = ["ISS", "NPUFault", "RunStats", "insn_cycles"]
 
 # programs whose plans one ISS keeps (a plan holds a few hundred bytes per instruction)
 PLAN_CACHE = 8
+
+
+@functools.cache
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController  # scikit-learn's dependency, and pinned
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread.  The ISS's matrix products are tile-sized and a
+    device is one worker of a server; OpenBLAS's own threads spin against whatever else the host
+    runs (a ResNet-50 image took 10x longer on a loaded 2-core host with them)."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller else contextlib.nullcontext()
 
 
 class ISS:
@@ -147,7 +166,8 @@ class ISS:
     def run(self, addr: int, count: int) -> RunStats:
         """Run `count` instructions fetched from device memory at `addr`."""
         try:
-            stats = self._plan(addr, count).run()
+            with _one_blas_thread():
+                stats = self._plan(addr, count).run()
         except NPUFault as fault:
             self.last_fault = fault
             raise
