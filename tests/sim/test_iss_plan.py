@@ -102,6 +102,27 @@ def test_conv_at_extreme_values_over_the_largest_k_is_exact(name, x, w):
     assert iss.machine.acc[0].tolist() == [k * x * w] * config.rows
 
 
+@pytest.mark.parametrize("ci, kh, stride", [(21, 3, 1), (32, 3, 1), (96, 1, 1), (12, 3, 2)])
+def test_conv_at_large_values_is_exact(ci, kh, stride):
+    """Sums of about 3.5e7 over 1512 to 4608 terms of values near 127 * 127: a float32 sum over more
+    than 1024 of them would round (odd values above 2**24).  -128 * -128 everywhere (above) sums
+    powers of two, which float32 holds far beyond 2**24, so it can't show this."""
+    config = preset("default").replace(dram_bytes=1 << 20)
+    rng = np.random.default_rng(ci)
+    b = config.cols
+    x = rng.integers(100, 128, (ci, kh, kh, b), dtype=np.int8)
+    w = rng.integers(100, 128, (1, ci, kh, kh, b, b), dtype=np.int8)
+    iss = ISS(config)
+    iss.machine.inp[:ci * kh * kh] = x.reshape(-1, b)
+    iss.machine.wgt[:ci * kh * kh] = w.reshape(-1, b, b)
+    conv = isa.Conv(mode=ConvMode.MAC, out_blocks=1, in_blocks=ci, kh=kh, kw=kh, stride_h=stride,
+                    stride_w=stride, out_h=1, out_w=1, acc=0, inp=0, wgt=0, inp_row=kh, inp_block=kh * kh)
+    iss.run_program(isa.encode_program([conv]), 0)
+    expected = np.einsum("cijl,ocijrl->r", x.astype(np.int64), w.astype(np.int64))
+    assert expected.min() > 1 << 24
+    np.testing.assert_array_equal(iss.machine.acc[0], expected)
+
+
 def test_conv_accumulation_wraps_at_32_bits():
     conv = _largest_k_conv(CFG, accumulate=1)
     iss = ISS(CFG)
@@ -124,13 +145,14 @@ def test_int_matmul_f32_is_exact_in_chunks(k):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_conv_mac_over_two_chunks_with_output_blocks_matches_int64():
-    """K = 8*3*3*16 = 1152 terms (two float32 chunks), three output blocks, stride 2, then the same
+@pytest.mark.parametrize("ci, co, stride, out", [(8, 3, 2, 2), (10, 2, 1, 3), (24, 1, 1, 2), (1, 4, 1, 5)])
+def test_conv_mac_over_several_chunks_with_output_blocks_matches_int64(ci, co, stride, out):
+    """K = ci*3*3*16 terms (up to four float32 chunks), output blocks, strides 2 and 1, then the same
     conv accumulated on top: against an int64 einsum."""
     config = preset("default").replace(dram_bytes=1 << 20)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(ci * 10 + stride)
     b = config.cols
-    ci, co, kh, stride, out = 8, 3, 3, 2, 2
+    kh = 3
     hp = (out - 1) * stride + kh
     iss = ISS(config)
     xp = rng.integers(-128, 128, (ci, hp, hp, b), dtype=np.int8)
@@ -144,7 +166,6 @@ def test_conv_mac_over_two_chunks_with_output_blocks_matches_int64():
     win = np.stack([np.stack([xp[:, i:i + stride * out:stride, j:j + stride * out:stride]
                               for j in range(kh)], axis=3) for i in range(kh)], axis=3)
     once = np.einsum("cyxijl,ocijrl->oyxr", win.astype(np.int64), w.astype(np.int64))
-    assert ci * kh * kh * b > 1024
     np.testing.assert_array_equal(iss.machine.acc[:co * out * out].reshape(co, out, out, b), 2 * once)
 
 
