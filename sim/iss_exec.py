@@ -286,6 +286,8 @@ class Machine:
         chunks = [(a[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, len(insn.PARAMS))
         fixed = dict(zero_point=insn.zero_point, act_min=insn.act_min, act_max=insn.act_max)
+        if insn.b_param and insn.count > _TABLE_ENTRIES:
+            return self._binary_by_table(insn, function, a, out, k, b_entries, params, fixed)
 
         def binary():
             p = _named_params(insn.PARAMS, _tile(params, k))
@@ -294,6 +296,24 @@ class Machine:
                 o[...] = function(x, y, **p, **fixed)
         binary.__name__ = insn.MNEMONIC
         return binary
+
+    def _binary_by_table(self, insn, function, a, out, k, b_entries, params, fixed) -> Op:
+        """ADD or MUL of a tile and one constant entry per block: in each block and lane the output is
+        a function of one int8 value, so `function` runs once on the 256 int8 values (a table per
+        block and lane) and every entry of the tile looks its value up."""
+        r = self.config.rows
+        values = np.arange(256, dtype=np.uint8).view(np.int8).reshape(256, 1, 1, 1)    # by bits
+        # offset of (block, lane)'s table in the flattened (block, lane, 256) tables, per line slot
+        base = (np.arange(insn.blocks)[:, None, None] * r + np.arange(k * r) % r) * 256
+        a_bits = a.view(np.uint8)
+
+        def binary_table():
+            p = _named_params(insn.PARAMS, params)
+            tables = function(values, b_entries, **p, **fixed)        # (256, blocks, 1, r)
+            tables = np.ascontiguousarray(tables.reshape(256, -1).T)   # (blocks * r, 256)
+            np.take(tables.reshape(-1), a_bits + base, out=out)
+        binary_table.__name__ = f"{insn.MNEMONIC}_table"
+        return binary_table
 
     def _add(self, insn: Add) -> Op:
         return self._binary(insn, numerics.add)
@@ -312,6 +332,9 @@ def _no_op():
 # entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop
 # is long, short enough that tiling the parameters costs nothing
 _LINE_ENTRIES = 64
+# entries per block above which ADD/MUL with a constant operand look their results up (see
+# Machine._binary_by_table): the 256-entry tables then cost less than the tile
+_TABLE_ENTRIES = 256
 # elements a vector op computes at a time: int64 temporaries of 128 KiB
 _CHUNK_ELEMENTS = 16384
 

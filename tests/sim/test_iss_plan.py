@@ -194,3 +194,30 @@ def test_add_table_lookup_equals_the_computed_stage(seed):
     lane = numerics.add(a[:, 15], b[:, 15], **p | {"a_shift": p["a_shift"] - 1}, zero_point=5)
     np.testing.assert_array_equal(per_lane[:, :15], table[:, :15])
     np.testing.assert_array_equal(per_lane[:, 15], lane)
+
+
+@pytest.mark.parametrize("kind, count", [(isa.Add, 300), (isa.Mul, 300), (isa.Add, 256), (isa.Mul, 1024)])
+def test_add_and_mul_by_a_constant_equal_numerics_on_the_tile(kind, count):
+    """With a per-block constant b and more than 256 entries per block the ISS looks results up in
+    tables of the op on the 256 int8 values (per block and lane): the same as the op on the tile."""
+    rng = np.random.default_rng(count + (kind is isa.Mul))
+    config = preset("default").replace(dram_bytes=1 << 20)
+    blocks, b = 3, config.cols
+    iss = ISS(config)
+    a = rng.integers(-128, 128, (blocks * count, b), dtype=np.int8)
+    a[:256, 0] = np.arange(-128, 128)                         # every int8 value in one lane
+    const = rng.integers(-128, 128, (blocks, b))
+    if kind is isa.Add:
+        p = numerics.add_params(0.05, 3, 0.08, -10, 0.1)
+    else:
+        p = numerics.mul_params(0.05, 3, 0.08, -10, 0.02)
+    iss.machine.inp[:blocks * count] = a
+    iss.machine.param[:len(kind.PARAMS)] = np.array([p[k] for k in kind.PARAMS])[:, None]
+    iss.machine.param[20:20 + blocks] = const
+    insn = kind(out=0, a=0, b=20, b_param=1, param=0, blocks=blocks, count=count, zero_point=-2,
+                act_min=-120, act_max=127)
+    iss.run_program(isa.encode_program([insn]), 0)
+    function = numerics.add if kind is isa.Add else numerics.mul
+    expected = function(a.reshape(blocks, count, b), const[:, None, :], **p, zero_point=-2, act_min=-120,
+                        act_max=127)
+    np.testing.assert_array_equal(iss.machine.out[:blocks * count].reshape(blocks, count, b), expected)
