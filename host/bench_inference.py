@@ -66,21 +66,24 @@ def bench(network: str, size: int, config: str, images: int, memory: bool = True
     start = time.perf_counter()
     result = runtime.infer({spec.name: rng.integers(-128, 128, spec.shape, dtype=np.int8)})
     first_s = time.perf_counter() - start              # places weights, decodes, plans, runs
-    iss_s, tfl_s = [], []
+    iss_s, tfl_s, iss_cpu, tfl_cpu = [], [], [], []
     for _ in range(images):
         x = rng.integers(-128, 128, spec.shape, dtype=np.int8)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         result = runtime.infer({spec.name: x})
         iss_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        iss_cpu.append(time.thread_time() - cpu)
+        start, cpu = time.perf_counter(), time.thread_time()
         interp.set_tensor(inp["index"], x.reshape(inp["shape"]))
         interp.invoke()
         tfl_s.append(time.perf_counter() - start)
+        tfl_cpu.append(time.thread_time() - cpu)
     runtime.close()
     rss = device_peak_rss(bundle) if memory else 0
     cfg = bundle.manifest.npu_config
     return dict(network=network, size=size, config=cfg, iss=statistics.median(iss_s),
-                tfl=statistics.median(tfl_s), first=first_s, rss=rss, stats=result.stats,
+                tfl=statistics.median(tfl_s), iss_cpu=statistics.median(iss_cpu),
+                tfl_cpu=statistics.median(tfl_cpu), first=first_s, rss=rss, stats=result.stats,
                 instructions=bundle.manifest.program_instructions)
 
 
@@ -99,13 +102,17 @@ def main(argv=None) -> int:
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "all cores")
     print(f"ISS vs TFLite interpreter (XNNPACK, 1 thread), {args.size}x{args.size}, config "
           f"{args.config!r}, median of {args.images} images, OpenBLAS threads: {blas}")
-    print(f"{'network':12s} {'ISS s/img':>10s} {'interp s/img':>13s} {'ratio':>7s} {'ISS 1st run':>12s} "
+    print("wall: seconds per image; cpu: CPU seconds of the thread that ran it (both run in this "
+          "thread), less sensitive to a loaded host")
+    print(f"{'network':12s} {'ISS s/img':>10s} {'interp s/img':>13s} {'ratio':>7s} {'cpu ratio':>10s} "
+          f"{'ISS 1st run':>12s} "
           f"{'ISS peak RSS':>12s} {'G MAC/s':>8s} {'NPU ms':>8s} {'insns':>7s}")
     for network in networks:
         r = bench(network, args.size, args.config, args.images, memory=not args.no_memory)
         cfg, stats = r["config"], r["stats"]
         gmacs = stats.counters["mac_active"] * cfg.macs_per_cycle / r["iss"] / 1e9
         print(f"{network:12s} {r['iss']:10.3f} {r['tfl']:13.4f} {r['iss'] / r['tfl']:6.1f}x "
+              f"{r['iss_cpu'] / r['tfl_cpu']:9.1f}x "
               f"{r['first']:11.2f}s {r['rss'] / 2**30:10.2f}Gi {gmacs:8.1f} "
               f"{cfg.cycles_to_seconds(stats.cycles) * 1e3:8.2f} {r['instructions']:7d}", flush=True)
     return 0
