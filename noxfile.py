@@ -99,6 +99,15 @@ def bench_compiler(session):
 
 
 @nox.session(python=PYTHON)
+def bench_models(session):
+    """The ISS's wall time per image for ResNet-50, ResNet-152, VGG-16 and DenseNet-121 at 224x224
+    next to the interpreter's (XNNPACK), one thread each, same run (`-- --images N`, `-- --size S`)."""
+    _install(session)
+    session.run("python", "-m", "softnpu.host.bench_inference", "--all", *session.posargs,
+                env={"OPENBLAS_NUM_THREADS": "1"})
+
+
+@nox.session(python=PYTHON)
 def rtl_regress(session):
     """The RTL-vs-ISS differential suite with 300 random programs, at `tiny`, then at `default`
     (`-- tiny` or `-- default` runs one; the first `default` build takes minutes)."""

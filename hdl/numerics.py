@@ -23,11 +23,11 @@ import math
 import numpy as np
 
 __all__ = [
-    "INT32_MIN", "INT32_MAX", "wrap_int32", "saturating_rounding_doubling_high_mul",
+    "INT32_MIN", "INT32_MAX", "wrap_int32", "add_int32", "saturating_rounding_doubling_high_mul",
     "rounding_divide_by_pot", "multiply_by_quantized_multiplier", "quantize_multiplier",
     "requantize", "requantize_double", "add", "add_params", "mul", "mul_params", "round_divide",
     "pool_output",
-    "mean_params", "clamp_int8", "int_matmul",
+    "mean_params", "clamp_int8", "int_matmul", "int_matmul_f32", "accumulate_int32",
 ]
 
 INT32_MIN = -(1 << 31)
@@ -43,34 +43,58 @@ def _i64(x) -> np.ndarray:
 
 def wrap_int32(x) -> np.ndarray:
     """Two's-complement wrap to int32 range (what 32-bit hardware registers hold), as int64."""
-    return ((_i64(x) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+    x = _i64(x) + (1 << 31)
+    x &= 0xFFFFFFFF
+    x -= 1 << 31
+    return x
 
 
-def _trunc_div_pow2(x: np.ndarray, exponent: int) -> np.ndarray:
-    """C's integer division x / 2**exponent (rounds toward zero)."""
-    return np.where(x >= 0, x >> exponent, -((-x) >> exponent))
+def add_int32(a, b) -> np.ndarray:
+    """a + b wrapped at 32 bits.  int32 arrays add in int32, which wraps (two's complement) by
+    itself; anything else adds in int64 and wraps."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == np.int32 and b.dtype == np.int32:
+        return np.add(a, b)
+    return wrap_int32(_i64(a) + _i64(b))
 
 
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    """gemmlowp SaturatingRoundingDoublingHighMul for int32: round(a*b / 2**31), saturating."""
+    """gemmlowp SaturatingRoundingDoublingHighMul for int32: round(a*b / 2**31), saturating.
+
+    gemmlowp adds a nudge of 2**30 (ab >= 0) or 1 - 2**30 (ab < 0) and divides by 2**31 truncating
+    toward zero; for integers both cases equal floor((ab + 2**30) / 2**31) (for ab < 0, truncation
+    is the ceiling, and ceil((ab + 1 - 2**30) / 2**31) = floor((ab + 2**30) / 2**31)), one add and an
+    arithmetic shift.  The only overflow is INT32_MIN * INT32_MIN, which saturates to INT32_MAX.
+    """
     a, b = _i64(a), _i64(b)
-    ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    high = _trunc_div_pow2(ab + nudge, 31)
-    overflow = (a == INT32_MIN) & (b == INT32_MIN)
-    return np.where(overflow, INT32_MAX, high).astype(np.int64)
+    high = a * b
+    high += 1 << 30
+    high >>= 31
+    if (b == INT32_MIN).any() and (a == INT32_MIN).any():
+        high = np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
+    return high
 
 
 def rounding_divide_by_pot(x, exponent) -> np.ndarray:
-    """gemmlowp RoundingDivideByPOT: x / 2**exponent, rounding half away from zero.  0<=exponent<=31."""
+    """gemmlowp RoundingDivideByPOT: x / 2**exponent, rounding half away from zero.  0<=exponent<=31.
+
+    gemmlowp compares the remainder x & mask (mask = 2**exponent - 1) with mask/2 (+1 when x < 0);
+    equivalently it floors (x + nudge) / 2**exponent with nudge = 2**(exponent-1) for x >= 0 (half
+    rounds up), 2**(exponent-1) - 1 for x < 0 (half rounds down), and 0 for exponent 0; `x >> 63`
+    is the -1 for x < 0.  Written in place: one temporary the size of x.
+    """
     x, exponent = _i64(x), _i64(exponent)
-    if np.any((exponent < 0) | (exponent > 31)):
+    if ((exponent < 0) | (exponent > 31)).any():
         raise ValueError(f"rounding_divide_by_pot: exponent must be in [0, 31], got "
                          f"{np.unique(exponent[(exponent < 0) | (exponent > 31)])}")
-    mask = (np.int64(1) << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
+    rounds = exponent > 0
+    result = np.broadcast_to(x, np.broadcast_shapes(x.shape, exponent.shape)) >> 63
+    if not rounds.all():
+        result &= -rounds.astype(np.int64)
+    result += x
+    result += (np.int64(1) << exponent) >> 1
+    result >>= exponent
+    return result
 
 
 def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
@@ -79,10 +103,12 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
     shift > 0 scales x up by 2**shift first (wrapping at 32 bits like the hardware), shift <= 0
     divides the high product by 2**-shift with rounding.  Returns int64 holding int32 values.
     """
-    x, multiplier, shift = _i64(x), _i64(multiplier), _i64(shift)
+    shift = _i64(shift)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
-    scaled = wrap_int32(x << left)
+    x = np.asarray(x)
+    # an int32 array shifted by nothing is already the 32-bit value; anything else is wrapped
+    scaled = x if x.dtype == np.int32 and not left.any() else wrap_int32(_i64(x) << left)
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, multiplier), right)
 
 
@@ -109,7 +135,8 @@ def _round_half_away(x: float) -> float:
 
 
 def clamp_int8(x, act_min=-128, act_max=127) -> np.ndarray:
-    return np.clip(_i64(x), act_min, act_max).astype(np.int8)
+    """Clamp to [act_min, act_max] (within int8) and narrow to int8."""
+    return np.minimum(np.maximum(_i64(x), act_min), act_max).astype(np.int8)
 
 
 def requantize(acc, bias, multiplier, shift, zero_point, act_min=-128, act_max=127) -> np.ndarray:
@@ -118,9 +145,9 @@ def requantize(acc, bias, multiplier, shift, zero_point, act_min=-128, act_max=1
     out = clamp(MBQM(acc + bias, multiplier, shift) + zero_point); bias/multiplier/shift broadcast
     per output channel (last axis).  acc + bias wraps at 32 bits.
     """
-    total = wrap_int32(_i64(acc) + _i64(bias))
-    scaled = multiply_by_quantized_multiplier(total, multiplier, shift)
-    return clamp_int8(scaled + _i64(zero_point), act_min, act_max)
+    scaled = multiply_by_quantized_multiplier(add_int32(acc, bias), multiplier, shift)
+    scaled += _i64(zero_point)
+    return clamp_int8(scaled, act_min, act_max)
 
 
 def requantize_double(acc, bias, real_multiplier, zero_point, act_min=-128, act_max=127) -> np.ndarray:
@@ -164,10 +191,28 @@ def add_params(a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: 
 def add(a, b, *, a_offset, a_mult, a_shift, b_offset, b_mult, b_shift, out_mult, out_shift,
         zero_point, act_min=-128, act_max=127) -> np.ndarray:
     """TFLite reference int8 ADD (integer_ops/add.h), element-wise with broadcasting."""
-    sa = multiply_by_quantized_multiplier((_i64(a) + a_offset) << ADD_LEFT_SHIFT, a_mult, a_shift)
-    sb = multiply_by_quantized_multiplier((_i64(b) + b_offset) << ADD_LEFT_SHIFT, b_mult, b_shift)
-    raw = multiply_by_quantized_multiplier(wrap_int32(sa + sb), out_mult, out_shift)
+    sa = _add_input_stage(a, a_offset, a_mult, a_shift)
+    sb = _add_input_stage(b, b_offset, b_mult, b_shift)
+    raw = multiply_by_quantized_multiplier(add_int32(sa, sb), out_mult, out_shift)
     return clamp_int8(raw + zero_point, act_min, act_max)
+
+
+def _add_input_stage(x, offset, mult, shift) -> np.ndarray:
+    """ADD's rescaling of one input, MBQM((x + offset) << ADD_LEFT_SHIFT, mult, shift), as int32.
+
+    It depends on one int8 value: with parameters that are the same for every element (per tensor,
+    as TFLite's are) it is computed for the 256 int8 values once and looked up, a table indexed by
+    the input's bits."""
+    x = np.asarray(x)
+    params = [np.asarray(p) for p in (offset, mult, shift)]
+    shape = np.broadcast_shapes(x.shape, *(p.shape for p in params))
+    if x.dtype == np.int8 and all(p.size == 1 or (p == p.flat[0]).all() for p in params):
+        offset, mult, shift = (p.flat[0] for p in params)
+        by_bits = np.arange(256, dtype=np.uint8).view(np.int8)
+        table = multiply_by_quantized_multiplier((_i64(by_bits) + offset) << ADD_LEFT_SHIFT, mult, shift)
+        return np.broadcast_to(table.astype(np.int32)[x.view(np.uint8)], shape)
+    stage = multiply_by_quantized_multiplier((_i64(x) + offset) << ADD_LEFT_SHIFT, mult, shift)
+    return stage.astype(np.int32)
 
 
 def mul_params(a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: int,
@@ -229,23 +274,42 @@ def mean_params(in_scale: float, in_zero_point: int, out_scale: float,
 # Exact integer matrix product
 # ----------------------------------------------------------------------------------------------
 def int_matmul(x, w) -> np.ndarray:
-    """x[M, K] (int8 range) @ w[K, N] (int8 range) -> int32, exactly.
-
-    Uses float32 BLAS on chunks of K <= 1024, where every partial sum is an integer below 2**24
-    and so exact, and adds the chunks in int64; the result wraps to int32 like the accumulators.
-    """
+    """x[M, K] (int8 range) @ w[K, N] (int8 range) -> int32, exactly (see `int_matmul_f32`)."""
     x = np.asarray(x)
     w = np.asarray(w)
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"int_matmul: shapes {x.shape} and {w.shape} do not chain")
+    return int_matmul_f32(x.astype(np.float32), w.astype(np.float32))
+
+
+def int_matmul_f32(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False,
+                   scratch: np.ndarray | None = None) -> np.ndarray:
+    """x[M, K] @ w[K, N] -> int32 for float32 arrays that hold int8-range integers, exactly.
+
+    float32 BLAS on chunks of K <= 1024: every product is an integer of magnitude <= 2**14 and
+    every partial sum, in whatever order BLAS adds, an integer of magnitude <= 1024 * 2**14 = 2**24,
+    which float32 holds exactly; so each chunk's result is exact and converts to int32 exactly.  The
+    chunks add in int32, wrapping at 32 bits like the accumulators.
+
+    With `out` (int32, M*N elements in (M, N) order, any shape and strides) the result goes there,
+    added to its contents when `accumulate`; `scratch` (float32 [M, N]) holds each chunk's product.
+    """
     k = x.shape[-1]
-    xf = x.astype(np.float32)
-    wf = w.astype(np.float32)
-    if k <= _EXACT_F32_K:
-        total = (xf @ wf).astype(np.int64)
-    else:
-        total = np.zeros(x.shape[:-1] + w.shape[1:], dtype=np.int64)
-        for start in range(0, k, _EXACT_F32_K):
-            stop = min(start + _EXACT_F32_K, k)
-            total += (xf[..., start:stop] @ wf[start:stop]).astype(np.int64)
-    return wrap_int32(total).astype(np.int32)
+    if k != w.shape[0]:
+        raise ValueError(f"int_matmul_f32: shapes {x.shape} and {w.shape} do not chain")
+    if out is None:
+        out, accumulate = np.empty(x.shape[:-1] + w.shape[1:], np.int32), False
+    for start in range(0, k, _EXACT_F32_K):
+        chunk = np.matmul(x[..., start:start + _EXACT_F32_K], w[start:start + _EXACT_F32_K], out=scratch)
+        chunk = chunk.reshape(out.shape)
+        if accumulate or start:
+            accumulate_int32(out, chunk.astype(np.int32))
+        else:
+            np.copyto(out, chunk, casting="unsafe")          # integers below 2**24: exact in int32
+    return out
+
+
+def accumulate_int32(acc: np.ndarray, x: np.ndarray) -> None:
+    """acc += x in place for int32 arrays, wrapping at 32 bits (two's complement, as the hardware's
+    accumulators do; numpy's int32 addition wraps silently)."""
+    np.add(acc, x, out=acc)

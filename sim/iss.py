@@ -1,25 +1,22 @@
 """The instruction-set simulator: runs an encoded NPU program bit-exactly, with a cycle model.
 
-The ISS executes the same program, from the same device-memory image, as the RTL.  Fetch
-dispatches instructions in program order into the load, compute and store queues (each
-`insn_queue_depth` deep); each unit starts its head instruction once the tokens it pops are
-available, runs it for the modelled number of cycles, then pushes its tokens.  Instructions run
-functionally in the order of their modelled start times, which is an order the hardware could
-take, so a race-free program gives the RTL's memory image.
-
-The cycles of each instruction come from hdl/timing.py, shared with the compiler; FINISH also
-waits until every unit is idle.
+The ISS executes the same program, from the same device-memory image, as the RTL, behind the
+RTL's programming model (device memory, CSRs, interrupt).  A program is decoded, scheduled and
+prepared once (sim/iss_plan.py: the order of execution, the counters and the trace do not depend on
+data) and the plan is cached by the program's bytes; every run replays its ops, the instruction
+semantics of sim/iss_exec.py on numpy views, so a served model pays for decoding and for its
+cycles once.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import functools
 import hashlib
-from collections import deque
+from collections import OrderedDict
 
 import numpy as np
 
-from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import (
@@ -27,61 +24,36 @@ from softnpu.hdl.isa import (
     CSR,
     INSN_BYTES,
     TRACE_ENTRY_WORDS,
-    Conv,
     ErrorCode,
-    Finish,
     IllegalInstruction,
     Insn,
-    Marker,
-    Queue,
     decode,
 )
-from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.sim.iss_exec import Fault, Machine
+from softnpu.hdl.timing import insn_cycles
+from softnpu.sim.iss_exec import Machine
+from softnpu.sim.iss_plan import NPUFault, Plan, RunStats, build_plan
 
 __all__ = ["ISS", "NPUFault", "RunStats", "insn_cycles"]
 
-_UNITS = ("load", "compute", "store")
-# token channels: (from unit, to unit)
-_CHANNELS = {("load", "compute"), ("compute", "load"), ("compute", "store"), ("store", "compute")}
+# programs whose plans one ISS keeps (a plan holds a few hundred bytes per instruction)
+PLAN_CACHE = 8
 
 
-class NPUFault(RuntimeError):
-    """A fault the NPU reports: error code, instruction index and its disassembly."""
-
-    def __init__(self, code: ErrorCode, pc: int, insn_text: str, message: str):
-        self.code, self.pc, self.insn_text = ErrorCode(code), pc, insn_text
-        super().__init__(f"NPU fault {self.code.name} (code {int(self.code)}) at instruction {pc}"
-                         f" [{insn_text}]: {message}")
-
-
-@dataclasses.dataclass
-class RunStats:
-    """What one program run costs on the modelled hardware."""
-    config: NPUConfig
-    counters: dict[str, int]
-    trace: list[tuple[int, dict[str, int]]]        # (marker id, counters at the marker)
-    instructions: int
-
-    @property
-    def cycles(self) -> int:
-        return self.counters["cycles"]
-
-    @property
-    def seconds(self) -> float:
-        return self.config.cycles_to_seconds(self.cycles)
-
-    def utilization(self) -> dict[str, float]:
-        """Fraction of cycles each unit was busy, and the MAC array's fraction of active cycles."""
-        cycles = max(self.cycles, 1)
-        util = {unit: self.counters[f"{unit}_busy"] / cycles for unit in _UNITS}
-        util["mac"] = self.counters["mac_active"] / cycles
-        return util
+@functools.cache
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController  # scikit-learn's dependency, and pinned
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
-_UNIT_OF = {Queue.LOAD: "load", Queue.COMPUTE: "compute", Queue.STORE: "store"}
-_PREV = {"load": None, "compute": "load", "store": "compute"}
-_NEXT = {"load": "compute", "compute": "store", "store": None}
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread.  The ISS's matrix products are tile-sized and a
+    device is one worker of a server; OpenBLAS's own threads spin against whatever else the host
+    runs (a ResNet-50 image took 10x longer on a loaded 2-core host with them)."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller else contextlib.nullcontext()
 
 
 class ISS:
@@ -90,7 +62,7 @@ class ISS:
     def __init__(self, config: NPUConfig, dram: np.ndarray | None = None):
         self.config = config
         self.machine = Machine(config, dram)
-        self._decoded: dict[bytes, list[Insn]] = {}
+        self._plans: OrderedDict[bytes, Plan] = OrderedDict()
         self._csr = {reg: 0 for reg in CSR}
         self.last_stats: RunStats | None = None
         self.last_fault: NPUFault | None = None
@@ -170,7 +142,8 @@ class ISS:
         self.write(addr, program)
         return len(program) // INSN_BYTES
 
-    def _decode(self, addr: int, count: int) -> list[Insn]:
+    def _plan(self, addr: int, count: int) -> Plan:
+        """The plan of the `count` instructions at `addr`: from the cache if these bytes ran before."""
         end = addr + count * INSN_BYTES
         if addr % self.config.dram_bus_bytes:
             bus = self.config.dram_bus_bytes
@@ -181,30 +154,20 @@ class ISS:
                            f"instruction fetch beyond device memory ({end:#x} > {self.dram.size:#x})")
         raw = self.dram[addr:end].tobytes()
         key = hashlib.blake2b(raw, digest_size=16).digest()
-        program = self._decoded.get(key)
-        if program is None:
-            program = []
-            for pc in range(count):
-                chunk = raw[pc * INSN_BYTES:(pc + 1) * INSN_BYTES]
-                try:
-                    insn = decode(chunk)
-                except IllegalInstruction as exc:
-                    raise NPUFault(exc.code, pc, f".word {int.from_bytes(chunk, 'little'):#x}",
-                                   str(exc)) from None
-                reason = insn.illegal_reason()
-                if reason:
-                    raise NPUFault(ErrorCode.ILLEGAL_FIELD, pc, format_insn(insn), reason)
-                program.append(insn)
-            if len(self._decoded) > 64:
-                self._decoded.clear()
-            self._decoded[key] = program
-        return program
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = build_plan(self.config, self.machine, _decode(raw, count))
+            while len(self._plans) >= PLAN_CACHE:
+                self._plans.popitem(last=False)
+            self._plans[key] = plan
+        self._plans.move_to_end(key)
+        return plan
 
     def run(self, addr: int, count: int) -> RunStats:
         """Run `count` instructions fetched from device memory at `addr`."""
         try:
-            program = self._decode(addr, count)
-            stats = _Schedule(self.config, self.machine, program).run()
+            with _one_blas_thread():
+                stats = self._plan(addr, count).run()
         except NPUFault as fault:
             self.last_fault = fault
             raise
@@ -216,126 +179,17 @@ class ISS:
         return self.run(addr, self.load_program(addr, program))
 
 
-class _Schedule:
-    """The event order and cycle model of one run (see the module docstring)."""
-
-    def __init__(self, config: NPUConfig, machine: Machine, program: list[Insn]):
-        self.config, self.machine, self.program = config, machine, program
-        self.queues = {unit: deque() for unit in _UNITS}         # (pc, dispatch time)
-        self.unit_free = dict.fromkeys(_UNITS, 0)
-        self.tokens = {ch: deque() for ch in _CHANNELS}            # times tokens become visible
-        self.counters = dict.fromkeys(COUNTERS, 0)
-        self.trace: list[tuple[int, dict[str, int]]] = []
-        self.next_fetch = 0
-        self.fetch_time = 0
-        self.starts = {unit: [] for unit in _UNITS}               # start time of each instruction
-        self.dispatched = dict.fromkeys(_UNITS, 0)
-        self.finished = False
-        self.fetch_cost = fetch_cycles(config)
-
-    def _dispatch(self):
-        depth = self.config.insn_queue_depth
-        while self.next_fetch < len(self.program) and not self.finished:
-            insn = self.program[self.next_fetch]
-            unit = _UNIT_OF[insn.QUEUE]
-            if len(self.queues[unit]) >= depth:
-                return
-            ready = self.fetch_time + self.fetch_cost
-            k = self.dispatched[unit]
-            if k >= depth:   # the slot frees when instruction k-depth of this unit starts
-                ready = max(ready, self.starts[unit][k - depth])
-            self.dispatched[unit] = k + 1
-            self.fetch_time = ready
-            self.counters["dram_read_bytes"] += INSN_BYTES
-            self.queues[unit].append((self.next_fetch, ready + timing.QUEUE))
-            self.next_fetch += 1
-            if isinstance(insn, Finish):
-                self.finished = True
-
-    def _waits(self, unit: str, insn: Insn) -> list[tuple[str, str]] | None:
-        """Channels the head instruction pops, or None if a token or a push slot is missing."""
-        pops = []
-        if insn.pop_prev:
-            pops.append((_PREV[unit], unit))
-        if insn.pop_next:
-            pops.append((_NEXT[unit], unit))
-        for ch in pops:
-            if not self.tokens[ch]:
-                return None
-        for flag, peer in (("push_prev", _PREV[unit]), ("push_next", _NEXT[unit])):
-            if getattr(insn, flag) and len(self.tokens[(unit, peer)]) >= self.config.token_queue_depth:
-                return None
-        return pops
-
-    def _fault(self, pc: int, fault: Fault) -> NPUFault:
-        return NPUFault(fault.code, pc, format_insn(self.program[pc]), str(fault))
-
-    def run(self) -> RunStats:
-        config = self.config
-        while True:
-            self._dispatch()
-            best = None
-            for unit in _UNITS:
-                if not self.queues[unit]:
-                    continue
-                pc, dispatched = self.queues[unit][0]
-                insn = self.program[pc]
-                if isinstance(insn, Finish) and (self.queues["load"] or self.queues["store"]):
-                    continue
-                pops = self._waits(unit, insn)
-                if pops is None:
-                    continue
-                free = max(self.unit_free[unit], dispatched)
-                start = max([free] + [self.tokens[ch][0] for ch in pops])
-                if isinstance(insn, Finish):
-                    start = max([start] + list(self.unit_free.values()))
-                if best is None or start < best[0]:
-                    best = (start, free, unit, pc, insn, pops)
-            if best is None:
-                if any(self.queues.values()) or (self.next_fetch < len(self.program)
-                                                 and not self.finished):
-                    raise self._deadlock()
-                break
-            start, free, unit, pc, insn, pops = best
-            self.queues[unit].popleft()
-            self.starts[unit].append(start)
-            for ch in pops:
-                self.tokens[ch].popleft()
-            try:
-                self.machine.execute(insn)
-            except Fault as fault:
-                raise self._fault(pc, fault) from None
-            cost = insn_cycles(config, insn)
-            end = start + cost
-            self.unit_free[unit] = end
-            self.counters[f"{unit}_busy"] += cost
-            self.counters[f"{unit}_stall"] += start - free
-            if isinstance(insn, Conv):
-                self.counters["mac_active"] += insn.array_cycles
-            read, written = dram_bytes(config, insn)
-            self.counters["dram_read_bytes"] += read
-            self.counters["dram_write_bytes"] += written
-            if insn.push_prev:
-                self.tokens[(unit, _PREV[unit])].append(end + timing.TOKEN)
-            if insn.push_next:
-                self.tokens[(unit, _NEXT[unit])].append(end + timing.TOKEN)
-            if isinstance(insn, Marker):
-                snapshot = dict(self.counters, cycles=start)
-                self.trace.append((insn.id, snapshot))
-        self.counters["cycles"] = max(self.unit_free.values()) + 1
-        return RunStats(config, dict(self.counters), self.trace, len(self.program))
-
-    def _deadlock(self) -> NPUFault:
-        waiting = []
-        first_pc = None
-        for unit in _UNITS:
-            if self.queues[unit]:
-                pc, _ = self.queues[unit][0]
-                first_pc = pc if first_pc is None else min(first_pc, pc)
-                waiting.append(f"{unit} waits at instruction {pc} [{format_insn(self.program[pc])}]")
-        if self.next_fetch < len(self.program):
-            waiting.append(f"fetch holds instruction {self.next_fetch} for a full queue")
-        pc = first_pc if first_pc is not None else self.next_fetch
-        text = format_insn(self.program[pc]) if pc < len(self.program) else "<end>"
-        return NPUFault(ErrorCode.DEADLOCK, pc, text,
-                        "every unit waits for a token no unit will send: " + "; ".join(waiting))
+def _decode(raw: bytes, count: int) -> list[Insn]:
+    """Decode and check every instruction; an illegal one is a fault at its index."""
+    program = []
+    for pc in range(count):
+        chunk = raw[pc * INSN_BYTES:(pc + 1) * INSN_BYTES]
+        try:
+            insn = decode(chunk)
+        except IllegalInstruction as exc:
+            raise NPUFault(exc.code, pc, f".word {int.from_bytes(chunk, 'little'):#x}", str(exc)) from None
+        reason = insn.illegal_reason()
+        if reason:
+            raise NPUFault(ErrorCode.ILLEGAL_FIELD, pc, format_insn(insn), reason)
+        program.append(insn)
+    return program

@@ -1,12 +1,20 @@
 """Functional semantics of every NPU instruction on the device state, vectorised in numpy.
 
-`Machine` holds device memory and the scratchpads; `execute(insn)` performs one instruction
-exactly as hdl/isa.py specifies it, with hdl/numerics doing the arithmetic.  Range violations raise
-`Fault` with the ErrorCode the hardware reports; the scheduler in sim/iss.py adds the instruction
-index and disassembly.  No Python loop runs per MAC, pixel or entry.
+`Machine` holds device memory and the scratchpads.  `prepare(insn)` checks one instruction against
+the machine (every range an instruction touches is fixed by its fields, never by data) and returns
+an `Op`: a callable that performs it exactly as hdl/isa.py specifies, on numpy views of memory and
+scratchpads computed once, with hdl/numerics doing the arithmetic.  `execute(insn)` is
+`prepare(insn)()`; sim/iss.py prepares a program once and replays its ops on every run.  Range
+violations raise `Fault` with the ErrorCode the hardware reports; the scheduler adds the
+instruction index and disassembly.  No Python loop runs per MAC, pixel or entry: a CONV in MAC
+mode, all its hardware loops included, is one im2col copy and one float32 matrix product
+(`numerics.int_matmul_f32`, exact).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -30,7 +38,10 @@ from softnpu.hdl.isa import (
     Store,
 )
 
-__all__ = ["Fault", "Machine", "SHIFT_MIN", "SHIFT_MAX"]
+__all__ = ["Fault", "Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
+
+# What prepare() returns: runs one prepared instruction on the machine it was prepared for.
+Op = Callable[[], None]
 
 # Parameter lanes holding a shift are clamped to this range by the vector unit (TFLite's legal
 # range for MultiplyByQuantizedMultiplier); anything outside is not a TFLite value.
@@ -61,6 +72,7 @@ class Machine:
         self.param = np.zeros((config.param_depth, r), np.int32)
         self.acc = np.zeros((config.acc_depth, r), np.int32)
         self.out = np.zeros((config.out_depth, r), np.int8)
+        self._work: dict[int, np.ndarray] = {}
 
     def clear_scratchpads(self):
         for buf in (self.inp, self.wgt, self.param, self.acc, self.out):
@@ -85,18 +97,36 @@ class Machine:
             raise Fault(ErrorCode.DRAM_RANGE,
                         f"DMA touches DRAM bytes up to {last - 1:#x}, beyond the device memory "
                         f"of {self.dram.size:#x} bytes (from dram={insn.dram:#x})")
-        base = self.dram[insn.dram:]
-        return as_strided(base, shape=(insn.blocks, insn.rows, insn.cols * entry_bytes),
-                          strides=(insn.block_stride, insn.row_stride, 1), writeable=writeable)
+        return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
+                          strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
+
+    def _workspace(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 scratch array of the conv engine, taken when an op is prepared and shared by the
+        ops of this machine (they run one at a time).  It grows by doubling; ops prepared earlier
+        keep the smaller buffer they hold, so at most a few buffers per slot exist."""
+        size = math.prod(shape)
+        buf = self._work.get(slot)
+        if buf is None or buf.size < size:
+            buf = self._work[slot] = np.empty(max(size, 2 * buf.size if buf is not None else 0),
+                                              np.float32)
+        return buf[:size].reshape(shape)
 
     # -- instructions -----------------------------------------------------------------------
     def execute(self, insn: Insn) -> None:
+        """Perform one instruction now (raises Fault if it touches anything out of range)."""
+        self.prepare(insn)()
+
+    def prepare(self, insn: Insn) -> Op:
+        """Check `insn` against this machine and return the Op that performs it.
+
+        The Op holds views of device memory and scratchpads, so it stays valid for the life of the
+        machine and may run any number of times; it reads the data only when it runs."""
         handler = _HANDLERS.get(type(insn))
         if handler is None:
             raise Fault(ErrorCode.ILLEGAL_OPCODE, f"no semantics for {type(insn).__name__}")
-        handler(self, insn)
+        return handler(self, insn)
 
-    def _load(self, insn: Load):
+    def _load(self, insn: Load) -> Op:
         name = {Buffer.INP: "inp", Buffer.WGT: "wgt", Buffer.PARAM: "param"}[Buffer(insn.buffer)]
         buf = getattr(self, name)
         entry = self.config.entry_bytes(name)
@@ -104,18 +134,31 @@ class Machine:
         self._check_sram(name, insn.sram, insn.blocks * p * q, "load")
         data = self._dram_view(insn, entry, writeable=False)
         tile = buf[insn.sram:insn.sram + insn.blocks * p * q].view(np.uint8).reshape(insn.blocks, p, q, entry)
-        if p != insn.rows or q != insn.cols:
-            tile[...] = np.uint8(insn.pad_value & 0xFF)
-        tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left:insn.pad_left + insn.cols] = \
-            data.reshape(insn.blocks, insn.rows, insn.cols, entry)
+        inner = tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left:insn.pad_left + insn.cols]
+        pad = np.uint8(insn.pad_value & 0xFF)
+        # the border around the data: whole padded rows above and below, then the columns beside
+        borders = [tile[:, :insn.pad_top], tile[:, insn.pad_top + insn.rows:],
+                   tile[:, insn.pad_top:insn.pad_top + insn.rows, :insn.pad_left],
+                   tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left + insn.cols:]]
+        borders = [b for b in borders if b.size]
 
-    def _store(self, insn: Store):
+        def load():
+            for border in borders:
+                border.fill(pad)
+            np.copyto(inner, data)
+        return load
+
+    def _store(self, insn: Store) -> Op:
         n = insn.blocks * insn.rows * insn.cols
         self._check_sram("out", insn.sram, n, "store")
         view = self._dram_view(insn, self.config.rows, writeable=True)
-        view[...] = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
+        tile = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
 
-    def _conv(self, insn: Conv):
+        def store():
+            np.copyto(view, tile)
+        return store
+
+    def _conv(self, insn: Conv) -> Op:
         c = self.config.cols
         last = (insn.inp + (insn.in_blocks - 1) * insn.inp_block
                 + ((insn.out_h - 1) * insn.stride_h + insn.kh - 1) * insn.inp_row
@@ -131,86 +174,188 @@ class Machine:
                                       insn.stride_w * c, insn.inp_row * c, c, 1), writeable=False)
         acc = self.acc[insn.acc:insn.acc + n_acc]
         if insn.mode == ConvMode.MAC:
-            n_wgt = insn.out_blocks * insn.in_blocks * insn.kh * insn.kw
-            self._check_sram("wgt", insn.wgt, n_wgt, "conv weights")
-            r = self.config.rows
-            w = self.wgt[insn.wgt:insn.wgt + n_wgt].reshape(insn.out_blocks, insn.in_blocks, insn.kh,
-                                                             insn.kw, r, c)
-            w = w.transpose(1, 2, 3, 5, 0, 4).reshape(-1, insn.out_blocks * r)
-            x = windows.transpose(1, 2, 0, 3, 4, 5).reshape(insn.out_h * insn.out_w, -1)
-            result = numerics.int_matmul(x, w).reshape(insn.out_h, insn.out_w, insn.out_blocks, r)
-            result = result.transpose(2, 0, 1, 3).reshape(n_acc, r)
-            if insn.accumulate:
-                acc[...] = numerics.wrap_int32(acc.astype(np.int64) + result)
-            else:
-                acc[...] = result
-        elif insn.mode == ConvMode.SUM:
-            result = windows.sum(axis=(3, 4), dtype=np.int64).reshape(n_acc, c)
-            if insn.accumulate:
-                result = result + acc
-            acc[...] = numerics.wrap_int32(result)
-        elif insn.mode == ConvMode.MAX:
-            result = windows.max(axis=(3, 4)).reshape(n_acc, c).astype(np.int32)
-            acc[...] = np.maximum(acc, result) if insn.accumulate else result
-        else:
-            raise Fault(ErrorCode.ILLEGAL_FIELD, f"conv mode {insn.mode} is not defined")
+            return self._conv_mac(insn, windows, acc)
+        if insn.mode == ConvMode.SUM:
+            def window_sum():
+                result = windows.sum(axis=(3, 4), dtype=np.int64).reshape(n_acc, c)
+                if insn.accumulate:
+                    result = result + acc
+                acc[...] = numerics.wrap_int32(result)
+            return window_sum
+        if insn.mode == ConvMode.MAX:
+            def window_max():
+                result = windows.max(axis=(3, 4)).reshape(n_acc, c)
+                if insn.accumulate:
+                    np.maximum(acc, result, out=acc)
+                else:
+                    acc[...] = result
+            return window_max
+        raise Fault(ErrorCode.ILLEGAL_FIELD, f"conv mode {insn.mode} is not defined")
+
+    def _conv_mac(self, insn: Conv, windows: np.ndarray, acc: np.ndarray) -> Op:
+        """All hardware loops of a MAC-mode CONV as one matrix product:
+        acc[co, oh, ow, r] (+)= sum over (ci, i, j, lane) of x[oh, ow, ci, i, j, lane] * W."""
+        r, c = self.config.rows, self.config.cols
+        co, ci, kh, kw = insn.out_blocks, insn.in_blocks, insn.kh, insn.kw
+        n_wgt = co * ci * kh * kw
+        self._check_sram("wgt", insn.wgt, n_wgt, "conv weights")
+        m, k, n = insn.out_h * insn.out_w, ci * kh * kw * c, co * r
+        # im2col rows, (oh, ow) x (ci, i, j, lane); and W as (ci, i, j, lane) x (co, r)
+        x_src = windows.transpose(1, 2, 0, 3, 4, 5)
+        w_src = self.wgt[insn.wgt:insn.wgt + n_wgt].reshape(co, ci, kh, kw, r, c).transpose(1, 2, 3, 5, 0, 4)
+        acc_dst = acc.reshape(co, m, r).transpose(1, 0, 2)          # (oh, ow) x co x r
+
+        x, w, product = self._workspace(0, (m, k)), self._workspace(1, (k, n)), self._workspace(2, (m, n))
+        x_fill, w_fill = x.reshape(x_src.shape), w.reshape(w_src.shape)
+        accumulate = bool(insn.accumulate)
+
+        def conv_mac():
+            np.copyto(x_fill, x_src)                                  # int8 -> float32, exact
+            np.copyto(w_fill, w_src)
+            numerics.int_matmul_f32(x, w, out=acc_dst, accumulate=accumulate, scratch=product)
+        return conv_mac
 
     def _vector_operands(self, insn, src_name: str, src: int):
+        """Operand and output of a vector op as (blocks, lines, line) views, the entries per line
+        `k`, and the slices of lines that the op computes at a time.
+
+        Parameters are per lane, the same for every entry of a block; numpy broadcasts a 16-lane
+        vector over a tile slowly (its inner loop is one entry), so the tile is viewed as lines of
+        `k` entries and the parameters are tiled `k` times (`_tile`), which changes nothing else.
+        A large tile is computed a slice of lines at a time so that numpy's int64 temporaries stay
+        small (cache-resident, and below the size where malloc maps fresh pages for each one)."""
         n = insn.blocks * insn.count
         self._check_sram("out", insn.out, n, f"{insn.MNEMONIC} output")
         self._check_sram(src_name, src, n, f"{insn.MNEMONIC} operand")
-        source = getattr(self, src_name)[src:src + n].reshape(insn.blocks, insn.count, -1)
-        return source, self.out[insn.out:insn.out + n].reshape(insn.blocks, insn.count, -1)
+        k = _entries_per_line(insn.count)
+        lines = insn.count // k
+        shape = (insn.blocks, lines, -1)
+        source = getattr(self, src_name)[src:src + n].reshape(shape)
+        step = max(1, _CHUNK_ELEMENTS // (insn.blocks * k * self.config.rows))
+        slices = [slice(start, start + step) for start in range(0, lines, step)]
+        return source, self.out[insn.out:insn.out + n].reshape(shape), k, slices
 
     def _params(self, insn, count: int) -> np.ndarray:
+        """The parameter entries an instruction reads (a view: read them when the Op runs)."""
         self._check_sram("param", insn.param, count, f"{insn.MNEMONIC} parameters")
-        return self.param[insn.param:insn.param + count].astype(np.int64)
+        return self.param[insn.param:insn.param + count]
 
-    def _requant(self, insn: Requant):
-        acc, out = self._vector_operands(insn, "acc", insn.acc)
-        p = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
+    def _requant(self, insn: Requant) -> Op:
+        acc, out, k, slices = self._vector_operands(insn, "acc", insn.acc)
+        chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
+        params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
+        zero_point, act_min, act_max = insn.zero_point, insn.act_min, insn.act_max
         if insn.rounding == Rounding.DOUBLE:
-            words = (p[:, 1] & 0xFFFFFFFF) | ((p[:, 2] & 0xFFFFFFFF) << 32)
-            multiplier = words.astype(np.uint64).view(np.float64)
-            out[...] = numerics.requantize_double(acc, p[:, 0], multiplier, insn.zero_point,
-                                                  insn.act_min, insn.act_max)
-            return
-        shift = np.clip(p[:, 2], SHIFT_MIN, SHIFT_MAX)
-        out[...] = numerics.requantize(acc, p[:, 0], p[:, 1], shift, insn.zero_point,
-                                       insn.act_min, insn.act_max)
+            def requant_double():
+                p = params.astype(np.int64)
+                words = (p[:, 1] & 0xFFFFFFFF) | ((p[:, 2] & 0xFFFFFFFF) << 32)
+                bias, multiplier = _tile(p[:, 0], k), _tile(words.astype(np.uint64).view(np.float64), k)
+                for a, o in chunks:
+                    o[...] = numerics.requantize_double(a, bias, multiplier, zero_point, act_min, act_max)
+            return requant_double
 
-    def _narrow(self, insn: Narrow):
-        acc, out = self._vector_operands(insn, "acc", insn.acc)
-        out[...] = numerics.pool_output(acc, insn.divisor, insn.act_min, insn.act_max)
+        def requant():
+            p = _tile(params, k)
+            bias, multiplier, shift = p[:, 0], p[:, 1], np.clip(p[:, 2], SHIFT_MIN, SHIFT_MAX)
+            for a, o in chunks:
+                o[...] = numerics.requantize(a, bias, multiplier, shift, zero_point, act_min, act_max)
+        return requant
 
-    def _binary_b(self, insn) -> np.ndarray:
+    def _narrow(self, insn: Narrow) -> Op:
+        acc, out, _, slices = self._vector_operands(insn, "acc", insn.acc)
+        chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
+
+        def narrow():
+            for a, o in chunks:
+                o[...] = numerics.pool_output(a, insn.divisor, insn.act_min, insn.act_max)
+        return narrow
+
+    def _binary(self, insn, function) -> Op:
+        """ADD and MUL: out = function(a, b, parameters) lane-wise; b from the input scratchpad like
+        a, or one parameter entry per block."""
+        a, out, k, slices = self._vector_operands(insn, "inp", insn.a)
         if insn.b_param:
             self._check_sram("param", insn.b, insn.blocks, f"{insn.MNEMONIC} operand b")
-            return self.param[insn.b:insn.b + insn.blocks].astype(np.int64)[:, None, :]
-        n = insn.blocks * insn.count
-        self._check_sram("inp", insn.b, n, f"{insn.MNEMONIC} operand b")
-        return self.inp[insn.b:insn.b + n].reshape(insn.blocks, insn.count, -1)
+            b_entries = self.param[insn.b:insn.b + insn.blocks][:, None, :]
+            b_chunks = None
+        else:
+            n = insn.blocks * insn.count
+            self._check_sram("inp", insn.b, n, f"{insn.MNEMONIC} operand b")
+            b = self.inp[insn.b:insn.b + n].reshape(a.shape)
+            b_chunks = [b[:, rows] for rows in slices]
+        chunks = [(a[:, rows], out[:, rows]) for rows in slices]
+        params = self._params(insn, len(insn.PARAMS))
+        fixed = dict(zero_point=insn.zero_point, act_min=insn.act_min, act_max=insn.act_max)
+        if insn.b_param and insn.count > _TABLE_ENTRIES:
+            return self._binary_by_table(insn, function, a, out, k, b_entries, params, fixed)
 
-    def _add(self, insn: Add):
-        a, out = self._vector_operands(insn, "inp", insn.a)
-        b = self._binary_b(insn)
-        p = dict(zip(Add.PARAMS, self._params(insn, len(Add.PARAMS)), strict=True))
-        p["a_shift"] = np.clip(p["a_shift"], SHIFT_MIN, SHIFT_MAX)
-        p["b_shift"] = np.clip(p["b_shift"], SHIFT_MIN, SHIFT_MAX)
-        p["out_shift"] = np.clip(p["out_shift"], SHIFT_MIN, SHIFT_MAX)
-        out[...] = numerics.add(a, b, **p, zero_point=insn.zero_point, act_min=insn.act_min,
-                                act_max=insn.act_max)
+        def binary():
+            p = _named_params(insn.PARAMS, _tile(params, k))
+            bs = b_chunks or [_tile(b_entries, k)] * len(chunks)
+            for (x, o), y in zip(chunks, bs, strict=True):
+                o[...] = function(x, y, **p, **fixed)
+        binary.__name__ = insn.MNEMONIC
+        return binary
 
-    def _mul(self, insn: Mul):
-        a, out = self._vector_operands(insn, "inp", insn.a)
-        b = self._binary_b(insn)
-        p = dict(zip(Mul.PARAMS, self._params(insn, len(Mul.PARAMS)), strict=True))
-        p["out_shift"] = np.clip(p["out_shift"], SHIFT_MIN, SHIFT_MAX)
-        out[...] = numerics.mul(a, b, **p, zero_point=insn.zero_point, act_min=insn.act_min,
-                                act_max=insn.act_max)
+    def _binary_by_table(self, insn, function, a, out, k, b_entries, params, fixed) -> Op:
+        """ADD or MUL of a tile and one constant entry per block: in each block and lane the output is
+        a function of one int8 value, so `function` runs once on the 256 int8 values (a table per
+        block and lane) and every entry of the tile looks its value up."""
+        r = self.config.rows
+        values = np.arange(256, dtype=np.uint8).view(np.int8).reshape(256, 1, 1, 1)    # by bits
+        # offset of (block, lane)'s table in the flattened (block, lane, 256) tables, per line slot
+        base = (np.arange(insn.blocks)[:, None, None] * r + np.arange(k * r) % r) * 256
+        a_bits = a.view(np.uint8)
 
-    def _nothing(self, insn):
-        pass
+        def binary_table():
+            p = _named_params(insn.PARAMS, params)
+            tables = function(values, b_entries, **p, **fixed)        # (256, blocks, 1, r)
+            tables = np.ascontiguousarray(tables.reshape(256, -1).T)   # (blocks * r, 256)
+            np.take(tables.reshape(-1), a_bits + base, out=out)
+        binary_table.__name__ = f"{insn.MNEMONIC}_table"
+        return binary_table
+
+    def _add(self, insn: Add) -> Op:
+        return self._binary(insn, numerics.add)
+
+    def _mul(self, insn: Mul) -> Op:
+        return self._binary(insn, numerics.mul)
+
+    def _nothing(self, insn) -> Op:
+        return _no_op
+
+
+def _no_op():
+    pass
+
+
+# entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop
+# is long, short enough that tiling the parameters costs nothing
+_LINE_ENTRIES = 64
+# entries per block above which ADD/MUL with a constant operand look their results up (see
+# Machine._binary_by_table): the 256-entry tables then cost less than the tile
+_TABLE_ENTRIES = 256
+# elements a vector op computes at a time: int64 temporaries of 128 KiB
+_CHUNK_ELEMENTS = 16384
+
+
+def _entries_per_line(count: int) -> int:
+    """The largest divisor of `count` up to _LINE_ENTRIES."""
+    return max(k for k in range(1, min(count, _LINE_ENTRIES) + 1) if count % k == 0)
+
+
+def _tile(lanes: np.ndarray, k: int) -> np.ndarray:
+    """Per-lane values repeated for `k` entries along the last axis."""
+    return np.tile(lanes, k) if k > 1 else lanes
+
+
+def _named_params(names: tuple[str, ...], params: np.ndarray) -> dict[str, np.ndarray]:
+    """Parameter entries by name, as int64 lanes; shifts clamped to the vector unit's range."""
+    p = dict(zip(names, params.astype(np.int64), strict=True))
+    for name in names:
+        if name.endswith("_shift"):
+            p[name] = np.clip(p[name], SHIFT_MIN, SHIFT_MAX)
+    return p
 
 
 _HANDLERS = {Load: Machine._load, Store: Machine._store, Conv: Machine._conv,

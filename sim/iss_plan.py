@@ -1,0 +1,220 @@
+"""A program's plan: the order the NPU's units run its instructions in, the cycles that costs, and
+each instruction prepared as an Op on the machine; computed once per program, replayed per run.
+
+Fetch dispatches instructions in program order into the load, compute and store queues (each
+`insn_queue_depth` deep); each unit starts its head instruction once the tokens it pops are
+available, runs it for the modelled number of cycles, then pushes its tokens.  Instructions run
+functionally in the order of their modelled start times, which is an order the hardware could
+take, so a race-free program gives the RTL's memory image.
+
+Nothing here depends on data: the cycles of an instruction (hdl/timing.py) follow from its fields,
+and so do the scratchpad and DRAM ranges it touches.  So the order, the counters, the marker trace
+and any fault (its instruction, and which instructions ran before it) are properties of the
+program, and `build_plan` computes them once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+from softnpu.hdl import timing
+from softnpu.hdl.asm import format_insn
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue
+from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
+from softnpu.sim.iss_exec import Fault, Machine, Op
+
+__all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]
+
+_UNITS = ("load", "compute", "store")
+# token channels: (from unit, to unit)
+_CHANNELS = {("load", "compute"), ("compute", "load"), ("compute", "store"), ("store", "compute")}
+_UNIT_OF = {Queue.LOAD: "load", Queue.COMPUTE: "compute", Queue.STORE: "store"}
+_PREV = {"load": None, "compute": "load", "store": "compute"}
+_NEXT = {"load": "compute", "compute": "store", "store": None}
+
+
+class NPUFault(RuntimeError):
+    """A fault the NPU reports: error code, instruction index and its disassembly."""
+
+    def __init__(self, code: ErrorCode, pc: int, insn_text: str, message: str):
+        self.code, self.pc, self.insn_text, self.message = ErrorCode(code), pc, insn_text, message
+        super().__init__(f"NPU fault {self.code.name} (code {int(self.code)}) at instruction {pc}"
+                         f" [{insn_text}]: {message}")
+
+
+@dataclasses.dataclass
+class RunStats:
+    """What one program run costs on the modelled hardware."""
+    config: NPUConfig
+    counters: dict[str, int]
+    trace: list[tuple[int, dict[str, int]]]        # (marker id, counters at the marker)
+    instructions: int
+
+    @property
+    def cycles(self) -> int:
+        return self.counters["cycles"]
+
+    @property
+    def seconds(self) -> float:
+        return self.config.cycles_to_seconds(self.cycles)
+
+    def utilization(self) -> dict[str, float]:
+        """Fraction of cycles each unit was busy, and the MAC array's fraction of active cycles."""
+        cycles = max(self.cycles, 1)
+        util = {unit: self.counters[f"{unit}_busy"] / cycles for unit in _UNITS}
+        util["mac"] = self.counters["mac_active"] / cycles
+        return util
+
+    def copy(self) -> RunStats:
+        return RunStats(self.config, dict(self.counters), [(m, dict(c)) for m, c in self.trace],
+                        self.instructions)
+
+
+@dataclasses.dataclass
+class Plan:
+    """One program on one machine: `ops` in execution order, then either `stats` or `fault`."""
+    ops: list[Op]
+    stats: RunStats | None
+    fault: NPUFault | None
+
+    def run(self) -> RunStats:
+        """Perform the program on the machine; returns its stats or raises its fault."""
+        for op in self.ops:
+            op()
+        if self.fault is not None:
+            fault = self.fault
+            raise NPUFault(fault.code, fault.pc, fault.insn_text, fault.message)
+        return self.stats.copy()
+
+
+def build_plan(config: NPUConfig, machine: Machine, program: list[Insn]) -> Plan:
+    """Schedule `program` (decoded and checked instruction by instruction) and prepare its ops."""
+    return _Schedule(config, machine, program).run()
+
+
+class _Schedule:
+    """The event order and cycle model of one run (see the module docstring)."""
+
+    def __init__(self, config: NPUConfig, machine: Machine, program: list[Insn]):
+        self.config, self.machine, self.program = config, machine, program
+        self.queues = {unit: deque() for unit in _UNITS}         # (pc, dispatch time)
+        self.unit_free = dict.fromkeys(_UNITS, 0)
+        self.tokens = {ch: deque() for ch in _CHANNELS}            # times tokens become visible
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.trace: list[tuple[int, dict[str, int]]] = []
+        self.next_fetch = 0
+        self.fetch_time = 0
+        self.starts = {unit: [] for unit in _UNITS}               # start time of each instruction
+        self.dispatched = dict.fromkeys(_UNITS, 0)
+        self.finished = False
+        self.fetch_cost = fetch_cycles(config)
+
+    def _dispatch(self):
+        depth = self.config.insn_queue_depth
+        while self.next_fetch < len(self.program) and not self.finished:
+            insn = self.program[self.next_fetch]
+            unit = _UNIT_OF[insn.QUEUE]
+            if len(self.queues[unit]) >= depth:
+                return
+            ready = self.fetch_time + self.fetch_cost
+            k = self.dispatched[unit]
+            if k >= depth:   # the slot frees when instruction k-depth of this unit starts
+                ready = max(ready, self.starts[unit][k - depth])
+            self.dispatched[unit] = k + 1
+            self.fetch_time = ready
+            self.counters["dram_read_bytes"] += INSN_BYTES
+            self.queues[unit].append((self.next_fetch, ready + timing.QUEUE))
+            self.next_fetch += 1
+            if isinstance(insn, Finish):
+                self.finished = True
+
+    def _waits(self, unit: str, insn: Insn) -> list[tuple[str, str]] | None:
+        """Channels the head instruction pops, or None if a token or a push slot is missing."""
+        pops = []
+        if insn.pop_prev:
+            pops.append((_PREV[unit], unit))
+        if insn.pop_next:
+            pops.append((_NEXT[unit], unit))
+        for ch in pops:
+            if not self.tokens[ch]:
+                return None
+        for flag, peer in (("push_prev", _PREV[unit]), ("push_next", _NEXT[unit])):
+            if getattr(insn, flag) and len(self.tokens[(unit, peer)]) >= self.config.token_queue_depth:
+                return None
+        return pops
+
+    def _fault(self, pc: int, fault: Fault) -> NPUFault:
+        return NPUFault(fault.code, pc, format_insn(self.program[pc]), str(fault))
+
+    def run(self) -> Plan:
+        config = self.config
+        ops: list[Op] = []
+        while True:
+            self._dispatch()
+            best = None
+            for unit in _UNITS:
+                if not self.queues[unit]:
+                    continue
+                pc, dispatched = self.queues[unit][0]
+                insn = self.program[pc]
+                if isinstance(insn, Finish) and (self.queues["load"] or self.queues["store"]):
+                    continue
+                pops = self._waits(unit, insn)
+                if pops is None:
+                    continue
+                free = max(self.unit_free[unit], dispatched)
+                start = max([free] + [self.tokens[ch][0] for ch in pops])
+                if isinstance(insn, Finish):
+                    start = max([start] + list(self.unit_free.values()))
+                if best is None or start < best[0]:
+                    best = (start, free, unit, pc, insn, pops)
+            if best is None:
+                if any(self.queues.values()) or (self.next_fetch < len(self.program)
+                                                 and not self.finished):
+                    return Plan(ops, None, self._deadlock())
+                break
+            start, free, unit, pc, insn, pops = best
+            self.queues[unit].popleft()
+            self.starts[unit].append(start)
+            for ch in pops:
+                self.tokens[ch].popleft()
+            try:
+                ops.append(self.machine.prepare(insn))
+            except Fault as fault:
+                return Plan(ops, None, self._fault(pc, fault))
+            cost = insn_cycles(config, insn)
+            end = start + cost
+            self.unit_free[unit] = end
+            self.counters[f"{unit}_busy"] += cost
+            self.counters[f"{unit}_stall"] += start - free
+            if isinstance(insn, Conv):
+                self.counters["mac_active"] += insn.array_cycles
+            read, written = dram_bytes(config, insn)
+            self.counters["dram_read_bytes"] += read
+            self.counters["dram_write_bytes"] += written
+            if insn.push_prev:
+                self.tokens[(unit, _PREV[unit])].append(end + timing.TOKEN)
+            if insn.push_next:
+                self.tokens[(unit, _NEXT[unit])].append(end + timing.TOKEN)
+            if isinstance(insn, Marker):
+                snapshot = dict(self.counters, cycles=start)
+                self.trace.append((insn.id, snapshot))
+        self.counters["cycles"] = max(self.unit_free.values()) + 1
+        return Plan(ops, RunStats(config, dict(self.counters), self.trace, len(self.program)), None)
+
+    def _deadlock(self) -> NPUFault:
+        waiting = []
+        first_pc = None
+        for unit in _UNITS:
+            if self.queues[unit]:
+                pc, _ = self.queues[unit][0]
+                first_pc = pc if first_pc is None else min(first_pc, pc)
+                waiting.append(f"{unit} waits at instruction {pc} [{format_insn(self.program[pc])}]")
+        if self.next_fetch < len(self.program):
+            waiting.append(f"fetch holds instruction {self.next_fetch} for a full queue")
+        pc = first_pc if first_pc is not None else self.next_fetch
+        text = format_insn(self.program[pc]) if pc < len(self.program) else "<end>"
+        return NPUFault(ErrorCode.DEADLOCK, pc, text,
+                        "every unit waits for a token no unit will send: " + "; ".join(waiting))
