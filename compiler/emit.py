@@ -176,11 +176,48 @@ def _store_rows(config, y: Activation, sram: int, cb0: int, nblocks: int, r0: in
 
 
 def _input_rows(x: Activation, oh0: int, th: int, stride: int, kh: int, pad_top: int):
-    """DRAM rows [first, first+count) feeding output rows [oh0, oh0+th), and the pads they need."""
+    """DRAM rows [first, first+count) feeding output rows [oh0, oh0+th), and the pads they need
+    (`kh` is the kernel's extent in input rows: (kh - 1) * dilation + 1)."""
     lo = oh0 * stride - pad_top
     hi = (oh0 + th - 1) * stride - pad_top + kh - 1
     first, last = max(lo, 0), min(hi, x.h - 1)
     return first, last - first + 1, first - lo, hi - last
+
+
+def _pair(v, name: str = "stride") -> tuple[int, int]:
+    """(vertical, horizontal) from an int or a pair."""
+    pair = (int(v), int(v)) if isinstance(v, int) else tuple(int(e) for e in v)
+    if len(pair) != 2 or min(pair) < 1:
+        raise LoweringError(f"{name} {v!r}: need one positive int or a (vertical, horizontal) pair")
+    return pair
+
+
+TAP_SPAN = 15     # the largest kh/kw one CONV takes (its 4-bit fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class TapGroup:
+    """A rectangle of kernel taps that one CONV runs: kernel rows i0..i0+kh-1 and columns
+    j0..j0+kw-1, adjacent in the input (dilation 1 inside the group).  A kernel wider than a CONV
+    takes, or a dilated one, runs as several groups accumulating into the same accumulators."""
+    i0: int
+    j0: int
+    kh: int
+    kw: int
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+
+def tap_groups(kh: int, kw: int, dilation=(1, 1)) -> tuple[TapGroup, ...]:
+    """The CONVs of a kh x kw kernel at `dilation` (rows, columns): with dilation 1, rectangles of
+    at most 15x15 taps; along a dilated axis one tap per group."""
+    dh, dw = _pair(dilation, "dilation")
+
+    def spans(k, d):
+        return [(a, min(TAP_SPAN, k - a)) for a in range(0, k, TAP_SPAN)] if d == 1 else [(a, 1) for a in range(k)]
+    return tuple(TapGroup(i0, j0, gh, gw) for i0, gh in spans(kh, dh) for j0, gw in spans(kw, dw))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,23 +247,28 @@ _TIE = 0.005    # schedules this close to the fastest count as equally fast
 
 
 def plan_conv(config: NPUConfig, x: Activation, out_h: int, out_w: int, cout: int, kh: int, kw: int,
-              stride: int, pads: tuple[int, int, int, int], name: str = "conv") -> ConvPlan:
+              stride, pads: tuple[int, int, int, int], name: str = "conv", dilation=(1, 1)) -> ConvPlan:
     """The fastest tiling found: candidates ranked by an analytic cost, the best few emitted and
     scheduled with the cycle model (`estimated_cycles` is that schedule's length).  Memoized on the
-    layer's shape (networks repeat their blocks)."""
+    layer's shape (networks repeat their blocks).  `stride` and `dilation`: an int or a
+    (vertical, horizontal) pair."""
     try:
-        return _plan_conv(config, x.h, x.w, x.c, out_h, out_w, cout, kh, kw, stride, tuple(pads))
+        return _plan_conv(config, x.h, x.w, x.c, out_h, out_w, cout, kh, kw, _pair(stride),
+                          tuple(pads), _pair(dilation, "dilation"))
     except LoweringError as exc:
         raise LoweringError(f"{name}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int, cout: int, kh: int, kw: int,
-               stride: int, pads: tuple[int, int, int, int]) -> ConvPlan:
+               stride: tuple[int, int], pads: tuple[int, int, int, int],
+               dilation: tuple[int, int] = (1, 1)) -> ConvPlan:
     x = Activation(0, h, w, c)
     b = config.cols
     half = _halves(config)
     cib, cob = x.blocks(b), -(-cout // b)
+    sh = stride[0]
+    ekh = (kh - 1) * dilation[0] + 1
     q = pads[2] + x.w + pads[3]
     resident = cob * cib * kh * kw <= config.wgt_depth and 3 * cob <= config.param_depth // 2
     candidates = []
@@ -246,19 +288,19 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
                 limit = config.inp_depth if input_resident else half["inp"]
                 if input_resident and (th < out_h or n_chunks > 1 or cob_t >= cob):
                     continue
-                while th >= 1 and chunk * _tile_rows(th, stride, kh) * q > limit:
+                while th >= 1 and chunk * _tile_rows(th, sh, ekh) * q > limit:
                     th -= 1
                 if th < 1 or (input_resident and th < out_h):
                     continue
                 for groups_outer in (True, False):
                     if input_resident and not groups_outer:
                         continue
-                    cost = _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, stride,
+                    cost = _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, sh, ekh,
                                       resident, groups_outer, input_resident)
                     candidates.append(ConvPlan(th, cob_t, chunk, groups_outer, resident, cost,
                                                input_resident))
     if not candidates:
-        raise LoweringError(f"one output row needs {kh} input rows of {q} entries per input "
+        raise LoweringError(f"one output row needs {ekh} input rows of {q} entries per input "
                             f"block, more than half the input scratchpad ({half['inp']} entries) of "
                             f"config {config.name!r}: width tiling is not implemented")
     candidates.sort(key=lambda p: p.estimated_cycles)
@@ -269,8 +311,9 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
     y = Activation(0, out_h, out_w, cout)
     scheduled = []
     for plan in candidates[:_REFINE]:
-        tiles = _conv_tiles(config, x, y, plan, weights=0, params=0, kh=kh, kw=kw, stride=stride, pads=pads,
-                            pad_value=0, zero_point=0, act_min=-128, act_max=127, rounding=Rounding.FIXED)
+        tiles = _conv_tiles(config, (x,), y, plan, weights=0, params=0, kh=kh, kw=kw, stride=stride,
+                            dilation=dilation, pads=pads, pad_value=0, zero_point=0, act_min=-128, act_max=127,
+                            rounding=Rounding.FIXED)
         program = _finish_layer(_emit(tiles), 0, True, config)
         scheduled.append((estimate(config, program).cycles, len(program), plan))
     fastest = min(cycles for cycles, _, _ in scheduled)
@@ -282,17 +325,18 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
 
 def _tile_rows(th: int, stride: int, kh: int) -> int:
     """Input rows a tile of `th` output rows loads: a 1x1 kernel with a stride loads only the rows
-    it reads (the DMA's row stride skips the others), any other kernel a contiguous band."""
+    it reads (the DMA's row stride skips the others), any other kernel a contiguous band (`kh`:
+    the kernel's extent in input rows)."""
     return th if kh == 1 else (th - 1) * stride + kh
 
 
-def _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, stride, resident, groups_outer,
-               input_resident) -> int:
+def _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, stride, ekh, resident,
+               groups_outer, input_resident) -> int:
     """Analytic cycles, for ranking: each step takes the longer of its loads and its array time."""
     b = config.cols
     n_chunks, n_groups, n_rows = -(-cib // chunk), -(-cob // cob_t), -(-out_h // th)
     steps = n_groups * n_rows * n_chunks
-    in_rows = min(_tile_rows(th, stride, kh), x.h)
+    in_rows = min(_tile_rows(th, stride, ekh), x.h)
     inp = dma_cycles(config, chunk * in_rows, x.w * b)
     wgt = dma_cycles(config, 1 if chunk == cib else cob_t, cob_t * chunk * kh * kw * b * b
                      // (1 if chunk == cib else cob_t))
@@ -308,15 +352,40 @@ def _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, stri
     return int(total + first + store + steps * 12)
 
 
-def _conv_tiles(config: NPUConfig, x: Activation, y: Activation, plan: ConvPlan, *, weights: int, params: int,
-                kh: int, kw: int, stride: int, pads, pad_value: int, zero_point: int, act_min: int,
-                act_max: int, rounding: Rounding) -> list[_Tile]:
+def _input_loads(config: NPUConfig, parts, ci0: int, nci: int, sram: int, plane_entries: int,
+                 first_row: int, nin: int, row_stride_rows: int, pads, ptop: int, pbot: int,
+                 pad_value: int) -> list[Load]:
+    """The loads of input blocks [ci0, ci0+nci) of a (possibly multi-part) input into consecutive
+    padded planes of `plane_entries` entries from `sram`."""
+    b = config.cols
+    loads, start = [], 0
+    for part in parts:
+        nb = part.blocks(b)
+        lo, hi = max(ci0, start), min(ci0 + nci, start + nb)
+        if lo < hi:
+            loads.append(Load(buffer=Buffer.INP, sram=sram + (lo - ci0) * plane_entries,
+                              dram=part.addr + (lo - start) * part.plane(b) + first_row * part.w * b,
+                              blocks=hi - lo, rows=nin, cols=part.w, row_stride=part.w * b * row_stride_rows,
+                              block_stride=part.plane(b), pad_top=ptop, pad_bottom=pbot, pad_left=pads[2],
+                              pad_right=pads[3], pad_value=pad_value))
+        start += nb
+    return loads
+
+
+def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weights: int, params: int,
+                kh: int, kw: int, stride, pads, pad_value: int, zero_point: int, act_min: int,
+                act_max: int, rounding: Rounding, dilation=(1, 1)) -> list[_Tile]:
     b = config.cols
     half = _halves(config)
-    cib, cob = x.blocks(b), y.blocks(b)
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation, "dilation")
+    x = parts[0]
+    cib, cob = sum(p.blocks(b) for p in parts), y.blocks(b)
     th, cob_t, chunk = plan.rows_per_tile, plan.out_blocks_per_tile, plan.in_blocks_per_step
     q = pads[2] + x.w + pads[3]
     wgt_entry, par_entry = b * b, 4 * b
+    taps = tap_groups(kh, kw, (dh, dw))
+    before = list(itertools.accumulate((g.taps for g in taps), initial=0))   # taps of earlier groups
     groups = [(g, min(cob_t, cob - g)) for g in range(0, cob, cob_t)]
     rows = [(r, min(th, y.h - r)) for r in range(0, y.h, th)]
     chunks = [(c, min(chunk, cib - c)) for c in range(0, cib, chunk)]
@@ -326,7 +395,16 @@ def _conv_tiles(config: NPUConfig, x: Activation, y: Activation, plan: ConvPlan,
     step_index, wgt_half, par_half = 0, 1, 1
     loaded_wgt = loaded_par = None
     resident_groups: set = set()
-    skip_rows = kh == 1 and stride > 1 and pads[0] == 0
+    skip_rows = kh == 1 and sh > 1 and pads[0] == 0
+    ekh = (kh - 1) * dh + 1
+
+    def weight_loads(co0, nco, ci0, nci, sram_of):
+        # tap group g's weights are [cob][cib][g.kh][g.kw] entries from weights + cob*cib*before[g]
+        return [Load(buffer=Buffer.WGT, sram=sram_of(k),
+                     dram=weights + (cob * cib * before[k] + (co0 * cib + ci0) * g.taps) * wgt_entry,
+                     blocks=nco, rows=1, cols=nci * g.taps, block_stride=cib * g.taps * wgt_entry)
+                for k, g in enumerate(taps)]
+
     for (co0, nco), (oh0, nrows) in order:
         o = len(tiles)
         acc_base, out_base = (o % 2) * half["acc"], (o % 2) * half["out"]
@@ -336,12 +414,11 @@ def _conv_tiles(config: NPUConfig, x: Activation, y: Activation, plan: ConvPlan,
             if plan.weights_resident:
                 # resident weights: group g's out blocks, K chunk c, at their own place ([co][ci][kh][kw]
                 # per (group, chunk), so one CONV reads them), loaded at the first step that needs them
-                wgt_addr = (co0 * cib + ci0 * nco) * kh * kw
+                def wgt_at(k, co0=co0, ci0=ci0, nco=nco):
+                    return cob * cib * before[k] + (co0 * cib + ci0 * nco) * taps[k].taps
                 if (co0, ci0) not in resident_groups:
                     resident_groups.add((co0, ci0))
-                    loads.append(Load(buffer=Buffer.WGT, sram=wgt_addr,
-                                      dram=weights + (co0 * cib + ci0) * kh * kw * wgt_entry, blocks=nco,
-                                      rows=1, cols=nci * kh * kw, block_stride=cib * kh * kw * wgt_entry))
+                    loads += weight_loads(co0, nco, ci0, nci, wgt_at)
                 if co0 not in resident_groups:
                     resident_groups.add(co0)
                     loads.append(Load(buffer=Buffer.PARAM, sram=3 * co0, dram=params + 3 * co0 * par_entry,
@@ -349,36 +426,38 @@ def _conv_tiles(config: NPUConfig, x: Activation, y: Activation, plan: ConvPlan,
                 par_addr = 3 * co0
             else:
                 wgt_key = (co0, nco, ci0, nci)
-                if wgt_key != loaded_wgt:
+                new_weights = wgt_key != loaded_wgt
+                if new_weights:
                     wgt_half ^= 1
                     loaded_wgt = wgt_key
-                    loads.append(Load(buffer=Buffer.WGT, sram=wgt_half * half["wgt"],
-                                      dram=weights + (co0 * cib + ci0) * kh * kw * wgt_entry, blocks=nco,
-                                      rows=1, cols=nci * kh * kw, block_stride=cib * kh * kw * wgt_entry))
                 if (co0, nco) != loaded_par:
                     par_half ^= 1
+
+                def wgt_at(k, base=wgt_half * half["wgt"], nco=nco, nci=nci):
+                    return base + nco * nci * before[k]
+                if new_weights:
+                    loads += weight_loads(co0, nco, ci0, nci, wgt_at)
+                if (co0, nco) != loaded_par:
                     loaded_par = (co0, nco)
                     loads.append(Load(buffer=Buffer.PARAM, sram=par_half * half["param"],
                                       dram=params + 3 * co0 * par_entry, blocks=1, rows=1, cols=3 * nco))
-                wgt_addr = wgt_half * half["wgt"]
                 par_addr = par_half * half["param"]
             if skip_rows:       # 1x1 kernel, vertical stride: load only the rows it reads
-                first_row, nin, ptop, pbot, stride_h = oh0 * stride, nrows, 0, 0, 1
+                first_row, nin, ptop, pbot, stride_h = oh0 * sh, nrows, 0, 0, 1
             else:
-                first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, stride, kh, pads[0])
-                stride_h = stride
+                first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, sh, ekh, pads[0])
+                stride_h = sh
             inp_base = 0 if plan.input_resident else (step_index % 2) * half["inp"]
             p = ptop + nin + pbot
             if not plan.input_resident or step_index == 0:
-                loads.append(Load(buffer=Buffer.INP, sram=inp_base,
-                                  dram=x.addr + ci0 * x.plane(b) + first_row * x.w * b, blocks=nci, rows=nin,
-                                  cols=x.w, row_stride=x.w * b * (stride if skip_rows else 1),
-                                  block_stride=x.plane(b), pad_top=ptop, pad_bottom=pbot, pad_left=pads[2],
-                                  pad_right=pads[3], pad_value=pad_value))
-            common = dict(mode=ConvMode.MAC, in_blocks=nci, kh=kh, kw=kw, stride_h=stride_h, stride_w=stride,
-                          out_h=nrows, out_w=y.w, inp=inp_base, inp_row=q, inp_block=p * q,
-                          accumulate=int(ci0 > 0))
-            steps.append(_Step(loads, [Conv(out_blocks=nco, acc=acc_base, wgt=wgt_addr, **common)]))
+                loads += _input_loads(config, parts, ci0, nci, inp_base, p * q, first_row, nin,
+                                      sh if skip_rows else 1, pads, ptop, pbot, pad_value)
+            convs = [Conv(mode=ConvMode.MAC, out_blocks=nco, in_blocks=nci, kh=g.kh, kw=g.kw, stride_h=stride_h,
+                          stride_w=sw, out_h=nrows, out_w=y.w, acc=acc_base, wgt=wgt_at(k),
+                          inp=inp_base + g.i0 * dh * q + g.j0 * dw, inp_row=q, inp_block=p * q,
+                          accumulate=int(ci0 > 0 or k > 0))
+                     for k, g in enumerate(taps)]
+            steps.append(_Step(loads, convs))
             step_index += 1
         outstage = [Requant(out=out_base, acc=acc_base, param=par_addr, blocks=nco, count=nrows * y.w,
                             zero_point=zero_point, act_min=act_min, act_max=act_max, rounding=rounding)]
@@ -387,39 +466,73 @@ def _conv_tiles(config: NPUConfig, x: Activation, y: Activation, plan: ConvPlan,
     return tiles
 
 
-def conv2d(config: NPUConfig, x: Activation, y: Activation, *, weights: int, params: int, kh: int,
-           kw: int, stride: int, pads: tuple[int, int, int, int], pad_value: int, zero_point: int,
+def conv2d(config: NPUConfig, x, y: Activation, *, weights: int, params: int, kh: int,
+           kw: int, stride, pads: tuple[int, int, int, int], pad_value: int, zero_point: int,
            act_min: int = -128, act_max: int = 127, rounding: Rounding = Rounding.FIXED, layer_id: int = 0,
-           first: bool = False, name: str = "conv", plan: ConvPlan | None = None) -> list[Insn]:
-    """CONV_2D / FULLY_CONNECTED.  `weights` is the DRAM address of layout.pack_conv_weights' output,
-    `params` of pack_requant_params' (rounding fixed, CONV_2D) or pack_requant_params_double's
-    (rounding double, FULLY_CONNECTED), with the bias already folded with the input zero point.
-    pads = (top, bottom, left, right); pad_value = the input zero point.  `plan`: plan_conv's
-    (computed here when not given)."""
-    plan = plan or plan_conv(config, x, y.h, y.w, y.c, kh, kw, stride, pads, name)
-    tiles = _conv_tiles(config, x, y, plan, weights=weights, params=params, kh=kh, kw=kw, stride=stride,
-                        pads=pads, pad_value=pad_value, zero_point=zero_point, act_min=act_min,
-                        act_max=act_max, rounding=rounding)
+           first: bool = False, name: str = "conv", plan: ConvPlan | None = None, dilation=(1, 1)) -> list[Insn]:
+    """CONV_2D / FULLY_CONNECTED.  `weights` is the DRAM address of layout.pack_conv_weights' output
+    (for these `tap_groups(kh, kw, dilation)`), `params` of pack_requant_params' (rounding fixed,
+    CONV_2D) or pack_requant_params_double's (rounding double, FULLY_CONNECTED), with the bias
+    already folded with the input zero point.  pads = (top, bottom, left, right); pad_value = the
+    input zero point; `stride`, `dilation`: an int or a (vertical, horizontal) pair.  `x` is one
+    Activation or a sequence of them (a channel gather: their blocks, in order, are the input's
+    channel blocks).  `plan`: plan_conv's (computed here when not given)."""
+    parts = (x,) if isinstance(x, Activation) else tuple(x)
+    if any((p.h, p.w) != (parts[0].h, parts[0].w) for p in parts):
+        raise LoweringError(f"{name}: input parts of different sizes {[(p.h, p.w) for p in parts]}")
+    b = config.cols
+    shape = Activation(0, parts[0].h, parts[0].w, sum(p.blocks(b) for p in parts) * b) if len(parts) > 1 \
+        else parts[0]
+    plan = plan or plan_conv(config, shape, y.h, y.w, y.c, kh, kw, stride, pads, name, dilation)
+    tiles = _conv_tiles(config, parts, y, plan, weights=weights, params=params, kh=kh, kw=kw, stride=stride,
+                        dilation=dilation, pads=pads, pad_value=pad_value, zero_point=zero_point,
+                        act_min=act_min, act_max=act_max, rounding=rounding)
     return _finish_layer(_emit(tiles), layer_id, first, config)
 
 
 # ----------------------------------------------------------------------------------------------
 # Pooling, MEAN and element-wise layers
 # ----------------------------------------------------------------------------------------------
+def _window_counts(size: int, out: int, k: int, stride: int, pad_before: int) -> list[int]:
+    """In-bounds taps of each output position's window along one axis (TFLite's filter_x_end -
+    filter_x_start)."""
+    return [min(k, size - (o * stride - pad_before)) - max(0, pad_before - o * stride) for o in range(out)]
+
+
+def _runs(values: list[int], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(start, length, value) of the runs of equal values in values[lo:hi]."""
+    runs = []
+    for i in range(lo, hi):
+        if runs and values[i] == runs[-1][2]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, values[i])
+        else:
+            runs.append((i, 1, values[i]))
+    return runs
+
+
 def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, kh: int, kw: int,
-           stride: int, pads: tuple[int, int, int, int], pad_value: int, divisor: int,
+           stride, pads: tuple[int, int, int, int], pad_value: int, divisor: int | None,
            act_min: int = -128, act_max: int = 127, layer_id: int = 0, first: bool = False,
            name: str = "pool") -> list[Insn]:
-    """MAX_POOL_2D (mode MAX, divisor 1, pad_value -128) or AVERAGE_POOL_2D with a constant
-    window count (mode SUM, divisor = kh*kw, no padding inside windows)."""
+    """MAX_POOL_2D (mode MAX, divisor 1, pad_value -128) or AVERAGE_POOL_2D (mode SUM).  An average
+    with a constant window count passes divisor = kh*kw; divisor=None divides each output by its
+    window's count of in-bounds elements (TFLite's SAME average pooling; pad_value must be 0): the
+    tile is cut into rectangles of equal count, each narrowed with its own divisor.  `stride`: an
+    int or a (vertical, horizontal) pair; kernels larger than 15 run as several window CONVs."""
     b = config.cols
     half = _halves(config)
+    sh, sw = _pair(stride)
     nb = x.blocks(b)
     q = pads[2] + x.w + pads[3]
+    if divisor is None and pad_value != 0:
+        raise LoweringError(f"{name}: counting in-bounds elements needs pad_value 0, got {pad_value}")
+    rows_count = _window_counts(x.h, y.h, kh, sh, pads[0]) if divisor is None else [divisor] * y.h
+    cols_count = _window_counts(x.w, y.w, kw, sw, pads[2]) if divisor is None else [1] * y.w
+    taps = tap_groups(kh, kw)
     best = None
     for cb_t in range(1, nb + 1):
-        th = min(y.h, half["acc"] // (cb_t * y.w))
-        while th >= 1 and cb_t * ((th - 1) * stride + kh) * q > half["inp"]:
+        th = min(y.h, half["acc"] // (cb_t * y.w), half["out"] // (cb_t * y.w))
+        while th >= 1 and cb_t * ((th - 1) * sh + kh) * q > half["inp"]:
             th -= 1
         if th >= 1:
             tiles = -(-nb // cb_t) * -(-y.h // th)
@@ -429,6 +542,7 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
         raise LoweringError(f"{name}: a {kh}-row window of {q} entries does not fit half the input "
                             f"scratchpad ({half['inp']} entries)")
     _, cb_t, th = best
+    col_runs = _runs(cols_count, 0, y.w)
     tiles = []
     for cb0 in range(0, nb, cb_t):
         ncb = min(cb_t, nb - cb0)
@@ -436,57 +550,74 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
             nrows = min(th, y.h - oh0)
             o = len(tiles)
             inp_base, acc_base, out_base = ((o % 2) * half[k] for k in ("inp", "acc", "out"))
-            first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, stride, kh, pads[0])
+            first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, sh, kh, pads[0])
             p = ptop + nin + pbot
             src = x.addr + cb0 * x.plane(b) + first_row * x.w * b
             load = Load(buffer=Buffer.INP, sram=inp_base, dram=src,
                         blocks=ncb, rows=nin, cols=x.w, row_stride=x.w * b, block_stride=x.plane(b),
                         pad_top=ptop, pad_bottom=pbot, pad_left=pads[2], pad_right=pads[3],
                         pad_value=pad_value)
-            conv = Conv(mode=mode, out_blocks=1, in_blocks=ncb, kh=kh, kw=kw, stride_h=stride,
-                        stride_w=stride,
-                        out_h=nrows, out_w=y.w, acc=acc_base, inp=inp_base, inp_row=q, inp_block=p * q)
-            narrow = Narrow(out=out_base, acc=acc_base, blocks=ncb, count=nrows * y.w, divisor=divisor,
-                            act_min=act_min, act_max=act_max)
-            tiles.append(_Tile([_Step([load], [conv])], [narrow],
-                               [_store_rows(config, y, out_base, cb0, ncb, oh0, nrows)]))
+            convs, narrows, stores, at = [], [], [], 0
+            # rectangles of outputs whose windows hold the same count (one rectangle if constant)
+            for r0, rh, rcount in _runs(rows_count, oh0, oh0 + nrows):
+                for c0, cw, ccount in (col_runs if divisor is None else [(0, y.w, 1)]):
+                    for k, g in enumerate(taps):
+                        convs.append(Conv(mode=mode, out_blocks=1, in_blocks=ncb, kh=g.kh, kw=g.kw, stride_h=sh,
+                                          stride_w=sw, out_h=rh, out_w=cw, acc=acc_base + at,
+                                          inp=inp_base + ((r0 - oh0) * sh + g.i0) * q + c0 * sw + g.j0,
+                                          inp_row=q, inp_block=p * q, accumulate=int(k > 0)))
+                    narrows.append(Narrow(out=out_base + at, acc=acc_base + at, blocks=ncb, count=rh * cw,
+                                          divisor=rcount * ccount, act_min=act_min, act_max=act_max))
+                    stores.append(Store(sram=out_base + at, dram=y.addr + cb0 * y.plane(b) + (r0 * y.w + c0) * b,
+                                        blocks=ncb, rows=rh, cols=cw, row_stride=y.w * b,
+                                        block_stride=y.plane(b)))
+                    at += ncb * rh * cw
+            tiles.append(_Tile([_Step([load], convs)], narrows, stores))
     return _finish_layer(_emit(tiles), layer_id, first, config)
 
 
 def mean(config: NPUConfig, x: Activation, y: Activation, *, params: int, zero_point: int,
          act_min: int = -128, act_max: int = 127, layer_id: int = 0, first: bool = False,
          name: str = "mean") -> list[Insn]:
-    """MEAN over H and W: per-lane window sums (split into windows of at most 15x15), then REQUANT
-    with the per-tensor (bias=-zp*N, multiplier, shift) at `params` (3 lane-replicated entries)."""
+    """MEAN over H and W: per-lane window sums (split into windows of at most 15x15, and into row
+    bands when a plane does not fit half the input scratchpad), then REQUANT with the per-tensor
+    (bias=-zp*N, multiplier, shift) at `params` (3 lane-replicated entries)."""
     b = config.cols
     half = _halves(config)
     nb = x.blocks(b)
-    per_block = x.h * x.w
-    cb_t = max(1, min(nb, half["inp"] // per_block, half["acc"], half["out"]))
-    if per_block > half["inp"]:
-        raise LoweringError(f"{name}: a {x.h}x{x.w} plane does not fit half the input scratchpad")
+    if x.w > half["inp"]:
+        raise LoweringError(f"{name}: a row of {x.w} entries does not fit half the input scratchpad "
+                            f"({half['inp']} entries)")
+    band = min(x.h, half["inp"] // x.w)           # rows per step
+    cb_t = max(1, min(nb, half["inp"] // (band * x.w), half["acc"], half["out"]))
     tiles = []
     for cb0 in range(0, nb, cb_t):
         ncb = min(cb_t, nb - cb0)
         o = len(tiles)
-        inp_base, acc_base, out_base = ((o % 2) * half[k] for k in ("inp", "acc", "out"))
-        loads = [Load(buffer=Buffer.INP, sram=inp_base, dram=x.addr + cb0 * x.plane(b), blocks=ncb, rows=x.h,
-                      cols=x.w, row_stride=x.w * b, block_stride=x.plane(b))]
-        if o == 0:
-            loads.insert(0, Load(buffer=Buffer.PARAM, sram=0, dram=params, blocks=1, rows=1, cols=3))
-        computes = []
-        for r0 in range(0, x.h, 15):
-            for c0 in range(0, x.w, 15):
-                computes.append(Conv(mode=ConvMode.SUM, out_blocks=1, in_blocks=ncb, kh=min(15, x.h - r0),
-                                     kw=min(15, x.w - c0), stride_h=1, stride_w=1, out_h=1, out_w=1,
-                                     acc=acc_base, inp=inp_base + r0 * x.w + c0, inp_row=x.w,
-                                     inp_block=per_block, accumulate=int(bool(computes))))
+        acc_base, out_base = ((o % 2) * half[k] for k in ("acc", "out"))
+        steps = []
+        for h0 in range(0, x.h, band):
+            nh = min(band, x.h - h0)
+            inp_base = (len(steps) + sum(len(t.steps) for t in tiles)) % 2 * half["inp"]
+            loads = [Load(buffer=Buffer.INP, sram=inp_base, dram=x.addr + cb0 * x.plane(b) + h0 * x.w * b,
+                          blocks=ncb, rows=nh, cols=x.w, row_stride=x.w * b, block_stride=x.plane(b))]
+            if o == 0 and h0 == 0:
+                loads.insert(0, Load(buffer=Buffer.PARAM, sram=0, dram=params, blocks=1, rows=1, cols=3))
+            computes = []
+            for r0 in range(0, nh, TAP_SPAN):
+                for c0 in range(0, x.w, TAP_SPAN):
+                    computes.append(Conv(mode=ConvMode.SUM, out_blocks=1, in_blocks=ncb,
+                                         kh=min(TAP_SPAN, nh - r0), kw=min(TAP_SPAN, x.w - c0), stride_h=1,
+                                         stride_w=1, out_h=1, out_w=1, acc=acc_base,
+                                         inp=inp_base + r0 * x.w + c0, inp_row=x.w, inp_block=nh * x.w,
+                                         accumulate=int(bool(computes) or h0 > 0)))
+            steps.append(_Step(loads, computes))
         # one param triple serves every block: point each block at the same entries via blocks=1 loops
         outstage = [Requant(out=out_base + j, acc=acc_base + j, param=0, blocks=1, count=1,
                             zero_point=zero_point, act_min=act_min, act_max=act_max) for j in range(ncb)]
         stores = [Store(sram=out_base, dram=y.addr + cb0 * y.plane(b), blocks=ncb, rows=1, cols=1,
                         row_stride=b, block_stride=y.plane(b))]
-        tiles.append(_Tile([_Step(loads, computes)], outstage, stores))
+        tiles.append(_Tile(steps, outstage, stores))
     return _finish_layer(_emit(tiles), layer_id, first, config)
 
 

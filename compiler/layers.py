@@ -89,8 +89,9 @@ class LayerBuilders:
         p = op.params
         w = self.t(op.inputs[1]).data
         sh, sw = op.options["stride"]
-        if sh != sw:
-            raise fail(self.g, op, f"strides {sh}x{sw}: the NPU's loops take one stride for both axes")
+        dilation = tuple(op.options.get("dilation", (1, 1)))
+        if max(sh, sw) > 15:
+            raise fail(self.g, op, f"strides {sh}x{sw}: a CONV takes strides up to 15")
         if p.get("weight_offset", 0):
             raise fail(self.g, op, "asymmetric (non-zero zero point) weights")
         zp_in = -int(p["input_offset"])
@@ -100,20 +101,20 @@ class LayerBuilders:
         macs = int(oh * ow * w.size)
         layers = []
         lanes = -(-cin // self.b)
-        if sh == 2 and min(kh, kw) >= 2 and 2 * -(-4 * cin // self.b) <= 4 * lanes:
+        if sh == sw == 2 and dilation == (1, 1) and min(kh, kw) >= 2 and 2 * -(-4 * cin // self.b) <= 4 * lanes:
             rewritten = self._space_to_depth(op, x, pads, zp_in)
             if rewritten is not None:   # the conv becomes a stride-1 conv on the rearranged input
                 layer, x = rewritten
                 layers.append(layer)
-                w, pads, sh = space_to_depth_weights(w), (0, 0, 0, 0), 1
+                w, pads, sh, sw = space_to_depth_weights(w), (0, 0, 0, 0), 1, 1
                 o, kh, kw, cin = w.shape
 
         def build(ctx: Context, layer_id: int, first: bool):
             b = ctx.config.cols
-            wa = ctx.blob.add(layout.pack_conv_weights(w, b))
+            wa = ctx.blob.add(layout.pack_conv_weights(w, b, emit.tap_groups(kh, kw, dilation)))
             pa = ctx.blob.add(layout.pack_requant_params(bias, p["multiplier"], p["shift"], b))
             insns = emit.conv2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa,
-                                kh=kh, kw=kw, stride=sh, pads=pads, pad_value=zp_in,
+                                kh=kh, kw=kw, stride=(sh, sw), dilation=dilation, pads=pads, pad_value=zp_in,
                                 zero_point=p["output_zero_point"],
                                 act_min=p["act_min"], act_max=p["act_max"], rounding=Rounding.FIXED,
                                 layer_id=layer_id, first=first, name=f"op {op.index} CONV_2D")
@@ -202,23 +203,22 @@ class LayerBuilders:
         p = op.params
         kh, kw = op.options["filter"]
         sh, sw = op.options["stride"]
-        if sh != sw:
-            raise fail(self.g, op, f"strides {sh}x{sw}: the NPU's loops take one stride for both axes")
+        if max(sh, sw) > 15:
+            raise fail(self.g, op, f"strides {sh}x{sw}: a pooling CONV takes strides up to 15")
         own = tuple(p["pad"])
         if op.kind == "MAX_POOL_2D":
             mode, divisor = ConvMode.MAX, 1
             pad_value = -128 if any(own) else (folded_value if folded_value is not None else -128)
+        elif any(own):
+            # TFLite divides each window by its count of in-bounds elements: pad with 0, count per output
+            mode, divisor, pad_value = ConvMode.SUM, None, 0
         else:
-            if any(own):
-                raise fail(self.g, op, f"AVERAGE_POOL_2D with SAME padding {own}: edge windows average "
-                                        "a varying count of elements, the NPU divides by a constant (use "
-                                        "VALID)")
             mode, divisor = ConvMode.SUM, kh * kw
             pad_value = folded_value if folded_value is not None else 0
 
         def build(ctx: Context, layer_id: int, first: bool):
             insns = emit.pool2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), mode=mode, kh=kh, kw=kw,
-                                stride=sh, pads=pads, pad_value=pad_value, divisor=divisor,
+                                stride=(sh, sw), pads=pads, pad_value=pad_value, divisor=divisor,
                                 act_min=p["act_min"], act_max=p["act_max"], layer_id=layer_id, first=first,
                                 name=f"op {op.index} {op.kind}")
             return insns, 0

@@ -369,8 +369,6 @@ def _derive_matmul(op: Op, tensors: list[Tensor]) -> None:
     if op.kind == "CONV_2D":
         if len(inp.shape) != 4 or len(w.shape) != 4:
             _fail(op, tensors, f"CONV_2D needs 4-D NHWC input and OHWI weights, got {inp.shape}, {w.shape}")
-        if tuple(op.options["dilation"]) != (1, 1):
-            _fail(op, tensors, f"dilated convolution {op.options['dilation']}")
         if w.shape[3] != inp.shape[3]:
             _fail(op, tensors, f"grouped convolution (input channels {inp.shape[3]}, filter depth "
                   f"{w.shape[3]})")
