@@ -321,6 +321,33 @@ class LayerBuilders:
         name = f"{short_name(self.t(out).name)}[{k}]"
         return self._layer(op, "COPY", [src], build, name=name, writes=[out])
 
+    def _gather_layer(self, op: Op, run: list[tuple[int, int, int, int]]) -> Layer:
+        """Concatenation inputs `run` ((k, tensor, channel offset, channels), starting on a channel
+        block) written to their channels of the output by a 1x1 convolution over their blocks with
+        one-hot weights and the identity requantization: an exact copy across lanes."""
+        out, b = op.outputs[0], self.b
+        srcs = [self.operand(op, i) for _, i, _, _ in run]
+        first_block, channels = run[0][2] // b, sum(ic for *_, ic in run)
+        lanes = sum(-(-ic // b) for *_, ic in run) * b
+        one_hot = np.zeros((channels, 1, 1, lanes), np.int8)
+        row = col = 0
+        for *_, ic in run:
+            one_hot[row + np.arange(ic), 0, 0, col + np.arange(ic)] = 1
+            row, col = row + ic, col + -(-ic // b) * b
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            dst = ctx.act(out)
+            view = Activation(dst.addr + first_block * dst.plane(b), dst.h, dst.w, channels, dst.plane(b))
+            wa = ctx.blob.add(layout.pack_conv_weights(one_hot, b))
+            # bias 0, multiplier 2**30 with shift 1: MultiplyByQuantizedMultiplier is the identity
+            pa = ctx.blob.add(layout.pack_requant_params(np.zeros(channels, np.int64), 1 << 30, 1, b))
+            insns = emit.conv2d(ctx.config, [ctx.act(s) for s in srcs], view, weights=wa, params=pa, kh=1,
+                                kw=1, stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0, layer_id=layer_id,
+                                first=first, name=f"op {op.index} CONCATENATION inputs {[k for k, *_ in run]}")
+            return insns, 0
+        name = f"{short_name(self.t(out).name)}[{run[0][0]}:{run[-1][0] + 1}]"
+        return self._layer(op, "GATHER", srcs, build, name=name, writes=[out])
+
     # -- memory -----------------------------------------------------------------------------
 
 def fold_bias(graph: Graph, op: Op, w: np.ndarray, zp_in: int) -> np.ndarray:

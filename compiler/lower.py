@@ -234,7 +234,7 @@ class _Lowering(LayerBuilders):
         if op.options["axis"] != rank - 1:
             raise fail(self.g, op, f"concatenation along axis {op.options['axis']} of a rank-{rank} tensor; "
                                     "the NPU concatenates channels (the last axis) only")
-        offset = 0
+        entries, offset = [], 0
         for k, i in enumerate(op.inputs):
             t = self.t(i)
             if t.is_const:
@@ -242,19 +242,33 @@ class _Lowering(LayerBuilders):
             ih, iw, ic = self.dims(i, op)
             if (ih, iw) != (h, w):
                 raise fail(self.g, op, f"input {t.name!r} is {ih}x{iw}, the output {h}x{w}")
-            if offset % self.b:
-                raise fail(self.g, op, f"input {t.name!r} starts at channel {offset}, not a multiple of the "
-                                        f"array width {self.b}: in-place concatenation needs channel-block-"
-                                        "aligned slices")
-            src = self.resolve(i)
-            producer = self.g.producer(src)
-            aliasable = (src == i and src not in self.parent and src not in self.npu_inputs
-                         and producer is not None and src not in self.npu_outputs)
-            if aliasable:
-                self.parent[src] = (out, offset // self.b)
-            else:
-                self.layers.append(self._copy_layer(op, i, k, offset // self.b))
+            entries.append((k, i, offset, ic))
             offset += ic
+        # An input that starts on a channel block and fills whole blocks (or is the last) is written in
+        # place (or copied when it cannot be); each run of the others covers whole blocks of the output
+        # and is gathered by one one-hot 1x1 convolution that moves channels across lanes.
+        run: list[tuple[int, int, int, int]] = []
+        for n, (k, i, offset, ic) in enumerate(entries):
+            if offset % self.b == 0 and (ic % self.b == 0 or n == len(entries) - 1):
+                if run:
+                    self.layers.append(self._gather_layer(op, run))
+                    run = []
+                self._place_in_concat(op, k, i, offset)
+            else:
+                run.append((k, i, offset, ic))
+        if run:
+            self.layers.append(self._gather_layer(op, run))
+
+    def _place_in_concat(self, op: Op, k: int, i: int, offset: int):
+        out = op.outputs[0]
+        src = self.resolve(i)
+        producer = self.g.producer(src)
+        aliasable = (src == i and src not in self.parent and src not in self.npu_inputs
+                     and producer is not None and src not in self.npu_outputs)
+        if aliasable:
+            self.parent[src] = (out, offset // self.b)
+        else:
+            self.layers.append(self._copy_layer(op, i, k, offset // self.b))
 
     # -- per-op layer plans -------------------------------------------------------------------
     def _plan_op(self, op: Op):
