@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NPU_OPS", "HOST_OPS", "SUPPORTED_OPS", "UnsupportedOp", "Tensor", "Op", "Graph"]
+__all__ = ["NPU_OPS", "HOST_OPS", "RELU_BOUNDS", "SUPPORTED_OPS", "UnsupportedOp", "Tensor", "Op", "Graph"]
 
 NPU_OPS = frozenset({
     "CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN",
-    "CONCATENATION", "RESHAPE",
+    "CONCATENATION", "RESHAPE", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "MINIMUM", "MAXIMUM",
 })
+# standalone activations: TFLite's ReluX kernel, a requantization with a clamp (real bounds)
+RELU_BOUNDS = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0), "RELU_0_TO_1": (0.0, 1.0)}
 HOST_OPS = frozenset({"SOFTMAX", "QUANTIZE", "DEQUANTIZE"})
 SUPPORTED_OPS = NPU_OPS | HOST_OPS
 

@@ -293,6 +293,37 @@ class LayerBuilders:
             return insns, 0
         return self._layer(op, op.kind, reads, build)
 
+    def _relu(self, op: Op) -> Layer:
+        """RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1 (TFLite's ReluX): MUL by a constant 1 per channel is
+        exactly clamp(MBQM(x - zp_in, M, shift) + zp_out), the kernel's arithmetic."""
+        x = self.operand(op, op.inputs[0])
+        p = op.params
+        c = self.dims(x, op)[2]
+        params = [-p["input_zero_point"], 0, p["multiplier"], p["shift"]]     # Mul.PARAMS order
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            pa = ctx.blob.add(layout.pack_lane_params(params, b))
+            ones = ctx.blob.add(np.ones(-(-c // b) * b, np.int32))
+            insns = emit.elementwise(ctx.config, Mul, ctx.act(x), ctx.act(op.outputs[0]), params=pa, b_const=ones,
+                                     zero_point=p["output_zero_point"], act_min=p["act_min"],
+                                     act_max=p["act_max"], layer_id=layer_id, first=first,
+                                     name=f"op {op.index} {op.kind}")
+            return insns, 0
+        return self._layer(op, op.kind, [x], build)
+
+    def _clamp(self, op: Op) -> Layer:
+        """MINIMUM/MAXIMUM with a scalar constant: the raw values clamped (an identity max-pool)."""
+        x = self.operand(op, op.params["input"])
+        p = op.params
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            return emit.pool2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), mode=ConvMode.MAX, kh=1, kw=1,
+                               stride=1, pads=(0, 0, 0, 0), pad_value=0, divisor=1, act_min=p["act_min"],
+                               act_max=p["act_max"], layer_id=layer_id, first=first,
+                               name=f"op {op.index} {op.kind}"), 0
+        return self._layer(op, op.kind, [x], build)
+
     def _identity(self, ctx, src, dst: Activation, pads, pad_value, layer_id, first, name):
         return emit.pool2d(ctx.config, src, dst, mode=ConvMode.MAX, kh=1, kw=1, stride=1, pads=pads,
                            pad_value=pad_value, divisor=1, layer_id=layer_id, first=first, name=name)

@@ -282,7 +282,8 @@ class _Lowering(LayerBuilders):
             return
         method = {"CONV_2D": self._conv, "FULLY_CONNECTED": self._fc, "MAX_POOL_2D": self._pool,
                   "AVERAGE_POOL_2D": self._pool, "MEAN": self._mean, "ADD": self._binary,
-                  "MUL": self._binary}.get(kind)
+                  "MUL": self._binary, "RELU": self._relu, "RELU6": self._relu, "RELU_N1_TO_1": self._relu,
+                  "RELU_0_TO_1": self._relu, "MINIMUM": self._clamp, "MAXIMUM": self._clamp}.get(kind)
         if method is None:
             raise fail(self.g, op, "no NPU lowering for this op")
         layers = method(op)

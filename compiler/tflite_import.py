@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softnpu.compiler.ir import SUPPORTED_OPS, Graph, Op, Tensor, UnsupportedOp
+from softnpu.compiler.ir import RELU_BOUNDS, SUPPORTED_OPS, Graph, Op, Tensor, UnsupportedOp
 from softnpu.hdl import numerics
 
 __all__ = ["load_tflite", "drop_host_tail", "op_code_names", "activation_range", "conv_output_size",
@@ -261,6 +261,10 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
         p.update(fn(a.qscale, a.qzero, b.qscale, b.qzero, out.qscale))
         p["output_zero_point"] = out.qzero
         _activation(op, tensors)
+    elif kind in RELU_BOUNDS:
+        _derive_relu(op, tensors)
+    elif kind in ("MINIMUM", "MAXIMUM"):
+        _derive_min_max(op, tensors)
     elif kind == "PAD":
         inp, pads, out = tensors[op.inputs[0]], tensors[op.inputs[1]], tensors[op.outputs[0]]
         _require_int8(op, tensors, inp.index, out.index)
@@ -330,6 +334,41 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
         inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
         if inp.dtype != "int8" or out.dtype != "float32":
             _fail(op, tensors, f"DEQUANTIZE {inp.dtype} -> {out.dtype}; only int8 -> float32")
+
+
+def _derive_relu(op: Op, tensors: list[Tensor]) -> None:
+    """activations.cc ReluPrepare/QuantizedReluX: out = clamp(zp_out + MBQM(x - zp_in, M, shift)) with
+    M = float(s_in / s_out) (a float32 quotient) and bounds zp_out + roundf(bound / s_out)."""
+    inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
+    _require_int8(op, tensors, inp.index, out.index)
+    lo, hi = RELU_BOUNDS[op.kind]
+    real = float(np.float32(inp.qscale) / np.float32(out.qscale))
+    p = op.params
+    p["multiplier"], p["shift"] = numerics.quantize_multiplier(real)
+    p["input_zero_point"], p["output_zero_point"] = inp.qzero, out.qzero
+
+    def bound(f: float) -> int:
+        return out.qzero + int(_round_half_away(float(np.float32(f) / np.float32(out.qscale))))
+    p["act_min"] = max(-128, bound(lo))
+    p["act_max"] = 127 if hi is None else min(127, bound(hi))
+
+
+def _derive_min_max(op: Op, tensors: list[Tensor]) -> None:
+    """maximum_minimum.cc on int8 compares raw values (no rescaling): with a scalar constant that is a
+    clamp of the raw input; the output takes the raw values whatever its quantization says."""
+    a, b, out = (tensors[i] for i in (*op.inputs[:2], op.outputs[0]))
+    if a.is_const == b.is_const:
+        _fail(op, tensors, "MINIMUM/MAXIMUM runs on the NPU only between a tensor and a scalar constant "
+              "(a clamp)")
+    x, c = (b, a) if a.is_const else (a, b)
+    _require_int8(op, tensors, x.index, c.index, out.index)
+    if c.data.size != 1:
+        _fail(op, tensors, f"constant {c.name!r} of shape {list(c.shape)}: only a scalar bound is supported")
+    if tuple(out.shape) != tuple(x.shape):
+        _fail(op, tensors, f"output {list(out.shape)} broadcasts the input {list(x.shape)}")
+    value = int(np.asarray(c.data).reshape(-1)[0])
+    op.params["input"], op.params["bound"] = x.index, value
+    op.params["act_min"], op.params["act_max"] = (value, 127) if op.kind == "MAXIMUM" else (-128, value)
 
 
 def _spatial(op: Op, inp: Tensor, out: Tensor, kernel: tuple[int, int], tensors) -> None:

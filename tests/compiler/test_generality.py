@@ -57,3 +57,24 @@ ACCEPTANCE = {"stride_1x3": stride_1x3_model, "dilation_2": dilated_model,
 @pytest.mark.parametrize("name", list(ACCEPTANCE))
 def test_acceptance_model_bit_exact_on_iss(name, config):
     assert_bit_exact(ACCEPTANCE[name](), config, inputs=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations, PAD, RESHAPE, MEAN at odd shapes
+# ----------------------------------------------------------------------------------------------
+def test_standalone_relu_relu6_and_clamp_bit_exact():
+    def build(layers, x):
+        a, b = layers.Conv2D(5, 1, name="a")(x), layers.Conv2D(6, 3, padding="same", name="b")(x)
+        cat = layers.Concatenate(name="cat")([a, b])
+        r = layers.ReLU(name="relu")(cat)                       # RELU: requantizes, then clamps
+        r6 = layers.ReLU(max_value=6.0, name="relu6")(cat)      # RELU6
+        r4 = layers.ReLU(max_value=4.0, name="relu4")(cat)      # RELU, MINIMUM(4), ...
+        return layers.Concatenate(name="out")([r, r6, r4])
+    bundle = assert_bit_exact(_keras_model(build, (5, 7, 3), seed=5), "tiny")
+    assert {"RELU", "RELU6", "MINIMUM"} <= set(kinds(bundle))
+
+
+def test_relu_of_the_model_input_bit_exact():
+    def build(layers, x):
+        return layers.ReLU(name="relu")(x)
+    assert_bit_exact(_keras_model(build, (3, 5, 7), seed=6), "tiny")
