@@ -176,12 +176,23 @@ def _store_rows(config, y: Activation, sram: int, cb0: int, nblocks: int, r0: in
 
 
 def _input_rows(x: Activation, oh0: int, th: int, stride: int, kh: int, pad_top: int):
-    """DRAM rows [first, first+count) feeding output rows [oh0, oh0+th), and the pads they need
-    (`kh` is the kernel's extent in input rows: (kh - 1) * dilation + 1)."""
+    """DRAM rows [first, first+count) feeding output rows [oh0, oh0+th), the pads they need, and
+    the loaded rows before the band's first (`kh` is the kernel's extent in input rows:
+    (kh - 1) * dilation + 1).  A band wholly inside the padding (an explicit PAD wider than the
+    kernel) still loads one real row, which no tap reads: one row more than the band."""
     lo = oh0 * stride - pad_top
     hi = (oh0 + th - 1) * stride - pad_top + kh - 1
     first, last = max(lo, 0), min(hi, x.h - 1)
-    return first, last - first + 1, first - lo, hi - last
+    if last < first:
+        if hi < 0:                  # above the input: the band, then row 0
+            return 0, 1, hi - lo + 1, 0, 0
+        return x.h - 1, 1, 0, hi - lo + 1, 1        # below: the last row, then the band
+    return first, last - first + 1, first - lo, hi - last, 0
+
+
+def _band_rows(th: int, stride: int, kh: int, pads) -> int:
+    """Rows of the input scratchpad a band for `th` output rows may take (see _input_rows)."""
+    return (th - 1) * stride + kh + (1 if max(pads[0], pads[1]) >= kh else 0)
 
 
 def _pair(v, name: str = "stride") -> tuple[int, int]:
@@ -288,7 +299,7 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
                 limit = config.inp_depth if input_resident else half["inp"]
                 if input_resident and (th < out_h or n_chunks > 1 or cob_t >= cob):
                     continue
-                while th >= 1 and chunk * _tile_rows(th, sh, ekh) * q > limit:
+                while th >= 1 and chunk * _tile_rows(th, sh, ekh, pads) * q > limit:
                     th -= 1
                 if th < 1 or (input_resident and th < out_h):
                     continue
@@ -323,11 +334,11 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
     return dataclasses.replace(plan, estimated_cycles=cycles)
 
 
-def _tile_rows(th: int, stride: int, kh: int) -> int:
+def _tile_rows(th: int, stride: int, kh: int, pads=(0, 0)) -> int:
     """Input rows a tile of `th` output rows loads: a 1x1 kernel with a stride loads only the rows
-    it reads (the DMA's row stride skips the others), any other kernel a contiguous band (`kh`:
-    the kernel's extent in input rows)."""
-    return th if kh == 1 else (th - 1) * stride + kh
+    it reads (the DMA's row stride skips the others) unless it is padded, any other kernel a
+    contiguous band (`kh`: the kernel's extent in input rows)."""
+    return th if kh == 1 and stride > 1 and pads[0] == pads[1] == 0 else _band_rows(th, stride, kh, pads)
 
 
 def _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, stride, ekh, resident,
@@ -395,7 +406,7 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
     step_index, wgt_half, par_half = 0, 1, 1
     loaded_wgt = loaded_par = None
     resident_groups: set = set()
-    skip_rows = kh == 1 and sh > 1 and pads[0] == 0
+    skip_rows = kh == 1 and sh > 1 and pads[0] == 0 and pads[1] == 0
     ekh = (kh - 1) * dh + 1
 
     def weight_loads(co0, nco, ci0, nci, sram_of):
@@ -443,9 +454,9 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
                                       dram=params + 3 * co0 * par_entry, blocks=1, rows=1, cols=3 * nco))
                 par_addr = par_half * half["param"]
             if skip_rows:       # 1x1 kernel, vertical stride: load only the rows it reads
-                first_row, nin, ptop, pbot, stride_h = oh0 * sh, nrows, 0, 0, 1
+                first_row, nin, ptop, pbot, skip, stride_h = oh0 * sh, nrows, 0, 0, 0, 1
             else:
-                first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, sh, ekh, pads[0])
+                first_row, nin, ptop, pbot, skip = _input_rows(x, oh0, nrows, sh, ekh, pads[0])
                 stride_h = sh
             inp_base = 0 if plan.input_resident else (step_index % 2) * half["inp"]
             p = ptop + nin + pbot
@@ -454,7 +465,7 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
                                       sh if skip_rows else 1, pads, ptop, pbot, pad_value)
             convs = [Conv(mode=ConvMode.MAC, out_blocks=nco, in_blocks=nci, kh=g.kh, kw=g.kw, stride_h=stride_h,
                           stride_w=sw, out_h=nrows, out_w=y.w, acc=acc_base, wgt=wgt_at(k),
-                          inp=inp_base + g.i0 * dh * q + g.j0 * dw, inp_row=q, inp_block=p * q,
+                          inp=inp_base + (skip + g.i0 * dh) * q + g.j0 * dw, inp_row=q, inp_block=p * q,
                           accumulate=int(ci0 > 0 or k > 0))
                      for k, g in enumerate(taps)]
             steps.append(_Step(loads, convs))
@@ -532,7 +543,7 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
     best = None
     for cb_t in range(1, nb + 1):
         th = min(y.h, half["acc"] // (cb_t * y.w), half["out"] // (cb_t * y.w))
-        while th >= 1 and cb_t * ((th - 1) * sh + kh) * q > half["inp"]:
+        while th >= 1 and cb_t * _band_rows(th, sh, kh, pads) * q > half["inp"]:
             th -= 1
         if th >= 1:
             tiles = -(-nb // cb_t) * -(-y.h // th)
@@ -550,7 +561,7 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
             nrows = min(th, y.h - oh0)
             o = len(tiles)
             inp_base, acc_base, out_base = ((o % 2) * half[k] for k in ("inp", "acc", "out"))
-            first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, sh, kh, pads[0])
+            first_row, nin, ptop, pbot, skip = _input_rows(x, oh0, nrows, sh, kh, pads[0])
             p = ptop + nin + pbot
             src = x.addr + cb0 * x.plane(b) + first_row * x.w * b
             load = Load(buffer=Buffer.INP, sram=inp_base, dram=src,
@@ -564,7 +575,7 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
                     for k, g in enumerate(taps):
                         convs.append(Conv(mode=mode, out_blocks=1, in_blocks=ncb, kh=g.kh, kw=g.kw, stride_h=sh,
                                           stride_w=sw, out_h=rh, out_w=cw, acc=acc_base + at,
-                                          inp=inp_base + ((r0 - oh0) * sh + g.i0) * q + c0 * sw + g.j0,
+                                          inp=inp_base + (skip + (r0 - oh0) * sh + g.i0) * q + c0 * sw + g.j0,
                                           inp_row=q, inp_block=p * q, accumulate=int(k > 0)))
                     narrows.append(Narrow(out=out_base + at, acc=acc_base + at, blocks=ncb, count=rh * cw,
                                           divisor=rcount * ccount, act_min=act_min, act_max=act_max))

@@ -38,9 +38,14 @@ SUPPORTED_OPS = NPU_OPS | HOST_OPS
 class UnsupportedOp(ValueError):
     """The model uses an op (or an op variant) the compiler cannot map."""
 
-    def __init__(self, kind: str, output: str, reason: str):
-        super().__init__(f"unsupported op {kind} (output tensor {output!r}): {reason}")
+    def __init__(self, kind: str, output: str, reason: str, index: int | None = None,
+                 inputs: tuple[str, ...] = ()):
+        where = f"op {index}, " if index is not None else ""
+        reads = f", reading {', '.join(repr(n) for n in inputs)}" if inputs else ""
+        super().__init__(f"unsupported op {kind} ({where}output tensor {output!r}{reads}): {reason}")
+        self.inputs = tuple(inputs)
         self.kind = kind
+        self.index = index
         self.output = output
         self.reason = reason
 

@@ -357,6 +357,11 @@ def lower(graph: Graph, config: NPUConfig, progress: Callable[[int, int], None] 
             raise (exc if msg.startswith("op ") else fail(graph, layer.op, msg)) from None
         except ValueError as exc:       # an ISA field out of range: say which layer
             raise fail(graph, layer.op, f"cannot encode: {exc}") from None
+        for insn in insns:              # what the NPU would reject is a compiler bug: never emit it
+            reason = insn.illegal_reason()
+            if reason:
+                raise fail(graph, layer.op, f"layer {layer.name!r} emitted an illegal instruction {insn!r}: "
+                                            f"{reason}")
         spans.append((len(program), len(program) + len(insns)))
         program += insns
         out = lw.g.tensors[layer.writes[0]]

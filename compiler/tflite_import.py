@@ -127,7 +127,8 @@ def load_tflite(model: bytes | bytearray | str | Path, name: str = "") -> Graph:
         out_name = tensors[outputs[0]].name if outputs else "?"
         if kind not in SUPPORTED_OPS:
             raise UnsupportedOp(kind, out_name, "the NPU compiler has no lowering for this TFLite op "
-                                f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
+                                f"(supported: {', '.join(sorted(SUPPORTED_OPS))})", index=i,
+                                inputs=_activation_names(inputs, tensors))
         op.options = _options(fop, kind, schema)
         _derive(op, tensors)
         ops.append(op)
@@ -227,7 +228,13 @@ def _options(fop, kind: str, schema) -> dict:
 # ----------------------------------------------------------------------------------------------
 def _fail(op: Op, tensors: list[Tensor], reason: str):
     out = tensors[op.outputs[0]].name if op.outputs else "?"
-    raise UnsupportedOp(op.kind, out, reason)
+    raise UnsupportedOp(op.kind, out, reason, index=op.index, inputs=_activation_names(op.inputs, tensors))
+
+
+def _activation_names(inputs: list[int], tensors: list[Tensor]) -> tuple[str, ...]:
+    """Names of an op's non-constant inputs (they carry the producing layers' names, where a graph
+    output's own name may be only the signature's)."""
+    return tuple(tensors[i].name for i in inputs if i >= 0 and tensors[i].data is None)
 
 
 def _require_int8(op: Op, tensors: list[Tensor], *indices: int) -> None:

@@ -78,3 +78,77 @@ def test_relu_of_the_model_input_bit_exact():
     def build(layers, x):
         return layers.ReLU(name="relu")(x)
     assert_bit_exact(_keras_model(build, (3, 5, 7), seed=6), "tiny")
+
+
+# ----------------------------------------------------------------------------------------------
+# What the NPU cannot run: a clear error naming the op, its output tensor and what is supported
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer, kind", [
+    (lambda layers: layers.Activation("tanh", name="gate"), "TANH"),
+    (lambda layers: layers.UpSampling2D(2, interpolation="bilinear", name="gate"), "RESIZE_BILINEAR"),
+])
+def test_unsupported_op_names_op_tensor_and_what_is_supported(layer, kind):
+    def build(layers, x):
+        return layer(layers)(layers.Conv2D(4, 3, padding="same", name="conv")(x))
+
+    def inside(layers, x):
+        return layers.Conv2D(3, 1, name="after")(build(layers, x))
+    for model, op_index in ((_keras_model(inside, (6, 6, 3), seed=7), 1), (_keras_model(build, (6, 6, 3), seed=7), 1)):
+        with pytest.raises(UnsupportedOp) as info:
+            load_tflite(model)
+        message = str(info.value)
+        assert info.value.kind == kind
+        assert f"unsupported op {kind} (op {op_index}, output tensor '{info.value.output}', reading '" in message
+        assert "conv" in info.value.inputs[0]               # the layer before it, by name
+        assert "supported: " in message and "CONV_2D" in message and "CONCATENATION" in message
+    assert "gate" in load_error(_keras_model(inside, (6, 6, 3), seed=7)).output   # inside: its own name
+
+
+def load_error(model) -> UnsupportedOp:
+    with pytest.raises(UnsupportedOp) as info:
+        load_tflite(model)
+    return info.value
+
+
+def test_maximum_of_two_tensors_is_a_clear_error():
+    def build(layers, x):
+        return layers.Maximum(name="max")([layers.Conv2D(4, 1, name="a")(x), layers.Conv2D(4, 1, name="b")(x)])
+    with pytest.raises(UnsupportedOp, match=r"unsupported op MAXIMUM \(op 2, output tensor .*\): .*scalar"):
+        load_tflite(_keras_model(build, (4, 4, 3), seed=8))
+
+
+def test_padding_beyond_the_load_unit_is_a_clear_error():
+    def build(layers, x):
+        p = layers.ZeroPadding2D(16, name="pad")(x)
+        return layers.Add(name="add")([p, p])
+    graph = load_tflite(_keras_model(build, (3, 3, 4), seed=9))
+    with pytest.raises(LoweringError, match=r"op 0 PAD \(output tensor '.*pad.*'\): padding .* exceeds"):
+        lower(graph, preset("tiny"))
+
+
+@pytest.mark.parametrize("config", ["tiny", "default"])
+def test_explicit_padding_wider_than_the_kernel_bit_exact(config):
+    """Output rows whose windows lie wholly in a folded PAD's rows (a band without input rows)."""
+    def build(layers, x):
+        p = layers.ZeroPadding2D(((3, 4), (2, 0)), name="pad")(x)
+        a = layers.Conv2D(5, 1, name="conv1x1")(p)
+        b = layers.Conv2D(5, 1, strides=2, name="conv1x1_s2")(p)
+        c = layers.Conv2D(5, 3, strides=(1, 2), name="conv3x3")(p)
+        return [a, b, c, layers.MaxPooling2D(2, name="pool")(p)]
+    bundle = assert_bit_exact(_keras_model(build, (5, 4, 6), seed=10), config)
+    assert "PAD" not in kinds(bundle)
+
+
+@pytest.mark.parametrize("h, w, c", [(40, 40, 5), (3, 70, 9)])
+def test_mean_of_planes_larger_than_the_input_scratchpad_bit_exact(h, w, c):
+    def build(layers, x):
+        return layers.GlobalAveragePooling2D(name="gap")(x)
+    assert_bit_exact(_keras_model(build, (h, w, c), seed=h), "tiny")
+
+
+def test_kernel_wider_than_one_conv_bit_exact():
+    """17x17 convolution and 16x16 average pooling: several CONVs per window, accumulating."""
+    def build(layers, x):
+        a = layers.Conv2D(3, (17, 2), padding="same", name="tall")(x)
+        return [a, layers.AveragePooling2D((16, 3), strides=(1, 2), name="pool")(x)]
+    assert_bit_exact(_keras_model(build, (18, 7, 5), seed=11), "tiny")
