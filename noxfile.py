@@ -1,4 +1,5 @@
-"""Every softnpu workflow: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s bench_iss`."""
+"""Every softnpu workflow: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s bench_iss`,
+`nox -s fuzz_models`."""
 
 import nox
 
@@ -108,3 +109,13 @@ def waves(session):
     GTKWave save file grouped by unit, into out/waves/ (`-- --cycles START LENGTH` for cycles)."""
     _install(session)
     session.run("python", "-m", "softnpu.sim.waves", "-o", "out/waves", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz_models(session):
+    """Seeded random Keras CNNs (tests/compiler/random_models.py) converted to int8, compiled for
+    `tiny` and checked bit-exact on the ISS against the interpreter: `-- N` seeds (default 200;
+    `--first S`, `--config NAME` too).  A failing seed is printed and its .tflite saved in
+    build/fuzz_models/."""
+    _install(session)
+    session.run("python", "-m", "tests.compiler.random_models", *(session.posargs or ["200"]))

@@ -30,6 +30,9 @@ __all__ = ["Layer", "Context", "LayerBuilders", "fail", "short_name", "flatten_w
            "space_to_depth_weights", "fold_bias"]
 
 
+MAX_RELAYOUT_PIXELS = 4096     # output pixels of a RESHAPE relayout (one small program each)
+
+
 def fail(graph: Graph, op: Op, reason: str) -> LoweringError:
     """A LoweringError that names the op, its output tensor and why."""
     out = graph.tensors[op.outputs[0]].name if op.outputs else "?"
@@ -378,6 +381,41 @@ class LayerBuilders:
             return insns, 0
         name = f"{short_name(self.t(out).name)}[{run[0][0]}:{run[-1][0] + 1}]"
         return self._layer(op, "GATHER", srcs, build, name=name, writes=[out])
+
+    def _relayout(self, op: Op) -> Layer:
+        """A RESHAPE that moves elements between pixels and channels ([1, 2, 1, 1] -> [1, 1, 1, 2]):
+        for each output pixel, the input pixels holding its elements (in TFLite's row-major order)
+        are gathered by a 1x1 one-hot convolution over single-pixel views."""
+        x, out = self.resolve(op.inputs[0]), op.outputs[0]
+        (h, w, c), (h2, w2, c2) = self.dims(x, op), self.dims(out, op)
+        if h2 * w2 > MAX_RELAYOUT_PIXELS:
+            raise fail(self.g, op, f"RESHAPE {[h, w, c]} -> {[h2, w2, c2]} moves elements between pixels and "
+                                    f"channels; the NPU relayouts at most {MAX_RELAYOUT_PIXELS} output pixels "
+                                    f"(this one has {h2 * w2})")
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            xa, ya = ctx.act(x), ctx.act(out)
+            cb = -(-c // b)
+            pa = ctx.blob.add(layout.pack_requant_params(np.zeros(c2, np.int64), 1 << 30, 1, b))
+            weights: dict[tuple[int, int], int] = {}
+            insns = []
+            for pixel in range(h2 * w2):
+                lo = pixel * c2
+                p0, p1 = lo // c, (lo + c2 - 1) // c
+                key = (lo - p0 * c, p1 - p0 + 1)        # the one-hot matrix depends on these only
+                if key not in weights:
+                    e = key[0] + np.arange(c2)
+                    one_hot = np.zeros((c2, 1, 1, key[1] * cb * b), np.int8)
+                    one_hot[np.arange(c2), 0, 0, (e // c) * cb * b + e % c] = 1
+                    weights[key] = ctx.blob.add(layout.pack_conv_weights(one_hot, b))
+                parts = [Activation(xa.addr + q * b, 1, 1, c, xa.plane(b)) for q in range(p0, p1 + 1)]
+                view = Activation(ya.addr + pixel * b, 1, 1, c2, ya.plane(b))
+                insns += emit.conv2d(ctx.config, parts, view, weights=weights[key], params=pa, kh=1, kw=1,
+                                     stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0, layer_id=layer_id,
+                                     first=first and pixel == 0, name=f"op {op.index} RESHAPE pixel {pixel}")
+            return insns, 0
+        return self._layer(op, "RELAYOUT", [x], build)
 
     # -- memory -----------------------------------------------------------------------------
 

@@ -14,10 +14,13 @@ of compiler/emit.py:
   1x1 identity max-pool with padding;
 * MAX_POOL_2D (SAME pads with -128), AVERAGE_POOL_2D (constant window count only), MEAN, ADD and
   MUL (activation + activation, or activation and a per-channel constant);
-* CONCATENATION and RESHAPE cost nothing: a concatenation's inputs are written into channel slices
+* CONCATENATION and most RESHAPEs cost nothing: a concatenation's inputs are written into channel slices
   of one buffer (chained concatenations, as in DenseNet's dense blocks, share one buffer), and an
   input that cannot be written in place (a graph input, a tensor already placed in another
-  concatenation) is copied by an identity max-pool; a RESHAPE aliases its input.
+  concatenation) is copied by an identity max-pool; inputs at channel offsets that are not on a
+  channel block are gathered by a one-hot 1x1 convolution; a RESHAPE aliases its input unless it
+  moves elements between pixels and channels for a reader other than FULLY_CONNECTED (then a
+  relayout layer: a one-hot gather per output pixel).
 
 The per-op layers are built in compiler/layers.py.  Activations get DRAM by liveness
 (compiler/plan_memory.py); every layer starts with a MARKER whose id indexes ``Lowered.layers``;
@@ -50,7 +53,7 @@ from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import ConvMode, Insn
 from softnpu.hdl.timing import dram_bytes
 
-__all__ = ["Lowered", "LoweringError", "lower", "device_dims", "short_name", "flatten_weights",
+__all__ = ["Lowered", "LoweringError", "lower", "device_dims", "same_layout", "short_name", "flatten_weights",
            "space_to_depth_weights"]
 
 _WINDOW_OPS = ("CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D")
@@ -70,12 +73,21 @@ class Lowered:
     estimate: Estimate
 
 
+def same_layout(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Whether two (H, W, C) views of a tensor lie identically in the blocked layout: the same
+    channels and pixel count (pixels are row-major inside a channel block)."""
+    return a[2] == b[2] and a[0] * a[1] == b[0] * b[1]
+
+
 def device_dims(t: Tensor) -> tuple[int, int, int] | None:
     """(H, W, C) of the blocked layout a tensor has on the device: NHWC with batch 1 -> (H, W, C),
+    a rank-3 [A, B, C] -> (1, A*B, C) (laid out as the host's A x B x C: same pixels, same order),
     a vector ([1, N], [N], [1, 1, 1, N]) -> (1, 1, N); None if it has no device layout."""
     shape = tuple(int(d) for d in t.shape)
     if len(shape) == 4 and shape[0] == 1:
         return shape[1], shape[2], shape[3]
+    if len(shape) == 3:
+        return 1, shape[0] * shape[1], shape[2]
     if shape and int(np.prod(shape[:-1], dtype=np.int64)) == 1:
         return 1, 1, shape[-1]
     return None
@@ -163,13 +175,14 @@ class _Lowering(LayerBuilders):
         return d
 
     def operand(self, op: Op, i: int) -> int:
-        """The tensor an op reads for input i, its device layout checked against the op's view."""
+        """The tensor an op reads for input i (a RESHAPE alias is read through, in the reader's
+        shape), its device layout checked against the op's view."""
         src = self.resolve(i)
-        if self.dims(src, op) != self.dims(i, op):
+        if not same_layout(self.dims(src, op), self.dims(i, op)):
             raise fail(self.g, op, f"input {self.t(i).name!r} is a RESHAPE of {self.t(src).name!r} "
                                     f"{list(self.t(src).shape)} that changes its memory layout; only "
                                     "FULLY_CONNECTED can read a flattened tensor in place")
-        return src
+        return i
 
     def root(self, i: int) -> int:
         i = self.resolve(i)
@@ -178,18 +191,22 @@ class _Lowering(LayerBuilders):
         return i
 
     def activation(self, i: int, base: dict[int, int]) -> Activation:
-        i = self.resolve(i)
-        h, w, c = self.dims(i)
-        if i in self.parent:
-            p, block = self.parent[i]
+        """Tensor i in device memory, in its own shape when it is a RESHAPE alias of the same layout."""
+        src = self.resolve(i)
+        h, w, c = self.dims(src)
+        view = device_dims(self.t(i))
+        if view is not None and same_layout(view, (h, w, c)):
+            h, w, c = view
+        if src in self.parent:
+            p, block = self.parent[src]
             pa = self.activation(p, base)
             return Activation(pa.addr + block * pa.plane(self.b), h, w, c, pa.plane(self.b))
-        return Activation(base[i], h, w, c)
+        return Activation(base[src], h, w, c)
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self):
         for op in self.npu:
-            if op.kind == "RESHAPE":
+            if op.kind == "RESHAPE" and self._reshape_in_place(op):
                 self.canon[op.outputs[0]] = op.inputs[0]
         for op in self.npu:
             if op.kind == "PAD":
@@ -199,6 +216,17 @@ class _Lowering(LayerBuilders):
                 self._plan_concat(op)
         for op in self.npu:
             self._plan_op(op)
+
+    def _reshape_in_place(self, op: Op) -> bool:
+        """A RESHAPE aliases its input when the blocked layouts agree (same channels and pixel count:
+        pixels lie in row-major order), or when only FULLY_CONNECTED layers read it (they read a
+        flattened tensor in place); otherwise it is a relayout layer."""
+        src, out = self.resolve(op.inputs[0]), op.outputs[0]
+        if same_layout(self.dims(src, op), self.dims(out, op)):
+            return True
+        users = self.g.consumers(out)
+        return bool(users) and out not in self.npu_outputs and \
+            all(u.kind == "FULLY_CONNECTED" and u.inputs.index(out) == 0 for u in users)
 
     def _pad_amounts(self, op: Op) -> tuple[int, int, int, int]:
         pads = np.asarray(op.params["paddings"]).reshape(-1, 2)
@@ -273,7 +301,10 @@ class _Lowering(LayerBuilders):
     # -- per-op layer plans -------------------------------------------------------------------
     def _plan_op(self, op: Op):
         kind = op.kind
-        if kind in ("RESHAPE", "CONCATENATION"):
+        if kind == "CONCATENATION" or (kind == "RESHAPE" and op.outputs[0] in self.canon):
+            return
+        if kind == "RESHAPE":
+            self.layers.append(self._relayout(op))
             return
         if kind == "PAD":
             if any(self.pad_fold.get(u.index) is op for u in self.g.consumers(op.outputs[0])):
@@ -393,7 +424,7 @@ def lower(graph: Graph, config: NPUConfig, progress: Callable[[int, int], None] 
     def spec(i: int) -> TensorSpec:
         t = graph.tensors[i]
         src = lw.resolve(i)
-        if lw.dims(src) != lw.dims(i):
+        if not same_layout(lw.dims(src), lw.dims(i)):
             raise LoweringError(f"NPU output {t.name!r} is a RESHAPE that changes the memory layout of "
                                 f"{graph.tensors[src].name!r}; the host reads blocked tensors only")
         return TensorSpec(name=t.name, shape=[int(d) for d in t.shape], dtype=t.dtype, scale=t.qscale,

@@ -152,3 +152,18 @@ def test_kernel_wider_than_one_conv_bit_exact():
         a = layers.Conv2D(3, (17, 2), padding="same", name="tall")(x)
         return [a, layers.AveragePooling2D((16, 3), strides=(1, 2), name="pool")(x)]
     assert_bit_exact(_keras_model(build, (18, 7, 5), seed=11), "tiny")
+
+
+@pytest.mark.parametrize("config", ["tiny", "default"])
+def test_reshapes_alias_or_relayout_bit_exact(config):
+    """RESHAPEs that keep the blocked layout alias their input; those that move elements between
+    pixels and channels (read by a convolution, or a model output) are relayout layers."""
+    def build(layers, x):
+        a = layers.Conv2D(6, 1, name="a")(x)                                   # 4x3x6
+        same = layers.Reshape((3, 4, 6), name="same_layout")(a)                  # pixels regrouped: alias
+        deep = layers.Reshape((2, 3, 12), name="deeper")(a)                      # relayout
+        flat = layers.Reshape((1, 1, 72), name="flat")(a)                        # relayout
+        return [layers.Conv2D(5, 1, name="b")(same), layers.Conv2D(4, 1, name="c")(deep),
+                layers.Conv2D(3, 1, name="d")(flat), layers.Reshape((6, 12), name="to_output")(a)]
+    bundle = assert_bit_exact(_keras_model(build, (4, 3, 5), seed=12), config)
+    assert kinds(bundle).count("RELAYOUT") >= 2
