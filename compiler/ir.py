@@ -30,7 +30,8 @@ NPU_OPS = frozenset({
     "CONCATENATION", "RESHAPE", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "MINIMUM", "MAXIMUM",
 })
 # standalone activations: TFLite's ReluX kernel, a requantization with a clamp (real bounds)
-RELU_BOUNDS = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0), "RELU_0_TO_1": (0.0, 1.0)}
+RELU_BOUNDS = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0),
+               "RELU_0_TO_1": (0.0, 1.0)}
 HOST_OPS = frozenset({"SOFTMAX", "QUANTIZE", "DEQUANTIZE"})
 SUPPORTED_OPS = NPU_OPS | HOST_OPS
 

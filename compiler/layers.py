@@ -104,7 +104,8 @@ class LayerBuilders:
         macs = int(oh * ow * w.size)
         layers = []
         lanes = -(-cin // self.b)
-        if sh == sw == 2 and dilation == (1, 1) and min(kh, kw) >= 2 and 2 * -(-4 * cin // self.b) <= 4 * lanes:
+        if sh == sw == 2 and dilation == (1, 1) and min(kh, kw) >= 2 \
+                and 2 * -(-4 * cin // self.b) <= 4 * lanes:
             rewritten = self._space_to_depth(op, x, pads, zp_in)
             if rewritten is not None:   # the conv becomes a stride-1 conv on the rearranged input
                 layer, x = rewritten
@@ -308,8 +309,8 @@ class LayerBuilders:
             b = ctx.config.cols
             pa = ctx.blob.add(layout.pack_lane_params(params, b))
             ones = ctx.blob.add(np.ones(-(-c // b) * b, np.int32))
-            insns = emit.elementwise(ctx.config, Mul, ctx.act(x), ctx.act(op.outputs[0]), params=pa, b_const=ones,
-                                     zero_point=p["output_zero_point"], act_min=p["act_min"],
+            insns = emit.elementwise(ctx.config, Mul, ctx.act(x), ctx.act(op.outputs[0]), params=pa,
+                                     b_const=ones, zero_point=p["output_zero_point"], act_min=p["act_min"],
                                      act_max=p["act_max"], layer_id=layer_id, first=first,
                                      name=f"op {op.index} {op.kind}")
             return insns, 0
@@ -376,8 +377,9 @@ class LayerBuilders:
             # bias 0, multiplier 2**30 with shift 1: MultiplyByQuantizedMultiplier is the identity
             pa = ctx.blob.add(layout.pack_requant_params(np.zeros(channels, np.int64), 1 << 30, 1, b))
             insns = emit.conv2d(ctx.config, [ctx.act(s) for s in srcs], view, weights=wa, params=pa, kh=1,
-                                kw=1, stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0, layer_id=layer_id,
-                                first=first, name=f"op {op.index} CONCATENATION inputs {[k for k, *_ in run]}")
+                                kw=1, stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0,
+                                layer_id=layer_id, first=first,
+                                name=f"op {op.index} CONCATENATION inputs {[k for k, *_ in run]}")
             return insns, 0
         name = f"{short_name(self.t(out).name)}[{run[0][0]}:{run[-1][0] + 1}]"
         return self._layer(op, "GATHER", srcs, build, name=name, writes=[out])
@@ -389,9 +391,9 @@ class LayerBuilders:
         x, out = self.resolve(op.inputs[0]), op.outputs[0]
         (h, w, c), (h2, w2, c2) = self.dims(x, op), self.dims(out, op)
         if h2 * w2 > MAX_RELAYOUT_PIXELS:
-            raise fail(self.g, op, f"RESHAPE {[h, w, c]} -> {[h2, w2, c2]} moves elements between pixels and "
-                                    f"channels; the NPU relayouts at most {MAX_RELAYOUT_PIXELS} output pixels "
-                                    f"(this one has {h2 * w2})")
+            raise fail(self.g, op, f"RESHAPE {[h, w, c]} -> {[h2, w2, c2]} moves elements between pixels "
+                                    f"and channels; the NPU relayouts at most {MAX_RELAYOUT_PIXELS} output "
+                                    f"pixels (this one has {h2 * w2})")
 
         def build(ctx: Context, layer_id: int, first: bool):
             b = ctx.config.cols
@@ -412,8 +414,9 @@ class LayerBuilders:
                 parts = [Activation(xa.addr + q * b, 1, 1, c, xa.plane(b)) for q in range(p0, p1 + 1)]
                 view = Activation(ya.addr + pixel * b, 1, 1, c2, ya.plane(b))
                 insns += emit.conv2d(ctx.config, parts, view, weights=weights[key], params=pa, kh=1, kw=1,
-                                     stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0, layer_id=layer_id,
-                                     first=first and pixel == 0, name=f"op {op.index} RESHAPE pixel {pixel}")
+                                     stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0,
+                                     layer_id=layer_id, first=first and pixel == 0,
+                                     name=f"op {op.index} RESHAPE pixel {pixel}")
             return insns, 0
         return self._layer(op, "RELAYOUT", [x], build)
 

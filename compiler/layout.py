@@ -35,8 +35,8 @@ def pack_conv_weights(w_ohwi: np.ndarray, b: int, groups=None) -> np.ndarray:
     With `groups` (emit.tap_groups of a kernel too large for one CONV, or dilated), one such array
     per tap group (the group's rows and columns of the kernel), flattened one after the other."""
     if groups is not None and len(groups) > 1:
-        return np.concatenate([pack_conv_weights(w_ohwi[:, g.i0:g.i0 + g.kh, g.j0:g.j0 + g.kw, :], b).reshape(-1)
-                               for g in groups])
+        return np.concatenate([pack_conv_weights(w_ohwi[:, g.i0:g.i0 + g.kh, g.j0:g.j0 + g.kw, :], b)
+                               .reshape(-1) for g in groups])
     o, kh, kw, i = w_ohwi.shape
     ob, ib = -(-o // b), -(-i // b)
     padded = np.zeros((ob * b, kh, kw, ib * b), np.int8)

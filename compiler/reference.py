@@ -101,7 +101,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, op: Op) -> np.ndarray:
     oh, ow = p["output_size"]
     dh, dw = op.options.get("dilation", (1, 1))
     if (dh, dw) != (1, 1):      # the dilated kernel as a dense one with zero taps between (exact)
-        dense = np.zeros((w.shape[0], (w.shape[1] - 1) * dh + 1, (w.shape[2] - 1) * dw + 1, w.shape[3]), w.dtype)
+        shape = (w.shape[0], (w.shape[1] - 1) * dh + 1, (w.shape[2] - 1) * dw + 1, w.shape[3])
+        dense = np.zeros(shape, w.dtype)
         dense[:, ::dh, ::dw] = w
         w = dense
     cols = im2col(x[0], (w.shape[1], w.shape[2]), op.options["stride"], p["pad"], -int(p["input_offset"]),
@@ -222,7 +223,8 @@ KERNELS = {
     "CONV_2D": _k_conv, "FULLY_CONNECTED": _k_fc, "ADD": _k_add, "MUL": _k_mul, "PAD": _k_pad,
     "MAX_POOL_2D": _k_pool, "AVERAGE_POOL_2D": _k_pool, "MEAN": _k_mean, "CONCATENATION": _k_concat,
     "RESHAPE": _k_reshape, "RELU": _k_relu, "RELU6": _k_relu, "RELU_N1_TO_1": _k_relu,
-    "RELU_0_TO_1": _k_relu, "MINIMUM": _k_min_max, "MAXIMUM": _k_min_max, "SOFTMAX": _k_softmax, "QUANTIZE": _k_quantize, "DEQUANTIZE": _k_dequantize,
+    "RELU_0_TO_1": _k_relu, "MINIMUM": _k_min_max, "MAXIMUM": _k_min_max, "SOFTMAX": _k_softmax,
+    "QUANTIZE": _k_quantize, "DEQUANTIZE": _k_dequantize,
 }
 
 

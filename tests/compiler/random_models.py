@@ -108,7 +108,9 @@ def _concat(rng, layers, t, name):
         else:
             branches.append(t)
     out = layers.Concatenate(name=name)(branches)
-    return layers.ReLU(max_value=_pick(rng, [None, 6.0]), name=f"{name}_relu")(out) if rng.random() < 0.3 else out
+    if rng.random() < 0.3:
+        return layers.ReLU(max_value=_pick(rng, [None, 6.0]), name=f"{name}_relu")(out)
+    return out
 
 
 def _activation(rng, layers, t, name):
@@ -116,7 +118,8 @@ def _activation(rng, layers, t, name):
 
 
 def _zero_pad(rng, layers, t, name):
-    pads = ((int(rng.integers(0, 3)), int(rng.integers(0, 3))), (int(rng.integers(0, 3)), int(rng.integers(0, 3))))
+    top, bottom, left, right = (int(v) for v in rng.integers(0, 3, 4))
+    pads = ((top, bottom), (left, right))
     return layers.ZeroPadding2D(pads, name=name)(t)
 
 
@@ -156,8 +159,9 @@ def random_model(seed: int, max_blocks: int = 5):
         t = keras.layers.Dense(int(rng.integers(2, 12)), bias_initializer=_bias(rng),
                                name="dense")(keras.layers.GlobalAveragePooling2D(name="gap")(t))
     elif head == "flatten_dense":
+        t = keras.layers.Flatten(name="flatten")(t)
         t = keras.layers.Dense(int(rng.integers(2, 12)), activation=_pick(rng, [None, "relu"]),
-                               bias_initializer=_bias(rng), name="dense")(keras.layers.Flatten(name="flatten")(t))
+                               bias_initializer=_bias(rng), name="dense")(t)
     elif head == "mean":
         t = keras.layers.GlobalAveragePooling2D(name="gap")(t)
     kinds.append(head)
@@ -199,7 +203,8 @@ def check_seed(seed: int, config: str = "tiny", inputs: int = 2, max_blocks: int
         bundle = compile_tflite(tflite, config, name=f"random{seed}")
         report = verify_bundle(bundle, "iss", inputs=inputs, seed=seed)
         bad = [c for c in report.checks if not c.equal]
-        error = "" if not bad and report.checks else f"{len(bad)} of {len(report.checks)} outputs differ: {bad[:3]}"
+        error = "" if not bad and report.checks else \
+            f"{len(bad)} of {len(report.checks)} outputs differ: {bad[:3]}"
     except Exception:                       # noqa: BLE001  (the fuzzer reports every failure)
         error = traceback.format_exc()
     return SeedResult(seed, kinds, not error, error, time.perf_counter() - start, tflite)
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="tiny", help="NPU preset")
     ap.add_argument("--out", default="build/fuzz_models", help="where failing .tflite files go")
     args = ap.parse_args(argv)
-    import absl.logging                  # the converter's deprecation chatter, once per model
+    import absl.logging  # the converter's deprecation chatter, once per model
     absl.logging.set_verbosity(absl.logging.ERROR)
     failures = []
     for seed in range(args.first, args.first + args.n):
@@ -224,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"random{seed}.tflite"
             path.write_bytes(res.tflite)
-            print(f"  seed {seed} failed; model saved to {path}\n  " + res.error.strip().replace("\n", "\n  "),
-                  flush=True)
+            error = res.error.strip().replace("\n", "\n  ")
+            print(f"  seed {seed} failed; model saved to {path}\n  {error}", flush=True)
             failures.append(seed)
     print(f"{args.n - len(failures)} of {args.n} seeds bit-exact on the ISS ({args.config})"
           + (f"; failing seeds: {failures}" if failures else ""))

@@ -93,12 +93,12 @@ def test_unsupported_op_names_op_tensor_and_what_is_supported(layer, kind):
 
     def inside(layers, x):
         return layers.Conv2D(3, 1, name="after")(build(layers, x))
-    for model, op_index in ((_keras_model(inside, (6, 6, 3), seed=7), 1), (_keras_model(build, (6, 6, 3), seed=7), 1)):
+    for model in (_keras_model(inside, (6, 6, 3), seed=7), _keras_model(build, (6, 6, 3), seed=7)):
         with pytest.raises(UnsupportedOp) as info:
             load_tflite(model)
         message = str(info.value)
         assert info.value.kind == kind
-        assert f"unsupported op {kind} (op {op_index}, output tensor '{info.value.output}', reading '" in message
+        assert f"unsupported op {kind} (op 1, output tensor '{info.value.output}', reading '" in message
         assert "conv" in info.value.inputs[0]               # the layer before it, by name
         assert "supported: " in message and "CONV_2D" in message and "CONCATENATION" in message
     assert "gate" in load_error(_keras_model(inside, (6, 6, 3), seed=7)).output   # inside: its own name
@@ -112,7 +112,8 @@ def load_error(model) -> UnsupportedOp:
 
 def test_maximum_of_two_tensors_is_a_clear_error():
     def build(layers, x):
-        return layers.Maximum(name="max")([layers.Conv2D(4, 1, name="a")(x), layers.Conv2D(4, 1, name="b")(x)])
+        a, b = layers.Conv2D(4, 1, name="a")(x), layers.Conv2D(4, 1, name="b")(x)
+        return layers.Maximum(name="max")([a, b])
     with pytest.raises(UnsupportedOp, match=r"unsupported op MAXIMUM \(op 2, output tensor .*\): .*scalar"):
         load_tflite(_keras_model(build, (4, 4, 3), seed=8))
 
@@ -167,3 +168,30 @@ def test_reshapes_alias_or_relayout_bit_exact(config):
                 layers.Conv2D(3, 1, name="d")(flat), layers.Reshape((6, 12), name="to_output")(a)]
     bundle = assert_bit_exact(_keras_model(build, (4, 3, 5), seed=12), config)
     assert kinds(bundle).count("RELAYOUT") >= 2
+
+
+def test_concatenation_of_a_100_channel_tensor_bit_exact():
+    """The report that started this: a 100-channel tensor concatenated with others (16 lanes)."""
+    def build(layers, x):
+        a = layers.Conv2D(100, 1, activation="relu", name="wide")(x)
+        b = layers.Conv2D(24, 3, padding="same", name="narrow")(x)
+        cat = layers.Concatenate(name="cat")([a, b, x])              # offsets 0, 100, 124
+        return layers.Conv2D(10, 1, name="after")(cat)
+    bundle = assert_bit_exact(_keras_model(build, (6, 5, 3), seed=13), "default")
+    assert "GATHER" in kinds(bundle)
+
+
+def test_ssd_fc6_dilation_6_on_19x19_bit_exact():
+    """SSD's fc6: 3x3, dilation 6, SAME, on a 19x19 map (channels reduced for CI)."""
+    def build(layers, x):
+        return layers.Conv2D(12, 3, dilation_rate=6, padding="same", activation="relu", name="fc6")(x)
+    assert_bit_exact(_keras_model(build, (19, 19, 20), seed=14), "default", inputs=1)
+
+
+def test_tap_groups_cover_the_kernel_once():
+    for kh, kw, dilation in [(3, 3, (1, 1)), (3, 3, (6, 6)), (17, 2, (1, 1)), (16, 31, (1, 1)),
+                             (3, 5, (1, 2))]:
+        groups = tap_groups(kh, kw, dilation)
+        taps = [(g.i0 + i, g.j0 + j) for g in groups for i in range(g.kh) for j in range(g.kw)]
+        assert sorted(taps) == [(i, j) for i in range(kh) for j in range(kw)]
+        assert all(g.kh <= 15 and g.kw <= 15 for g in tap_groups(kh, kw, dilation))

@@ -34,7 +34,8 @@ def test_acceptance_model_bit_exact_on_rtl_tiny(name, rtl_device):
     for feeds in random_inputs(bundle.manifest, 2, seed=11):
         result = runtime.infer(feeds)
         for spec in bundle.manifest.inputs:
-            interp.set_tensor(inputs[spec.name]["index"], feeds[spec.name].reshape(inputs[spec.name]["shape"]))
+            d = inputs[spec.name]
+            interp.set_tensor(d["index"], feeds[spec.name].reshape(d["shape"]))
         interp.invoke()
         assert bundle.manifest.outputs
         for spec in bundle.manifest.outputs:
