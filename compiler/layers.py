@@ -6,8 +6,10 @@
 that packs its constants into the weights blob and emits its instructions once addresses are known.
 
 Weight transforms done here at compile time: the input zero point folded into the bias,
-FULLY_CONNECTED weights permuted to read a flattened blocked tensor in place, and the
-space-to-depth rewrite of stride-2 convolutions with few input channels.
+FULLY_CONNECTED weights permuted to read a flattened blocked tensor in place, the space-to-depth
+rewrite of stride-2 convolutions with few input channels, and the one-hot weights of the layers
+that move channels across lanes (GATHER for concatenations at unaligned offsets, RELAYOUT for
+RESHAPEs between pixels and channels).
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ of compiler/emit.py:
 * PAD folded into its consumers' load padding (pad value = the PAD's zero point) when every
   consumer is a convolution or a pooling layer that can take it; otherwise materialised as a
   1x1 identity max-pool with padding;
-* MAX_POOL_2D (SAME pads with -128), AVERAGE_POOL_2D (constant window count only), MEAN, ADD and
-  MUL (activation + activation, or activation and a per-channel constant);
+* CONV_2D with any stride pair, dilation and kernel size (tap groups, compiler/tiling.py);
+* MAX_POOL_2D (SAME pads with -128), AVERAGE_POOL_2D (SAME: a divisor per rectangle of equal window
+  counts), MEAN, ADD and MUL (activation + activation, or activation and a per-channel constant);
+* standalone RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1 (a MUL by one: TFLite's ReluX) and MINIMUM/MAXIMUM
+  with a scalar constant (a clamp);
 * CONCATENATION and most RESHAPEs cost nothing: a concatenation's inputs are written into channel slices
   of one buffer (chained concatenations, as in DenseNet's dense blocks, share one buffer), and an
   input that cannot be written in place (a graph input, a tensor already placed in another

@@ -16,6 +16,9 @@ TFLite kernels compute in their Prepare step (``Op.params``):
 * ADD: ``hdl.numerics.add_params``; MUL: ``mul_params``; MEAN: ``mean_params``;
 * every op with an int8 output: ``act_min``/``act_max`` (CalculateActivationRangeQuantized);
 * PAD: ``paddings`` ([rank, 2]) and ``pad_value`` (the output zero point);
+* RELU, RELU6, RELU_N1_TO_1, RELU_0_TO_1: ``multiplier``/``shift`` of float32(s_in / s_out), the zero
+  points and the clamp bounds (activations.cc ReluPrepare/QuantizedReluX);
+* MINIMUM/MAXIMUM with a scalar constant: ``input`` (the tensor operand), ``bound`` and the clamp;
 * QUANTIZE int8 -> int8: ``multiplier``/``shift`` (a requantization).
 """
 
