@@ -232,9 +232,12 @@ class LayerBuilders:
 
     def _mean(self, op: Op) -> Layer:
         x = self.operand(op, op.inputs[0])
-        if len(self.t(x).shape) != 4 or list(op.options["axes"]) != [1, 2]:
-            raise fail(self.g, op, f"MEAN over axes {op.options['axes']} of shape {list(self.t(x).shape)}; "
-                                    "the NPU reduces H and W of NHWC")
+        shape, axes = list(self.t(x).shape), set(op.options["axes"])
+        # the NPU averages every pixel of a channel: every axis but the last that has more than one
+        # element must be reduced, the last (channels) must not
+        if len(shape) - 1 in axes or any(n > 1 and a not in axes for a, n in enumerate(shape[:-1])):
+            raise fail(self.g, op, f"MEAN over axes {sorted(axes)} of shape {shape}; the NPU averages all "
+                                    "pixels per channel (H and W of NHWC, or every axis but the last)")
         p = op.params
 
         def build(ctx: Context, layer_id: int, first: bool):
@@ -340,10 +343,34 @@ class LayerBuilders:
         if max(pads) > 15:
             raise fail(self.g, op, f"padding {pads} exceeds the load unit's 15 entries")
         value = int(op.params["pad_value"])
+        before, after = self._channel_pads(op)
+        if before or after:
+            return self._channel_pad_layer(op, x, pads, value, before, after)
 
         def build(ctx: Context, layer_id: int, first: bool):
             return self._identity(ctx, ctx.act(x), ctx.act(op.outputs[0]), pads, value, layer_id, first,
                                   f"op {op.index} PAD"), 0
+        return self._layer(op, "PAD", [x], build)
+
+    def _channel_pad_layer(self, op: Op, x: int, pads, value: int, before: int, after: int) -> Layer:
+        """A PAD of channels (and pixels): a 1x1 convolution whose one-hot weights move channel c to
+        before + c and whose bias is the pad value on the new channels (identity requantization);
+        padded pixels load the pad value in every lane, which the one-hot weights copy."""
+        c = self.dims(x, op)[2]
+        c2 = before + c + after
+        one_hot = np.zeros((c2, 1, 1, c), np.int8)
+        one_hot[before + np.arange(c), 0, 0, np.arange(c)] = 1
+        bias = np.full(c2, value, np.int64)
+        bias[before:before + c] = 0
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            wa = ctx.blob.add(layout.pack_conv_weights(one_hot, b))
+            pa = ctx.blob.add(layout.pack_requant_params(bias, 1 << 30, 1, b))
+            insns = emit.conv2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa, kh=1,
+                                kw=1, stride=1, pads=pads, pad_value=value, zero_point=0, layer_id=layer_id,
+                                first=first, name=f"op {op.index} PAD (channels)")
+            return insns, 0
         return self._layer(op, "PAD", [x], build)
 
     def _copy_layer(self, op: Op, i: int, k: int, block: int) -> Layer:

@@ -232,13 +232,21 @@ class _Lowering(LayerBuilders):
             all(u.kind == "FULLY_CONNECTED" and u.inputs.index(out) == 0 for u in users)
 
     def _pad_amounts(self, op: Op) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of a PAD of an NHWC tensor (channel padding: _channel_pads)."""
         pads = np.asarray(op.params["paddings"]).reshape(-1, 2)
-        if len(pads) != 4 or pads[0].any() or pads[3].any():
-            raise fail(self.g, op, f"paddings {pads.tolist()}: only spatial padding of NHWC runs on the NPU")
+        if len(pads) != 4 or pads[0].any():
+            raise fail(self.g, op, f"paddings {pads.tolist()}: the NPU pads H, W and C of a batch-1 NHWC "
+                                    "tensor")
         return int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1])
+
+    def _channel_pads(self, op: Op) -> tuple[int, int]:
+        pads = np.asarray(op.params["paddings"]).reshape(-1, 2)
+        return int(pads[3, 0]), int(pads[3, 1])
 
     def _plan_pad(self, op: Op):
         extra = self._pad_amounts(op)
+        if any(self._channel_pads(op)):
+            return                      # a layer of its own (layers._pad_layer)
         value = int(op.params["pad_value"])
         out = op.outputs[0]
         users = self.g.consumers(out)

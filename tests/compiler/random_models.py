@@ -63,7 +63,7 @@ def _conv_layer(rng, layers, t, name, filters=None, allow_stride=True):
         strides = _pick(rng, [(2, 2), (1, 2), (2, 1), (1, 3), (3, 1), (3, 3), (2, 3)])
     eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
     padding = "valid" if eh <= h and ew <= w and rng.random() < 0.4 else "same"
-    filters = filters or int(_pick(rng, [1, 2, 3, 4, 5, 7, 8, 12, 16, 20, 24]))
+    filters = filters or int(_pick(rng, [1, 2, 3, 4, 5, 7, 8, 12, 16, 20, 24, 37]))
     activation = _pick(rng, [None, "relu", "relu", "relu6"])
     return layers.Conv2D(filters, (kh, kw), strides=strides, dilation_rate=dilation, padding=padding,
                          activation=activation, bias_initializer=_bias(rng), name=name)(t)
@@ -144,8 +144,12 @@ def random_model(seed: int, max_blocks: int = 5):
 
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
-    h, w = int(rng.integers(4, 15)), int(rng.integers(4, 15))
-    c = int(_pick(rng, [1, 2, 3, 4, 5, 7, 8, 13, 16, 20]))
+    if rng.random() < 0.15:     # now and then a larger one: row tiles and K splits on `tiny`
+        h, w = int(rng.integers(16, 33)), int(rng.integers(16, 33))
+        c = int(_pick(rng, [17, 24, 33, 40]))
+    else:
+        h, w = int(rng.integers(4, 15)), int(rng.integers(4, 15))
+        c = int(_pick(rng, [1, 2, 3, 4, 5, 7, 8, 13, 16, 20]))
     x = keras.Input(shape=(h, w, c), batch_size=1, name="input")
     t, kinds = x, []
     weights = np.array([wt for _, wt, _ in BLOCKS])

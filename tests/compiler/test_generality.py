@@ -195,3 +195,26 @@ def test_tap_groups_cover_the_kernel_once():
         taps = [(g.i0 + i, g.j0 + j) for g in groups for i in range(g.kh) for j in range(g.kw)]
         assert sorted(taps) == [(i, j) for i in range(kh) for j in range(kw)]
         assert all(g.kh <= 15 and g.kw <= 15 for g in tap_groups(kh, kw, dilation))
+
+
+@pytest.mark.parametrize("config", ["tiny", "default"])
+def test_pad_of_channels_and_pixels_bit_exact(config):
+    """PAD of C (ResNet's 'option A' shortcut) and of H, W at once: a one-hot 1x1 convolution."""
+    import tensorflow as tf
+
+    def build(layers, x):
+        y = layers.Conv2D(5, 3, padding="same", name="conv")(x)
+        padded = layers.Lambda(lambda t: tf.pad(t, [[0, 0], [1, 2], [0, 1], [3, 4]]), name="pad")(y)
+        return layers.Conv2D(6, 1, name="after")(padded)
+    bundle = assert_bit_exact(_keras_model(build, (4, 5, 3), seed=15), config)
+    assert "PAD" in kinds(bundle)
+
+
+def test_mean_of_a_rank_3_tensor_bit_exact():
+    """GlobalAveragePooling1D after a Reshape to [1, N, C]: MEAN over axis 1."""
+    def build(layers, x):
+        y = layers.Conv2D(6, 3, padding="same", name="conv")(x)
+        seq = layers.Reshape((20, 6), name="to_sequence")(y)
+        return layers.GlobalAveragePooling1D(name="gap1d")(seq)
+    bundle = assert_bit_exact(_keras_model(build, (4, 5, 3), seed=16), "tiny")
+    assert kinds(bundle) == ["CONV_2D", "MEAN"]
