@@ -394,9 +394,13 @@ def lower(graph: Graph, config: NPUConfig, progress: Callable[[int, int], None] 
     for layer_id, layer in enumerate(lw.layers):
         try:
             insns, macs = layer.build(ctx, layer_id, layer_id == 0)
-        except LoweringError as exc:
+        except LoweringError as exc:    # name the op and its output tensor, once
             msg = str(exc)
-            raise (exc if msg.startswith("op ") else fail(graph, layer.op, msg)) from None
+            if "(output tensor " in msg:
+                raise
+            prefix = f"op {layer.op.index} {layer.op.kind}"
+            msg = msg.split(": ", 1)[1] if msg.startswith(prefix) and ": " in msg else msg
+            raise fail(graph, layer.op, msg) from None
         except ValueError as exc:       # an ISA field out of range: say which layer
             raise fail(graph, layer.op, f"cannot encode: {exc}") from None
         for insn in insns:              # what the NPU would reject is a compiler bug: never emit it

@@ -218,3 +218,12 @@ def test_mean_of_a_rank_3_tensor_bit_exact():
         return layers.GlobalAveragePooling1D(name="gap1d")(seq)
     bundle = assert_bit_exact(_keras_model(build, (4, 5, 3), seed=16), "tiny")
     assert kinds(bundle) == ["CONV_2D", "MEAN"]
+
+
+def test_a_row_wider_than_the_input_scratchpad_is_a_clear_error():
+    def build(layers, x):
+        return layers.Conv2D(4, 3, padding="same", name="wide_conv")(x)
+    graph = load_tflite(_keras_model(build, (3, 300, 3), seed=17))
+    with pytest.raises(LoweringError, match=r"^op 0 CONV_2D \(output tensor '.*'\): one output row needs 3 input "
+                                            r"rows of 302 entries .* width tiling is not implemented"):
+        lower(graph, preset("tiny"))
