@@ -18,6 +18,7 @@ from softnpu.compiler.tiling import (
     _finish_layer,
     _halves,
     _input_rows,
+    _input_span,
     _pair,
     _Step,
     _store_rows,
@@ -39,7 +40,9 @@ class ConvPlan:
     * weights_resident: every weight of the layer fits the weight scratchpad; each out-block
       group's weights (and parameters) are loaded once, at the first step that needs them;
     * input_resident: one row tile and one K step cover the layer, so the (padded) input is loaded
-      once, into the whole input scratchpad, and every out-block group reads it from there.
+      once, into the whole input scratchpad, and every out-block group reads it from there;
+    * cols_per_tile: when the input band of one output row is wider than half the input scratchpad,
+      tiles are also cut into column ranges (each loads its own columns and padding).
     """
     rows_per_tile: int
     out_blocks_per_tile: int
@@ -48,6 +51,7 @@ class ConvPlan:
     weights_resident: bool
     estimated_cycles: int
     input_resident: bool = False
+    cols_per_tile: int = 0      # output columns per tile when a whole row does not fit (0: the row)
 
 
 _REFINE = 4     # plans of the analytic model's best that are emitted and scheduled (compiler/cycles.py)
@@ -75,42 +79,55 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
     b = config.cols
     half = _halves(config)
     cib, cob = x.blocks(b), -(-cout // b)
-    sh = stride[0]
-    ekh = (kh - 1) * dilation[0] + 1
+    sh, sw = stride
+    ekh, ekw = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
     q = pads[2] + x.w + pads[3]
     resident = cob * cib * kh * kw <= config.wgt_depth and 3 * cob <= config.param_depth // 2
-    candidates = []
     chunk_options = sorted({-(-cib // k) for k in range(1, cib + 1)}, reverse=True)[:24]
-    for chunk in chunk_options:
-        n_chunks = -(-cib // chunk)
-        for cob_t in range(1, min(cob, 255) + 1):
-            if not resident and cob_t * chunk * kh * kw > half["wgt"]:
-                break
-            if 3 * cob_t > half["param"]:
-                break
-            th_max = min(out_h, half["acc"] // (cob_t * out_w), half["out"] // (cob_t * out_w))
-            if th_max < 1:
-                break
-            for input_resident in (False, True):
-                th = th_max
-                limit = config.inp_depth if input_resident else half["inp"]
-                if input_resident and (th < out_h or n_chunks > 1 or cob_t >= cob):
-                    continue
-                while th >= 1 and chunk * _tile_rows(th, sh, ekh, pads) * q > limit:
-                    th -= 1
-                if th < 1 or (input_resident and th < out_h):
-                    continue
-                for groups_outer in (True, False):
-                    if input_resident and not groups_outer:
+
+    def plans(tw: int, q: int, cols_per_tile: int) -> list[ConvPlan]:
+        found = []
+        n_cols = -(-out_w // tw)
+        for chunk in chunk_options:
+            n_chunks = -(-cib // chunk)
+            for cob_t in range(1, min(cob, 255) + 1):
+                if not resident and cob_t * chunk * kh * kw > half["wgt"]:
+                    break
+                if 3 * cob_t > half["param"]:
+                    break
+                th_max = min(out_h, half["acc"] // (cob_t * tw), half["out"] // (cob_t * tw))
+                if th_max < 1:
+                    break
+                for input_resident in (False, True) if not cols_per_tile else (False,):
+                    th = th_max
+                    limit = config.inp_depth if input_resident else half["inp"]
+                    if input_resident and (th < out_h or n_chunks > 1 or cob_t >= cob):
                         continue
-                    cost = _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, sh, ekh,
-                                      resident, groups_outer, input_resident)
-                    candidates.append(ConvPlan(th, cob_t, chunk, groups_outer, resident, cost,
-                                               input_resident))
+                    while th >= 1 and chunk * _tile_rows(th, sh, ekh, pads) * q > limit:
+                        th -= 1
+                    if th < 1 or (input_resident and th < out_h):
+                        continue
+                    for groups_outer in (True, False):
+                        if input_resident and not groups_outer:
+                            continue
+                        cost = n_cols * _conv_cost(config, Activation(0, h, q, c), out_h, tw, cob, cib, chunk,
+                                                   cob_t, th, kh, kw, sh, ekh, resident, groups_outer,
+                                                   input_resident)
+                        found.append(ConvPlan(th, cob_t, chunk, groups_outer, resident, cost, input_resident,
+                                              cols_per_tile))
+        return found
+
+    candidates = plans(out_w, q, 0)
+    if not candidates:          # width tiling: the widest column range whose band fits
+        rows = _band_rows(1, sh, ekh, pads)
+        tw = out_w - 1
+        while tw >= 1 and rows * _band_rows(tw, sw, ekw, pads[2:]) > half["inp"]:
+            tw -= 1
+        if tw >= 1:
+            candidates = plans(tw, _band_rows(tw, sw, ekw, pads[2:]), tw)
     if not candidates:
-        raise LoweringError(f"one output row needs {ekh} input rows of {q} entries per input "
-                            f"block, more than half the input scratchpad ({half['inp']} entries) of "
-                            f"config {config.name!r}: width tiling is not implemented")
+        raise LoweringError(f"one output pixel needs {ekh}x{ekw} input entries per input block, more than "
+                            f"half the input scratchpad ({half['inp']} entries) of config {config.name!r}")
     candidates.sort(key=lambda p: p.estimated_cycles)
     if len(candidates) == 1:
         return candidates[0]
@@ -161,10 +178,12 @@ def _conv_cost(config, x, out_h, out_w, cob, cib, chunk, cob_t, th, kh, kw, stri
 
 
 def _input_loads(config: NPUConfig, parts, ci0: int, nci: int, sram: int, plane_entries: int,
-                 first_row: int, nin: int, row_stride_rows: int, pads, ptop: int, pbot: int,
+                 first_row: int, nin: int, row_stride_rows: int, cols, ptop: int, pbot: int,
                  pad_value: int) -> list[Load]:
     """The loads of input blocks [ci0, ci0+nci) of a (possibly multi-part) input into consecutive
-    padded planes of `plane_entries` entries from `sram`."""
+    padded planes of `plane_entries` entries from `sram`; cols = (first column, columns, left pad,
+    right pad)."""
+    first_col, ncols, pleft, pright = cols
     b = config.cols
     loads, start = [], 0
     for part in parts:
@@ -172,10 +191,11 @@ def _input_loads(config: NPUConfig, parts, ci0: int, nci: int, sram: int, plane_
         lo, hi = max(ci0, start), min(ci0 + nci, start + nb)
         if lo < hi:
             loads.append(Load(buffer=Buffer.INP, sram=sram + (lo - ci0) * plane_entries,
-                              dram=part.addr + (lo - start) * part.plane(b) + first_row * part.w * b,
-                              blocks=hi - lo, rows=nin, cols=part.w, row_stride=part.w * b * row_stride_rows,
-                              block_stride=part.plane(b), pad_top=ptop, pad_bottom=pbot, pad_left=pads[2],
-                              pad_right=pads[3], pad_value=pad_value))
+                              dram=part.addr + (lo - start) * part.plane(b)
+                              + (first_row * part.w + first_col) * b,
+                              blocks=hi - lo, rows=nin, cols=ncols, row_stride=part.w * b * row_stride_rows,
+                              block_stride=part.plane(b), pad_top=ptop, pad_bottom=pbot, pad_left=pleft,
+                              pad_right=pright, pad_value=pad_value))
         start += nb
     return loads
 
@@ -190,21 +210,22 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
     x = parts[0]
     cib, cob = sum(p.blocks(b) for p in parts), y.blocks(b)
     th, cob_t, chunk = plan.rows_per_tile, plan.out_blocks_per_tile, plan.in_blocks_per_step
-    q = pads[2] + x.w + pads[3]
     wgt_entry, par_entry = b * b, 4 * b
     taps = tap_groups(kh, kw, (dh, dw))
     before = list(itertools.accumulate((g.taps for g in taps), initial=0))   # taps of earlier groups
     groups = [(g, min(cob_t, cob - g)) for g in range(0, cob, cob_t)]
     rows = [(r, min(th, y.h - r)) for r in range(0, y.h, th)]
     chunks = [(c, min(chunk, cib - c)) for c in range(0, cib, chunk)]
-    order = itertools.product(groups, rows) if plan.groups_outer else \
-        ((g, r) for r, g in itertools.product(rows, groups))
+    tw = plan.cols_per_tile or y.w
+    cols = [(c, min(tw, y.w - c)) for c in range(0, y.w, tw)]
+    order = itertools.product(groups, rows, cols) if plan.groups_outer else \
+        ((g, r, c) for r, g, c in itertools.product(rows, groups, cols))
     tiles: list[_Tile] = []
     step_index, wgt_half, par_half = 0, 1, 1
     loaded_wgt = loaded_par = None
     resident_groups: set = set()
     skip_rows = kh == 1 and sh > 1 and pads[0] == 0 and pads[1] == 0
-    ekh = (kh - 1) * dh + 1
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
 
     def weight_loads(co0, nco, ci0, nci, sram_of):
         # tap group g's weights are [cob][cib][g.kh][g.kw] entries from weights + cob*cib*before[g]
@@ -213,7 +234,12 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
                      blocks=nco, rows=1, cols=nci * g.taps, block_stride=cib * g.taps * wgt_entry)
                 for k, g in enumerate(taps)]
 
-    for (co0, nco), (oh0, nrows) in order:
+    for (co0, nco), (oh0, nrows), (ow0, ncols) in order:
+        if plan.cols_per_tile:      # a column range: its own columns and padding
+            first_col, in_cols, pleft, pright, skip_col = _input_span(x.w, ow0, ncols, sw, ekw, pads[2])
+        else:
+            first_col, in_cols, pleft, pright, skip_col = 0, x.w, pads[2], pads[3], 0
+        q = pleft + in_cols + pright
         o = len(tiles)
         acc_base, out_base = (o % 2) * half["acc"], (o % 2) * half["out"]
         steps = []
@@ -259,17 +285,19 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
             p = ptop + nin + pbot
             if not plan.input_resident or step_index == 0:
                 loads += _input_loads(config, parts, ci0, nci, inp_base, p * q, first_row, nin,
-                                      sh if skip_rows else 1, pads, ptop, pbot, pad_value)
+                                      sh if skip_rows else 1, (first_col, in_cols, pleft, pright), ptop, pbot,
+                                      pad_value)
             convs = [Conv(mode=ConvMode.MAC, out_blocks=nco, in_blocks=nci, kh=g.kh, kw=g.kw,
-                          stride_h=stride_h, stride_w=sw, out_h=nrows, out_w=y.w, acc=acc_base, wgt=wgt_at(k),
-                          inp=inp_base + (skip + g.i0 * dh) * q + g.j0 * dw, inp_row=q, inp_block=p * q,
-                          accumulate=int(ci0 > 0 or k > 0))
+                          stride_h=stride_h, stride_w=sw, out_h=nrows, out_w=ncols, acc=acc_base,
+                          wgt=wgt_at(k),
+                          inp=inp_base + (skip + g.i0 * dh) * q + skip_col + g.j0 * dw, inp_row=q,
+                          inp_block=p * q, accumulate=int(ci0 > 0 or k > 0))
                      for k, g in enumerate(taps)]
             steps.append(_Step(loads, convs))
             step_index += 1
-        outstage = [Requant(out=out_base, acc=acc_base, param=par_addr, blocks=nco, count=nrows * y.w,
+        outstage = [Requant(out=out_base, acc=acc_base, param=par_addr, blocks=nco, count=nrows * ncols,
                             zero_point=zero_point, act_min=act_min, act_max=act_max, rounding=rounding)]
-        stores = [_store_rows(config, y, out_base, co0, nco, oh0, nrows)]
+        stores = [_store_rows(config, y, out_base, co0, nco, oh0, nrows, ow0, ncols)]
         tiles.append(_Tile(steps, outstage, stores))
     return tiles
 

@@ -152,10 +152,12 @@ def _halves(config: NPUConfig) -> dict[str, int]:
     return {name: config.depth(name) // 2 for name in ("inp", "wgt", "acc", "out", "param")}
 
 
-def _store_rows(config, y: Activation, sram: int, cb0: int, nblocks: int, r0: int, rows: int) -> Store:
+def _store_rows(config, y: Activation, sram: int, cb0: int, nblocks: int, r0: int, rows: int,
+                c0: int = 0, cols: int | None = None) -> Store:
+    """Output rows [r0, r0+rows) (columns [c0, c0+cols), default all) of channel blocks from cb0."""
     b = config.cols
-    return Store(sram=sram, dram=y.addr + cb0 * y.plane(b) + r0 * y.w * b, blocks=nblocks, rows=rows,
-                 cols=y.w, row_stride=y.w * b, block_stride=y.plane(b))
+    return Store(sram=sram, dram=y.addr + cb0 * y.plane(b) + (r0 * y.w + c0) * b, blocks=nblocks, rows=rows,
+                 cols=y.w if cols is None else cols, row_stride=y.w * b, block_stride=y.plane(b))
 
 
 def _input_rows(x: Activation, oh0: int, th: int, stride: int, kh: int, pad_top: int):
@@ -163,13 +165,18 @@ def _input_rows(x: Activation, oh0: int, th: int, stride: int, kh: int, pad_top:
     the loaded rows before the band's first (`kh` is the kernel's extent in input rows:
     (kh - 1) * dilation + 1).  A band wholly inside the padding (an explicit PAD wider than the
     kernel) still loads one real row, which no tap reads: one row more than the band."""
-    lo = oh0 * stride - pad_top
-    hi = (oh0 + th - 1) * stride - pad_top + kh - 1
-    first, last = max(lo, 0), min(hi, x.h - 1)
+    return _input_span(x.h, oh0, th, stride, kh, pad_top)
+
+
+def _input_span(size: int, o0: int, n: int, stride: int, k: int, pad_before: int):
+    """_input_rows along one axis of `size` input entries (rows, or columns of a column tile)."""
+    lo = o0 * stride - pad_before
+    hi = (o0 + n - 1) * stride - pad_before + k - 1
+    first, last = max(lo, 0), min(hi, size - 1)
     if last < first:
-        if hi < 0:                  # above the input: the band, then row 0
+        if hi < 0:                  # before the input: the band, then entry 0
             return 0, 1, hi - lo + 1, 0, 0
-        return x.h - 1, 1, 0, hi - lo + 1, 1        # below: the last row, then the band
+        return size - 1, 1, 0, hi - lo + 1, 1       # after: the last entry, then the band
     return first, last - first + 1, first - lo, hi - last, 0
 
 

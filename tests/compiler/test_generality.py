@@ -220,10 +220,24 @@ def test_mean_of_a_rank_3_tensor_bit_exact():
     assert kinds(bundle) == ["CONV_2D", "MEAN"]
 
 
-def test_a_row_wider_than_the_input_scratchpad_is_a_clear_error():
+@pytest.mark.parametrize("kernel, strides, dilation", [(3, 1, 1), ((3, 5), (1, 2), 1), (3, 1, (1, 3))])
+def test_rows_wider_than_the_input_scratchpad_tile_columns_bit_exact(kernel, strides, dilation):
+    """A 300-pixel row of a 3x3 band does not fit half of tiny's input scratchpad: column tiles."""
     def build(layers, x):
-        return layers.Conv2D(4, 3, padding="same", name="wide_conv")(x)
-    graph = load_tflite(_keras_model(build, (3, 300, 3), seed=17))
-    with pytest.raises(LoweringError, match=r"^op 0 CONV_2D \(output tensor '.*'\): one output row needs 3 input "
-                                            r"rows of 302 entries .* width tiling is not implemented"):
-        lower(graph, preset("tiny"))
+        return layers.Conv2D(5, kernel, strides=strides, dilation_rate=dilation, padding="same",
+                             name="wide_conv")(x)
+    bundle = assert_bit_exact(_keras_model(build, (4, 300, 3), seed=17), "tiny", inputs=1)
+    assert kinds(bundle) == ["CONV_2D"]
+
+
+def test_wide_rows_tile_columns_in_every_layer_kind_bit_exact():
+    """Rows wider than half of tiny's input scratchpad (512 entries) through pooling (SAME average
+    and max), an ADD, a MEAN and a RELU: each tiles columns."""
+    def build(layers, x):
+        a = layers.AveragePooling2D(3, strides=1, padding="same", name="avg")(x)
+        m = layers.MaxPooling2D((2, 3), strides=(1, 2), padding="same", name="max")(x)
+        s = layers.Add(name="add")([a, x])
+        r = layers.ReLU(max_value=6.0, name="relu6")(s)
+        return [m, r, layers.GlobalAveragePooling2D(name="gap")(s)]
+    bundle = assert_bit_exact(_keras_model(build, (3, 600, 5), seed=18), "tiny", inputs=1)
+    assert {"AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "RELU6", "MEAN"} <= set(kinds(bundle))
