@@ -144,9 +144,13 @@ def random_model(seed: int, max_blocks: int = 5):
 
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
-    if rng.random() < 0.15:     # now and then a larger one: row tiles and K splits on `tiny`
+    size = rng.random()
+    if size < 0.15:             # now and then a larger one: row tiles and K splits on `tiny`
         h, w = int(rng.integers(16, 33)), int(rng.integers(16, 33))
         c = int(_pick(rng, [17, 24, 33, 40]))
+    elif size < 0.2:            # or a wide one: rows wider than tiny's input scratchpad, column tiles
+        h, w = int(rng.integers(3, 7)), int(rng.integers(170, 300))
+        c = int(_pick(rng, [1, 3, 5]))
     else:
         h, w = int(rng.integers(4, 15)), int(rng.integers(4, 15))
         c = int(_pick(rng, [1, 2, 3, 4, 5, 7, 8, 13, 16, 20]))
