@@ -83,7 +83,10 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
     ekh, ekw = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
     q = pads[2] + x.w + pads[3]
     resident = cob * cib * kh * kw <= config.wgt_depth and 3 * cob <= config.param_depth // 2
-    chunk_options = sorted({-(-cib // k) for k in range(1, cib + 1)}, reverse=True)[:24]
+    # the 24 largest K splits whose weights (one out block) and one input entry per tap fit
+    wgt_limit = config.wgt_depth if resident else half["wgt"]
+    chunk_options = sorted({chunk for chunk in {-(-cib // k) for k in range(1, cib + 1)}
+                            if chunk * kh * kw <= wgt_limit and chunk <= half["inp"]}, reverse=True)[:24]
 
     def plans(tw: int, q: int, cols_per_tile: int) -> list[ConvPlan]:
         found = []
@@ -126,8 +129,10 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
         if tw >= 1:
             candidates = plans(tw, _band_rows(tw, sw, ekw, pads[2:]), tw)
     if not candidates:
-        raise LoweringError(f"one output pixel needs {ekh}x{ekw} input entries per input block, more than "
-                            f"half the input scratchpad ({half['inp']} entries) of config {config.name!r}")
+        raise LoweringError(f"no tiling fits config {config.name!r}: one output pixel needs {ekh}x{ekw} "
+                            f"input entries per input block (half the input scratchpad holds {half['inp']}) "
+                            f"and {kh * kw} weight entries per block pair (half the weight scratchpad holds "
+                            f"{half['wgt']})")
     candidates.sort(key=lambda p: p.estimated_cycles)
     if len(candidates) == 1:
         return candidates[0]

@@ -241,3 +241,19 @@ def test_wide_rows_tile_columns_in_every_layer_kind_bit_exact():
         return [m, r, layers.GlobalAveragePooling2D(name="gap")(s)]
     bundle = assert_bit_exact(_keras_model(build, (3, 600, 5), seed=18), "tiny", inputs=1)
     assert {"AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "RELU6", "MEAN"} <= set(kinds(bundle))
+
+
+def test_fully_connected_with_a_long_input_bit_exact():
+    """K = 13200 on tiny: more input blocks than 24 K steps of the weight scratchpad's half hold."""
+    def build(layers, x):
+        return layers.Dense(3, name="dense")(layers.Flatten(name="flatten")(x))
+    assert_bit_exact(_keras_model(build, (10, 40, 33), seed=19), "tiny", inputs=1)
+
+
+def test_a_window_larger_than_the_input_scratchpad_is_a_clear_error():
+    def build(layers, x):
+        return layers.Conv2D(4, 3, dilation_rate=15, padding="same", name="huge_window")(x)
+    graph = load_tflite(_keras_model(build, (32, 32, 3), seed=20))
+    with pytest.raises(LoweringError, match=r"^op 0 CONV_2D \(output tensor '.*'\): no tiling fits config "
+                                            r"'tiny': one output pixel needs 31x31 input entries"):
+        lower(graph, preset("tiny"))
