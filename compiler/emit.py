@@ -89,7 +89,8 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
         return best
     tw, best = y.w, fit(y.w, q)
     while best is None and tw > 1:      # width tiling: the widest column range whose band fits
-        tw = min(tw - 1, (half["inp"] // _band_rows(1, sh, kh, pads) - kw) // sw + 1)
+        fits_inp = (half["inp"] // _band_rows(1, sh, kh, pads) - kw) // sw + 1
+        tw = min(tw - 1, half["acc"], half["out"], fits_inp)
         best = fit(tw, _band_rows(tw, sw, kw, pads[2:])) if tw >= 1 else None
     if best is None:
         raise LoweringError(f"{name}: a {kh}x{kw} window does not fit half the input scratchpad "

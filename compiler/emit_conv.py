@@ -121,9 +121,9 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
         return found
 
     candidates = plans(out_w, q, 0)
-    if not candidates:          # width tiling: the widest column range whose band fits
+    if not candidates:          # width tiling: the widest column range whose band and results fit
         rows = _band_rows(1, sh, ekh, pads)
-        tw = out_w - 1
+        tw = min(out_w - 1, half["acc"], half["out"])
         while tw >= 1 and rows * _band_rows(tw, sw, ekw, pads[2:]) > half["inp"]:
             tw -= 1
         if tw >= 1:

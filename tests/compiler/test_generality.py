@@ -220,9 +220,11 @@ def test_mean_of_a_rank_3_tensor_bit_exact():
     assert kinds(bundle) == ["CONV_2D", "MEAN"]
 
 
-@pytest.mark.parametrize("kernel, strides, dilation", [(3, 1, 1), ((3, 5), (1, 2), 1), (3, 1, (1, 3))])
+@pytest.mark.parametrize("kernel, strides, dilation", [(3, 1, 1), ((3, 5), (1, 2), 1), (3, 1, (1, 3)),
+                                                      (1, 1, 1)])
 def test_rows_wider_than_the_input_scratchpad_tile_columns_bit_exact(kernel, strides, dilation):
-    """A 300-pixel row of a 3x3 band does not fit half of tiny's input scratchpad: column tiles."""
+    """A 300-pixel row of a 3x3 band does not fit half of tiny's input scratchpad, a 300-pixel output
+    row not half its accumulators: column tiles."""
     def build(layers, x):
         return layers.Conv2D(5, kernel, strides=strides, dilation_rate=dilation, padding="same",
                              name="wide_conv")(x)

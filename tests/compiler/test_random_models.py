@@ -50,3 +50,34 @@ def test_fuzz_run_prints_the_seed_and_saves_the_failing_model(monkeypatch, tmp_p
     assert "seed 7 failed" in out and "failing seeds: [7]" in out
     assert (tmp_path / "random7.tflite").read_bytes() == b"TFL3-model-of-seed-7"
     assert not (tmp_path / "random6.tflite").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_executor_matches_the_interpreter_on_random_models(seed):
+    """compiler/reference.py (dilation, SAME average pooling, standalone activations, ...) against
+    the interpreter on every output of a random model."""
+    import numpy as np
+
+    from softnpu.compiler import reference
+    from softnpu.compiler.tflite_import import load_tflite
+    from softnpu.host.verify import reference_interpreter
+
+    tflite, _ = random_models.random_tflite(seed)
+    graph = load_tflite(tflite)
+    interp = reference_interpreter(tflite)
+    (d,) = interp.get_input_details()
+    t = graph.tensors[graph.inputs[0]]
+    q = np.random.default_rng(seed).integers(-128, 128, d["shape"]).astype(np.int8)
+    if d["dtype"] == np.float32:        # a QUANTIZE stage: floats it maps back to q exactly
+        scale, zero_point = d["quantization"]
+        x = ((q.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
+    else:
+        x = q
+    assert t.dtype == np.dtype(d["dtype"]).name
+    interp.set_tensor(d["index"], x)
+    interp.invoke()
+    got = reference.run(graph, [x])
+    outputs = interp.get_output_details()
+    assert len(got) == len(outputs) >= 1
+    for value, out in zip(got, outputs, strict=True):
+        np.testing.assert_array_equal(value.reshape(out["shape"]), interp.get_tensor(out["index"]))
