@@ -15,6 +15,7 @@ RESHAPEs between pixels and channels).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable
 
@@ -386,32 +387,63 @@ class LayerBuilders:
         return self._layer(op, "COPY", [src], build, name=name, writes=[out])
 
     def _gather_layer(self, op: Op, run: list[tuple[int, int, int, int]]) -> Layer:
-        """Concatenation inputs `run` ((k, tensor, channel offset, channels), starting on a channel
-        block) written to their channels of the output by a 1x1 convolution over their blocks with
-        one-hot weights and the identity requantization: an exact copy across lanes."""
+        """Concatenation inputs `run` ((k, tensor, channel offset, channels)) written to their channels
+        of the output by 1x1 convolutions with one-hot weights and the identity requantization (an
+        exact copy across lanes).  A first input that starts on a channel block is the run's head: it
+        is in place already and only its last, partial block is read (its lanes written back as they
+        are).  One convolution per output block, each over the inputs it needs, when that saves more
+        than half the MACs of one convolution over all of them."""
         out, b = op.outputs[0], self.b
-        srcs = [self.operand(op, i) for _, i, _, _ in run]
-        first_block, channels = run[0][2] // b, sum(ic for *_, ic in run)
-        lanes = sum(-(-ic // b) for *_, ic in run) * b
-        one_hot = np.zeros((channels, 1, 1, lanes), np.int8)
-        row = col = 0
-        for *_, ic in run:
-            one_hot[row + np.arange(ic), 0, 0, col + np.arange(ic)] = 1
-            row, col = row + ic, col + -(-ic // b) * b
+        head = run[0][2] % b == 0
+        # the run's parts: (tensor, first block read, channels read)
+        parts = [(self.operand(op, i), ic // b, ic % b) if head and n == 0 else (self.operand(op, i), 0, ic)
+                 for n, (_, i, _, ic) in enumerate(run)]
+        first_block = (run[0][2] + (run[0][3] // b * b if head else 0)) // b
+        channels = sum(c for *_, c in parts)
+        starts = list(itertools.accumulate((c for *_, c in parts), initial=0))   # run channel of part n
+        out_blocks, in_blocks = -(-channels // b), sum(-(-c // b) for *_, c in parts)
+        # the parts (a contiguous range) each output block needs
+        needs = [[n for n in range(len(parts)) if starts[n] < (j + 1) * b and starts[n + 1] > j * b]
+                 for j in range(out_blocks)]
+        split = out_blocks > 1 and 2 * sum(sum(-(-parts[n][2] // b) for n in ns) for ns in needs) \
+            < out_blocks * in_blocks
+        calls = [(j, 1, needs[j]) for j in range(out_blocks)] if split else \
+            [(0, out_blocks, list(range(len(parts))))]
+
+        def one_hot(j0: int, nblocks: int, ns: list[int]) -> np.ndarray:
+            lo, hi = j0 * b, min(channels, (j0 + nblocks) * b)
+            w = np.zeros((hi - lo, 1, 1, sum(-(-parts[n][2] // b) for n in ns) * b), np.int8)
+            col = 0
+            for n in ns:
+                ch = np.arange(parts[n][2])
+                rows = starts[n] + ch - lo
+                keep = (rows >= 0) & (rows < hi - lo)
+                w[rows[keep], 0, 0, col + ch[keep]] = 1
+                col += -(-parts[n][2] // b) * b
+            return w
 
         def build(ctx: Context, layer_id: int, first: bool):
             dst = ctx.act(out)
-            view = Activation(dst.addr + first_block * dst.plane(b), dst.h, dst.w, channels, dst.plane(b))
-            wa = ctx.blob.add(layout.pack_conv_weights(one_hot, b))
-            # bias 0, multiplier 2**30 with shift 1: MultiplyByQuantizedMultiplier is the identity
+            acts = []
+            for t, block, c in parts:
+                a = ctx.act(t)
+                acts.append(Activation(a.addr + block * a.plane(b), a.h, a.w, c, a.plane(b)))
             pa = ctx.blob.add(layout.pack_requant_params(np.zeros(channels, np.int64), 1 << 30, 1, b))
-            insns = emit.conv2d(ctx.config, [ctx.act(s) for s in srcs], view, weights=wa, params=pa, kh=1,
-                                kw=1, stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0,
-                                layer_id=layer_id, first=first,
-                                name=f"op {op.index} CONCATENATION inputs {[k for k, *_ in run]}")
+            insns = []
+            for j0, nblocks, ns in calls:
+                view = Activation(dst.addr + (first_block + j0) * dst.plane(b), dst.h, dst.w,
+                                  min(channels, (j0 + nblocks) * b) - j0 * b, dst.plane(b))
+                wa = ctx.blob.add(layout.pack_conv_weights(one_hot(j0, nblocks, ns), b))
+                # bias 0, multiplier 2**30 with shift 1: MultiplyByQuantizedMultiplier is the identity
+                # every block's parameters are the same: block 0's serve a one-block call
+                insns += emit.conv2d(ctx.config, [acts[n] for n in ns], view, weights=wa, params=pa, kh=1,
+                                     kw=1, stride=1,
+                                     pads=(0, 0, 0, 0), pad_value=0, zero_point=0, layer_id=layer_id,
+                                     first=first and not insns,
+                                     name=f"op {op.index} CONCATENATION inputs {[k for k, *_ in run]}")
             return insns, 0
         name = f"{short_name(self.t(out).name)}[{run[0][0]}:{run[-1][0] + 1}]"
-        return self._layer(op, "GATHER", srcs, build, name=name, writes=[out])
+        return self._layer(op, "GATHER", [t for t, *_ in parts], build, name=name, writes=[out])
 
     def _relayout(self, op: Op) -> Layer:
         """A RESHAPE that moves elements between pixels and channels ([1, 2, 1, 1] -> [1, 1, 1, 2]):

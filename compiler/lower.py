@@ -283,16 +283,19 @@ class _Lowering(LayerBuilders):
                 raise fail(self.g, op, f"input {t.name!r} is {ih}x{iw}, the output {h}x{w}")
             entries.append((k, i, offset, ic))
             offset += ic
-        # An input that starts on a channel block and fills whole blocks (or is the last) is written in
-        # place (or copied when it cannot be); each run of the others covers whole blocks of the output
-        # and is gathered by one one-hot 1x1 convolution that moves channels across lanes.
+        # An input that starts on a channel block is written in place (or copied when it cannot be);
+        # the inputs after one that ends inside a block form a run, from that block on, which one-hot
+        # 1x1 convolutions gather (they move channels across lanes); the run's first entry is then
+        # that input's last, partial block (its "head"), whose lanes the gather writes back unchanged.
         run: list[tuple[int, int, int, int]] = []
         for n, (k, i, offset, ic) in enumerate(entries):
-            if offset % self.b == 0 and (ic % self.b == 0 or n == len(entries) - 1):
+            if offset % self.b == 0:
                 if run:
                     self.layers.append(self._gather_layer(op, run))
                     run = []
                 self._place_in_concat(op, k, i, offset)
+                if ic % self.b and n < len(entries) - 1:
+                    run.append((k, i, offset, ic))
             else:
                 run.append((k, i, offset, ic))
         if run:
