@@ -21,6 +21,7 @@ from softnpu.compiler.tiling import (
     _emit_fused,
     _finish_layer,
     _halves,
+    _input_band,
     _input_rows,
     _input_span,
     _pair,
@@ -36,7 +37,8 @@ from softnpu.hdl.isa import Add, Buffer, Conv, ConvMode, Insn, Load, Mul, Narrow
 
 __all__ = ["Activation", "LoweringError", "ConvPlan", "plan_conv", "conv2d", "pool2d", "mean", "elementwise",
            "layer_marker", "coalesce", "TapGroup", "tap_groups"]
-_ = (_plan_conv,)     # re-exported: the planner's memo (benchmarks clear it)
+# re-exported: the planner's memo (benchmarks clear it) and the skeleton other emitters build on
+_ = (_plan_conv, _input_rows)
 
 
 def _window_counts(size: int, out: int, k: int, stride: int, pad_before: int) -> list[int]:
@@ -101,7 +103,7 @@ def pool2d(config: NPUConfig, x: Activation, y: Activation, *, mode: ConvMode, k
         ncb, nrows, ncols = min(cb_t, nb - cb0), min(th, y.h - oh0), min(tw, y.w - ow0)
         o = len(tiles)
         inp_base, acc_base, out_base = ((o % 2) * half[k] for k in ("inp", "acc", "out"))
-        first_row, nin, ptop, pbot, skip = _input_rows(x, oh0, nrows, sh, kh, pads[0])
+        first_row, nin, ptop, pbot, skip = _input_band(x, oh0, nrows, sh, kh, pads[0])
         if tw < y.w:
             first_col, in_cols, pleft, pright, skip_col = _input_span(x.w, ow0, ncols, sw, kw, pads[2])
         else:

@@ -17,7 +17,7 @@ from softnpu.compiler.tiling import (
     _emit,
     _finish_layer,
     _halves,
-    _input_rows,
+    _input_band,
     _input_span,
     _pair,
     _Step,
@@ -284,7 +284,7 @@ def _conv_tiles(config: NPUConfig, parts, y: Activation, plan: ConvPlan, *, weig
             if skip_rows:       # 1x1 kernel, vertical stride: load only the rows it reads
                 first_row, nin, ptop, pbot, skip, stride_h = oh0 * sh, nrows, 0, 0, 0, 1
             else:
-                first_row, nin, ptop, pbot, skip = _input_rows(x, oh0, nrows, sh, ekh, pads[0])
+                first_row, nin, ptop, pbot, skip = _input_band(x, oh0, nrows, sh, ekh, pads[0])
                 stride_h = sh
             inp_base = 0 if plan.input_resident else (step_index % 2) * half["inp"]
             p = ptop + nin + pbot

@@ -84,13 +84,10 @@ def same_layout(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
 
 def device_dims(t: Tensor) -> tuple[int, int, int] | None:
     """(H, W, C) of the blocked layout a tensor has on the device: NHWC with batch 1 -> (H, W, C),
-    a rank-3 [A, B, C] -> (1, A*B, C) (laid out as the host's A x B x C: same pixels, same order),
     a vector ([1, N], [N], [1, 1, 1, N]) -> (1, 1, N); None if it has no device layout."""
     shape = tuple(int(d) for d in t.shape)
     if len(shape) == 4 and shape[0] == 1:
         return shape[1], shape[2], shape[3]
-    if len(shape) == 3:
-        return 1, shape[0] * shape[1], shape[2]
     if shape and int(np.prod(shape[:-1], dtype=np.int64)) == 1:
         return 1, 1, shape[-1]
     return None

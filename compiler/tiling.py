@@ -161,10 +161,18 @@ def _store_rows(config, y: Activation, sram: int, cb0: int, nblocks: int, r0: in
 
 
 def _input_rows(x: Activation, oh0: int, th: int, stride: int, kh: int, pad_top: int):
-    """DRAM rows [first, first+count) feeding output rows [oh0, oh0+th), the pads they need, and
-    the loaded rows before the band's first (`kh` is the kernel's extent in input rows:
-    (kh - 1) * dilation + 1).  A band wholly inside the padding (an explicit PAD wider than the
-    kernel) still loads one real row, which no tap reads: one row more than the band."""
+    """DRAM rows [first, first+count) feeding output rows [oh0, oh0+th), and the pads they need.
+    (count is 0 for a band wholly inside the padding: emitters that may meet one use _input_band.)"""
+    lo = oh0 * stride - pad_top
+    hi = (oh0 + th - 1) * stride - pad_top + kh - 1
+    first, last = max(lo, 0), min(hi, x.h - 1)
+    return first, last - first + 1, first - lo, hi - last
+
+
+def _input_band(x: Activation, oh0: int, th: int, stride: int, kh: int, pad_top: int):
+    """_input_rows plus the loaded rows before the band's first (`kh` is the kernel's extent in
+    input rows: (kh - 1) * dilation + 1).  A band wholly inside the padding (an explicit PAD wider
+    than the kernel) still loads one real row, which no tap reads: one row more than the band."""
     return _input_span(x.h, oh0, th, stride, kh, pad_top)
 
 
@@ -181,7 +189,7 @@ def _input_span(size: int, o0: int, n: int, stride: int, k: int, pad_before: int
 
 
 def _band_rows(th: int, stride: int, kh: int, pads) -> int:
-    """Rows of the input scratchpad a band for `th` output rows may take (see _input_rows)."""
+    """Rows of the input scratchpad a band for `th` output rows may take (see _input_band)."""
     return (th - 1) * stride + kh + (1 if max(pads[0], pads[1]) >= kh else 0)
 
 
