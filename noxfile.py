@@ -1,4 +1,5 @@
-"""Every softnpu workflow: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s bench_iss`."""
+"""Every softnpu workflow: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s bench_iss`,
+`nox -s fuzz_models`."""
 
 import nox
 
@@ -138,3 +139,13 @@ def bench_depthwise(session):
     utilization per layer, and the whole network's cycles and utilization next to ResNet-50's."""
     _install(session)
     session.run("python", "-m", "softnpu.host.bench_depthwise", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz_models(session):
+    """Seeded random Keras CNNs (tests/compiler/random_models.py) converted to int8, compiled for
+    `tiny` and checked bit-exact on the ISS against the interpreter: `-- N` seeds (default 200;
+    `--first S`, `--config NAME` too).  A failing seed is printed and its .tflite saved in
+    build/fuzz_models/."""
+    _install(session)
+    session.run("python", "-m", "tests.compiler.random_models", *(session.posargs or ["200"]))

@@ -50,10 +50,14 @@ class Estimate:
 
     def layer_cycles(self) -> dict[int, int]:
         """Cycles from each marker to the next (the first one: from the start; the last one: to the
-        end), by marker id; they add up to `cycles`."""
+        end), by marker id, summed over the markers a layer repeats (a relayout's per-pixel programs);
+        they add up to `cycles`."""
         starts = [0] + [t for _, t in self.markers[1:]]
         ends = starts[1:] + [self.cycles]
-        return {mid: end - t for (mid, _), t, end in zip(self.markers, starts, ends, strict=True)}
+        cycles: dict[int, int] = {}
+        for (mid, _), t, end in zip(self.markers, starts, ends, strict=True):
+            cycles[mid] = cycles.get(mid, 0) + end - t
+        return cycles
 
 
 def estimate(config: NPUConfig, program: list[Insn], spans: bool = False) -> Estimate:

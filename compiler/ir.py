@@ -24,12 +24,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NPU_OPS", "HOST_OPS", "SUPPORTED_OPS", "UnsupportedOp", "Tensor", "Op", "Graph"]
+__all__ = ["NPU_OPS", "HOST_OPS", "RELU_BOUNDS", "SUPPORTED_OPS", "UnsupportedOp", "Tensor", "Op", "Graph"]
 
 NPU_OPS = frozenset({
     "CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN",
-    "CONCATENATION", "RESHAPE", "DEPTHWISE_CONV_2D",
+    "CONCATENATION", "RESHAPE", "DEPTHWISE_CONV_2D", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
+    "MINIMUM", "MAXIMUM",
 })
+# standalone activations: TFLite's ReluX kernel, a requantization with a clamp (real bounds)
+RELU_BOUNDS = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0),
+               "RELU_0_TO_1": (0.0, 1.0)}
 HOST_OPS = frozenset({"SOFTMAX", "QUANTIZE", "DEQUANTIZE", "L2_NORMALIZATION"})
 SUPPORTED_OPS = NPU_OPS | HOST_OPS
 
@@ -37,9 +41,14 @@ SUPPORTED_OPS = NPU_OPS | HOST_OPS
 class UnsupportedOp(ValueError):
     """The model uses an op (or an op variant) the compiler cannot map."""
 
-    def __init__(self, kind: str, output: str, reason: str):
-        super().__init__(f"unsupported op {kind} (output tensor {output!r}): {reason}")
+    def __init__(self, kind: str, output: str, reason: str, index: int | None = None,
+                 inputs: tuple[str, ...] = ()):
+        where = f"op {index}, " if index is not None else ""
+        reads = f", reading {', '.join(repr(n) for n in inputs)}" if inputs else ""
+        super().__init__(f"unsupported op {kind} ({where}output tensor {output!r}{reads}): {reason}")
+        self.inputs = tuple(inputs)
         self.kind = kind
+        self.index = index
         self.output = output
         self.reason = reason
 

@@ -6,13 +6,16 @@
 that packs its constants into the weights blob and emits its instructions once addresses are known.
 
 Weight transforms done here at compile time: the input zero point folded into the bias,
-FULLY_CONNECTED weights permuted to read a flattened blocked tensor in place, and the
-space-to-depth rewrite of stride-2 convolutions with few input channels.
+FULLY_CONNECTED weights permuted to read a flattened blocked tensor in place, the space-to-depth
+rewrite of stride-2 convolutions with few input channels, and the one-hot weights of the layers
+that move channels across lanes (GATHER for concatenations at unaligned offsets, RELAYOUT for
+RESHAPEs between pixels and channels).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable
 
@@ -28,6 +31,9 @@ from softnpu.hdl.isa import Add, ConvMode, Insn, Mul, Rounding
 
 __all__ = ["Layer", "Context", "LayerBuilders", "fail", "short_name", "flatten_weights",
            "space_to_depth_weights", "fold_bias"]
+
+
+MAX_RELAYOUT_PIXELS = 4096     # output pixels of a RESHAPE relayout (one small program each)
 
 
 def fail(graph: Graph, op: Op, reason: str) -> LoweringError:
@@ -89,8 +95,9 @@ class LayerBuilders:
         p = op.params
         w = self.t(op.inputs[1]).data
         sh, sw = op.options["stride"]
-        if sh != sw:
-            raise fail(self.g, op, f"strides {sh}x{sw}: the NPU's loops take one stride for both axes")
+        dilation = tuple(op.options.get("dilation", (1, 1)))
+        if max(sh, sw) > 15:
+            raise fail(self.g, op, f"strides {sh}x{sw}: a CONV takes strides up to 15")
         if p.get("weight_offset", 0):
             raise fail(self.g, op, "asymmetric (non-zero zero point) weights")
         zp_in = -int(p["input_offset"])
@@ -100,20 +107,21 @@ class LayerBuilders:
         macs = int(oh * ow * w.size)
         layers = []
         lanes = -(-cin // self.b)
-        if sh == 2 and min(kh, kw) >= 2 and 2 * -(-4 * cin // self.b) <= 4 * lanes:
+        if sh == sw == 2 and dilation == (1, 1) and min(kh, kw) >= 2 \
+                and 2 * -(-4 * cin // self.b) <= 4 * lanes:
             rewritten = self._space_to_depth(op, x, pads, zp_in)
             if rewritten is not None:   # the conv becomes a stride-1 conv on the rearranged input
                 layer, x = rewritten
                 layers.append(layer)
-                w, pads, sh = space_to_depth_weights(w), (0, 0, 0, 0), 1
+                w, pads, sh, sw = space_to_depth_weights(w), (0, 0, 0, 0), 1, 1
                 o, kh, kw, cin = w.shape
 
         def build(ctx: Context, layer_id: int, first: bool):
             b = ctx.config.cols
-            wa = ctx.blob.add(layout.pack_conv_weights(w, b))
+            wa = ctx.blob.add(layout.pack_conv_weights(w, b, emit.tap_groups(kh, kw, dilation)))
             pa = ctx.blob.add(layout.pack_requant_params(bias, p["multiplier"], p["shift"], b))
             insns = emit.conv2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa,
-                                kh=kh, kw=kw, stride=sh, pads=pads, pad_value=zp_in,
+                                kh=kh, kw=kw, stride=(sh, sw), dilation=dilation, pads=pads, pad_value=zp_in,
                                 zero_point=p["output_zero_point"],
                                 act_min=p["act_min"], act_max=p["act_max"], rounding=Rounding.FIXED,
                                 layer_id=layer_id, first=first, name=f"op {op.index} CONV_2D")
@@ -202,23 +210,22 @@ class LayerBuilders:
         p = op.params
         kh, kw = op.options["filter"]
         sh, sw = op.options["stride"]
-        if sh != sw:
-            raise fail(self.g, op, f"strides {sh}x{sw}: the NPU's loops take one stride for both axes")
+        if max(sh, sw) > 15:
+            raise fail(self.g, op, f"strides {sh}x{sw}: a pooling CONV takes strides up to 15")
         own = tuple(p["pad"])
         if op.kind == "MAX_POOL_2D":
             mode, divisor = ConvMode.MAX, 1
             pad_value = -128 if any(own) else (folded_value if folded_value is not None else -128)
+        elif any(own):
+            # TFLite divides each window by its count of in-bounds elements: pad with 0, count per output
+            mode, divisor, pad_value = ConvMode.SUM, None, 0
         else:
-            if any(own):
-                raise fail(self.g, op, f"AVERAGE_POOL_2D with SAME padding {own}: edge windows average "
-                                        "a varying count of elements, the NPU divides by a constant (use "
-                                        "VALID)")
             mode, divisor = ConvMode.SUM, kh * kw
             pad_value = folded_value if folded_value is not None else 0
 
         def build(ctx: Context, layer_id: int, first: bool):
             insns = emit.pool2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), mode=mode, kh=kh, kw=kw,
-                                stride=sh, pads=pads, pad_value=pad_value, divisor=divisor,
+                                stride=(sh, sw), pads=pads, pad_value=pad_value, divisor=divisor,
                                 act_min=p["act_min"], act_max=p["act_max"], layer_id=layer_id, first=first,
                                 name=f"op {op.index} {op.kind}")
             return insns, 0
@@ -226,9 +233,12 @@ class LayerBuilders:
 
     def _mean(self, op: Op) -> Layer:
         x = self.operand(op, op.inputs[0])
-        if len(self.t(x).shape) != 4 or list(op.options["axes"]) != [1, 2]:
-            raise fail(self.g, op, f"MEAN over axes {op.options['axes']} of shape {list(self.t(x).shape)}; "
-                                    "the NPU reduces H and W of NHWC")
+        shape, axes = list(self.t(x).shape), set(op.options["axes"])
+        # the NPU averages every pixel of a channel: every axis but the last that has more than one
+        # element must be reduced, the last (channels) must not
+        if len(shape) - 1 in axes or any(n > 1 and a not in axes for a, n in enumerate(shape[:-1])):
+            raise fail(self.g, op, f"MEAN over axes {sorted(axes)} of shape {shape}; the NPU averages all "
+                                    "pixels per channel (H and W of NHWC, or every axis but the last)")
         p = op.params
 
         def build(ctx: Context, layer_id: int, first: bool):
@@ -293,6 +303,37 @@ class LayerBuilders:
             return insns, 0
         return self._layer(op, op.kind, reads, build)
 
+    def _relu(self, op: Op) -> Layer:
+        """RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1 (TFLite's ReluX): MUL by a constant 1 per channel is
+        exactly clamp(MBQM(x - zp_in, M, shift) + zp_out), the kernel's arithmetic."""
+        x = self.operand(op, op.inputs[0])
+        p = op.params
+        c = self.dims(x, op)[2]
+        params = [-p["input_zero_point"], 0, p["multiplier"], p["shift"]]     # Mul.PARAMS order
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            pa = ctx.blob.add(layout.pack_lane_params(params, b))
+            ones = ctx.blob.add(np.ones(-(-c // b) * b, np.int32))
+            insns = emit.elementwise(ctx.config, Mul, ctx.act(x), ctx.act(op.outputs[0]), params=pa,
+                                     b_const=ones, zero_point=p["output_zero_point"], act_min=p["act_min"],
+                                     act_max=p["act_max"], layer_id=layer_id, first=first,
+                                     name=f"op {op.index} {op.kind}")
+            return insns, 0
+        return self._layer(op, op.kind, [x], build)
+
+    def _clamp(self, op: Op) -> Layer:
+        """MINIMUM/MAXIMUM with a scalar constant: the raw values clamped (an identity max-pool)."""
+        x = self.operand(op, op.params["input"])
+        p = op.params
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            return emit.pool2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), mode=ConvMode.MAX, kh=1, kw=1,
+                               stride=1, pads=(0, 0, 0, 0), pad_value=0, divisor=1, act_min=p["act_min"],
+                               act_max=p["act_max"], layer_id=layer_id, first=first,
+                               name=f"op {op.index} {op.kind}"), 0
+        return self._layer(op, op.kind, [x], build)
+
     def _identity(self, ctx, src, dst: Activation, pads, pad_value, layer_id, first, name):
         return emit.pool2d(ctx.config, src, dst, mode=ConvMode.MAX, kh=1, kw=1, stride=1, pads=pads,
                            pad_value=pad_value, divisor=1, layer_id=layer_id, first=first, name=name)
@@ -303,10 +344,34 @@ class LayerBuilders:
         if max(pads) > 15:
             raise fail(self.g, op, f"padding {pads} exceeds the load unit's 15 entries")
         value = int(op.params["pad_value"])
+        before, after = self._channel_pads(op)
+        if before or after:
+            return self._channel_pad_layer(op, x, pads, value, before, after)
 
         def build(ctx: Context, layer_id: int, first: bool):
             return self._identity(ctx, ctx.act(x), ctx.act(op.outputs[0]), pads, value, layer_id, first,
                                   f"op {op.index} PAD"), 0
+        return self._layer(op, "PAD", [x], build)
+
+    def _channel_pad_layer(self, op: Op, x: int, pads, value: int, before: int, after: int) -> Layer:
+        """A PAD of channels (and pixels): a 1x1 convolution whose one-hot weights move channel c to
+        before + c and whose bias is the pad value on the new channels (identity requantization);
+        padded pixels load the pad value in every lane, which the one-hot weights copy."""
+        c = self.dims(x, op)[2]
+        c2 = before + c + after
+        one_hot = np.zeros((c2, 1, 1, c), np.int8)
+        one_hot[before + np.arange(c), 0, 0, np.arange(c)] = 1
+        bias = np.full(c2, value, np.int64)
+        bias[before:before + c] = 0
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            wa = ctx.blob.add(layout.pack_conv_weights(one_hot, b))
+            pa = ctx.blob.add(layout.pack_requant_params(bias, 1 << 30, 1, b))
+            insns = emit.conv2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa, kh=1,
+                                kw=1, stride=1, pads=pads, pad_value=value, zero_point=0, layer_id=layer_id,
+                                first=first, name=f"op {op.index} PAD (channels)")
+            return insns, 0
         return self._layer(op, "PAD", [x], build)
 
     def _copy_layer(self, op: Op, i: int, k: int, block: int) -> Layer:
@@ -320,6 +385,101 @@ class LayerBuilders:
                                   f"op {op.index} CONCATENATION input {k}"), 0
         name = f"{short_name(self.t(out).name)}[{k}]"
         return self._layer(op, "COPY", [src], build, name=name, writes=[out])
+
+    def _gather_layer(self, op: Op, run: list[tuple[int, int, int, int]]) -> Layer:
+        """Concatenation inputs `run` ((k, tensor, channel offset, channels)) written to their channels
+        of the output by 1x1 convolutions with one-hot weights and the identity requantization (an
+        exact copy across lanes).  A first input that starts on a channel block is the run's head: it
+        is in place already and only its last, partial block is read (its lanes written back as they
+        are).  One convolution per output block, each over the inputs it needs, when that saves more
+        than half the MACs of one convolution over all of them."""
+        out, b = op.outputs[0], self.b
+        head = run[0][2] % b == 0
+        # the run's parts: (tensor, first block read, channels read)
+        parts = [(self.operand(op, i), ic // b, ic % b) if head and n == 0 else (self.operand(op, i), 0, ic)
+                 for n, (_, i, _, ic) in enumerate(run)]
+        first_block = (run[0][2] + (run[0][3] // b * b if head else 0)) // b
+        channels = sum(c for *_, c in parts)
+        starts = list(itertools.accumulate((c for *_, c in parts), initial=0))   # run channel of part n
+        out_blocks, in_blocks = -(-channels // b), sum(-(-c // b) for *_, c in parts)
+        # the parts (a contiguous range) each output block needs
+        needs = [[n for n in range(len(parts)) if starts[n] < (j + 1) * b and starts[n + 1] > j * b]
+                 for j in range(out_blocks)]
+        split = out_blocks > 1 and 2 * sum(sum(-(-parts[n][2] // b) for n in ns) for ns in needs) \
+            < out_blocks * in_blocks
+        calls = [(j, 1, needs[j]) for j in range(out_blocks)] if split else \
+            [(0, out_blocks, list(range(len(parts))))]
+
+        def one_hot(j0: int, nblocks: int, ns: list[int]) -> np.ndarray:
+            lo, hi = j0 * b, min(channels, (j0 + nblocks) * b)
+            w = np.zeros((hi - lo, 1, 1, sum(-(-parts[n][2] // b) for n in ns) * b), np.int8)
+            col = 0
+            for n in ns:
+                ch = np.arange(parts[n][2])
+                rows = starts[n] + ch - lo
+                keep = (rows >= 0) & (rows < hi - lo)
+                w[rows[keep], 0, 0, col + ch[keep]] = 1
+                col += -(-parts[n][2] // b) * b
+            return w
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            dst = ctx.act(out)
+            acts = []
+            for t, block, c in parts:
+                a = ctx.act(t)
+                acts.append(Activation(a.addr + block * a.plane(b), a.h, a.w, c, a.plane(b)))
+            pa = ctx.blob.add(layout.pack_requant_params(np.zeros(channels, np.int64), 1 << 30, 1, b))
+            insns = []
+            for j0, nblocks, ns in calls:
+                view = Activation(dst.addr + (first_block + j0) * dst.plane(b), dst.h, dst.w,
+                                  min(channels, (j0 + nblocks) * b) - j0 * b, dst.plane(b))
+                wa = ctx.blob.add(layout.pack_conv_weights(one_hot(j0, nblocks, ns), b))
+                # bias 0, multiplier 2**30 with shift 1: MultiplyByQuantizedMultiplier is the identity
+                # every block's parameters are the same: block 0's serve a one-block call
+                insns += emit.conv2d(ctx.config, [acts[n] for n in ns], view, weights=wa, params=pa, kh=1,
+                                     kw=1, stride=1,
+                                     pads=(0, 0, 0, 0), pad_value=0, zero_point=0, layer_id=layer_id,
+                                     first=first and not insns,
+                                     name=f"op {op.index} CONCATENATION inputs {[k for k, *_ in run]}")
+            return insns, 0
+        name = f"{short_name(self.t(out).name)}[{run[0][0]}:{run[-1][0] + 1}]"
+        return self._layer(op, "GATHER", [t for t, *_ in parts], build, name=name, writes=[out])
+
+    def _relayout(self, op: Op) -> Layer:
+        """A RESHAPE that moves elements between pixels and channels ([1, 2, 1, 1] -> [1, 1, 1, 2]):
+        for each output pixel, the input pixels holding its elements (in TFLite's row-major order)
+        are gathered by a 1x1 one-hot convolution over single-pixel views."""
+        x, out = self.resolve(op.inputs[0]), op.outputs[0]
+        (h, w, c), (h2, w2, c2) = self.dims(x, op), self.dims(out, op)
+        if h2 * w2 > MAX_RELAYOUT_PIXELS:
+            raise fail(self.g, op, f"RESHAPE {[h, w, c]} -> {[h2, w2, c2]} moves elements between pixels "
+                                    f"and channels; the NPU relayouts at most {MAX_RELAYOUT_PIXELS} output "
+                                    f"pixels (this one has {h2 * w2})")
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            xa, ya = ctx.act(x), ctx.act(out)
+            cb = -(-c // b)
+            pa = ctx.blob.add(layout.pack_requant_params(np.zeros(c2, np.int64), 1 << 30, 1, b))
+            weights: dict[tuple[int, int], int] = {}
+            insns = []
+            for pixel in range(h2 * w2):
+                lo = pixel * c2
+                p0, p1 = lo // c, (lo + c2 - 1) // c
+                key = (lo - p0 * c, p1 - p0 + 1)        # the one-hot matrix depends on these only
+                if key not in weights:
+                    e = key[0] + np.arange(c2)
+                    one_hot = np.zeros((c2, 1, 1, key[1] * cb * b), np.int8)
+                    one_hot[np.arange(c2), 0, 0, (e // c) * cb * b + e % c] = 1
+                    weights[key] = ctx.blob.add(layout.pack_conv_weights(one_hot, b))
+                parts = [Activation(xa.addr + q * b, 1, 1, c, xa.plane(b)) for q in range(p0, p1 + 1)]
+                view = Activation(ya.addr + pixel * b, 1, 1, c2, ya.plane(b))
+                insns += emit.conv2d(ctx.config, parts, view, weights=weights[key], params=pa, kh=1, kw=1,
+                                     stride=1, pads=(0, 0, 0, 0), pad_value=0, zero_point=0,
+                                     layer_id=layer_id, first=first and pixel == 0,
+                                     name=f"op {op.index} RESHAPE pixel {pixel}")
+            return insns, 0
+        return self._layer(op, "RELAYOUT", [x], build)
 
     # -- memory -----------------------------------------------------------------------------
 

@@ -29,8 +29,14 @@ def from_blocked(x: np.ndarray, c: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 2, 0, 3).reshape(h, w, cb * b)[:, :, :c])
 
 
-def pack_conv_weights(w_ohwi: np.ndarray, b: int) -> np.ndarray:
-    """TFLite filters [O, KH, KW, I] -> weight entries [O/b][I/b][KH][KW][b_out][b_in] int8."""
+def pack_conv_weights(w_ohwi: np.ndarray, b: int, groups=None) -> np.ndarray:
+    """TFLite filters [O, KH, KW, I] -> weight entries [O/b][I/b][KH][KW][b_out][b_in] int8.
+
+    With `groups` (emit.tap_groups of a kernel too large for one CONV, or dilated), one such array
+    per tap group (the group's rows and columns of the kernel), flattened one after the other."""
+    if groups is not None and len(groups) > 1:
+        return np.concatenate([pack_conv_weights(w_ohwi[:, g.i0:g.i0 + g.kh, g.j0:g.j0 + g.kw, :], b)
+                               .reshape(-1) for g in groups])
     o, kh, kw, i = w_ohwi.shape
     ob, ib = -(-o // b), -(-i // b)
     padded = np.zeros((ob * b, kh, kw, ib * b), np.int8)

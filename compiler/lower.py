@@ -12,12 +12,18 @@ of compiler/emit.py:
 * PAD folded into its consumers' load padding (pad value = the PAD's zero point) when every
   consumer is a convolution or a pooling layer that can take it; otherwise materialised as a
   1x1 identity max-pool with padding;
-* MAX_POOL_2D (SAME pads with -128), AVERAGE_POOL_2D (constant window count only), MEAN, ADD and
-  MUL (activation + activation, or activation and a per-channel constant);
-* CONCATENATION and RESHAPE cost nothing: a concatenation's inputs are written into channel slices
+* CONV_2D with any stride pair, dilation and kernel size (tap groups, compiler/tiling.py);
+* MAX_POOL_2D (SAME pads with -128), AVERAGE_POOL_2D (SAME: a divisor per rectangle of equal window
+  counts), MEAN, ADD and MUL (activation + activation, or activation and a per-channel constant);
+* standalone RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1 (a MUL by one: TFLite's ReluX) and MINIMUM/MAXIMUM
+  with a scalar constant (a clamp);
+* CONCATENATION and most RESHAPEs cost nothing: a concatenation's inputs are written into channel slices
   of one buffer (chained concatenations, as in DenseNet's dense blocks, share one buffer), and an
   input that cannot be written in place (a graph input, a tensor already placed in another
-  concatenation) is copied by an identity max-pool; a RESHAPE aliases its input.
+  concatenation) is copied by an identity max-pool; inputs at channel offsets that are not on a
+  channel block are gathered by a one-hot 1x1 convolution; a RESHAPE aliases its input unless it
+  moves elements between pixels and channels for a reader other than FULLY_CONNECTED (then a
+  relayout layer: a one-hot gather per output pixel).
 
 The per-op layers are built in compiler/layers.py.  Activations get DRAM by liveness
 (compiler/plan_memory.py); every layer starts with a MARKER whose id indexes ``Lowered.layers``;
@@ -51,7 +57,7 @@ from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import ConvMode, Insn
 from softnpu.hdl.timing import dram_bytes
 
-__all__ = ["Lowered", "LoweringError", "lower", "device_dims", "short_name", "flatten_weights",
+__all__ = ["Lowered", "LoweringError", "lower", "device_dims", "same_layout", "short_name", "flatten_weights",
            "space_to_depth_weights"]
 
 _WINDOW_OPS = ("CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "DEPTHWISE_CONV_2D")
@@ -69,6 +75,12 @@ class Lowered:
     preprocess: dict
     postprocess: list[dict]
     estimate: Estimate
+
+
+def same_layout(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Whether two (H, W, C) views of a tensor lie identically in the blocked layout: the same
+    channels and pixel count (pixels are row-major inside a channel block)."""
+    return a[2] == b[2] and a[0] * a[1] == b[0] * b[1]
 
 
 def device_dims(t: Tensor) -> tuple[int, int, int] | None:
@@ -164,13 +176,14 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
         return d
 
     def operand(self, op: Op, i: int) -> int:
-        """The tensor an op reads for input i, its device layout checked against the op's view."""
+        """The tensor an op reads for input i (a RESHAPE alias is read through, in the reader's
+        shape), its device layout checked against the op's view."""
         src = self.resolve(i)
-        if self.dims(src, op) != self.dims(i, op):
+        if not same_layout(self.dims(src, op), self.dims(i, op)):
             raise fail(self.g, op, f"input {self.t(i).name!r} is a RESHAPE of {self.t(src).name!r} "
                                     f"{list(self.t(src).shape)} that changes its memory layout; only "
                                     "FULLY_CONNECTED can read a flattened tensor in place")
-        return src
+        return i
 
     def root(self, i: int) -> int:
         i = self.resolve(i)
@@ -179,18 +192,22 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
         return i
 
     def activation(self, i: int, base: dict[int, int]) -> Activation:
-        i = self.resolve(i)
-        h, w, c = self.dims(i)
-        if i in self.parent:
-            p, block = self.parent[i]
+        """Tensor i in device memory, in its own shape when it is a RESHAPE alias of the same layout."""
+        src = self.resolve(i)
+        h, w, c = self.dims(src)
+        view = device_dims(self.t(i))
+        if view is not None and same_layout(view, (h, w, c)):
+            h, w, c = view
+        if src in self.parent:
+            p, block = self.parent[src]
             pa = self.activation(p, base)
             return Activation(pa.addr + block * pa.plane(self.b), h, w, c, pa.plane(self.b))
-        return Activation(base[i], h, w, c)
+        return Activation(base[src], h, w, c)
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self):
         for op in self.npu:
-            if op.kind == "RESHAPE":
+            if op.kind == "RESHAPE" and self._reshape_in_place(op):
                 self.canon[op.outputs[0]] = op.inputs[0]
         for op in self.npu:
             if op.kind == "PAD":
@@ -201,14 +218,33 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
         for op in self.npu:
             self._plan_op(op)
 
+    def _reshape_in_place(self, op: Op) -> bool:
+        """A RESHAPE aliases its input when the blocked layouts agree (same channels and pixel count:
+        pixels lie in row-major order), or when only FULLY_CONNECTED layers read it (they read a
+        flattened tensor in place); otherwise it is a relayout layer."""
+        src, out = self.resolve(op.inputs[0]), op.outputs[0]
+        if same_layout(self.dims(src, op), self.dims(out, op)):
+            return True
+        users = self.g.consumers(out)
+        return bool(users) and out not in self.npu_outputs and \
+            all(u.kind == "FULLY_CONNECTED" and u.inputs.index(out) == 0 for u in users)
+
     def _pad_amounts(self, op: Op) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of a PAD of an NHWC tensor (channel padding: _channel_pads)."""
         pads = np.asarray(op.params["paddings"]).reshape(-1, 2)
-        if len(pads) != 4 or pads[0].any() or pads[3].any():
-            raise fail(self.g, op, f"paddings {pads.tolist()}: only spatial padding of NHWC runs on the NPU")
+        if len(pads) != 4 or pads[0].any():
+            raise fail(self.g, op, f"paddings {pads.tolist()}: the NPU pads H, W and C of a batch-1 NHWC "
+                                    "tensor")
         return int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1])
+
+    def _channel_pads(self, op: Op) -> tuple[int, int]:
+        pads = np.asarray(op.params["paddings"]).reshape(-1, 2)
+        return int(pads[3, 0]), int(pads[3, 1])
 
     def _plan_pad(self, op: Op):
         extra = self._pad_amounts(op)
+        if any(self._channel_pads(op)):
+            return                      # a layer of its own (layers._pad_layer)
         value = int(op.params["pad_value"])
         out = op.outputs[0]
         users = self.g.consumers(out)
@@ -235,7 +271,7 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
         if op.options["axis"] != rank - 1:
             raise fail(self.g, op, f"concatenation along axis {op.options['axis']} of a rank-{rank} tensor; "
                                     "the NPU concatenates channels (the last axis) only")
-        offset = 0
+        entries, offset = [], 0
         for k, i in enumerate(op.inputs):
             t = self.t(i)
             if t.is_const:
@@ -243,24 +279,44 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
             ih, iw, ic = self.dims(i, op)
             if (ih, iw) != (h, w):
                 raise fail(self.g, op, f"input {t.name!r} is {ih}x{iw}, the output {h}x{w}")
-            if offset % self.b:
-                raise fail(self.g, op, f"input {t.name!r} starts at channel {offset}, not a multiple of the "
-                                        f"array width {self.b}: in-place concatenation needs channel-block-"
-                                        "aligned slices")
-            src = self.resolve(i)
-            producer = self.g.producer(src)
-            aliasable = (src == i and src not in self.parent and src not in self.npu_inputs
-                         and producer is not None and src not in self.npu_outputs)
-            if aliasable:
-                self.parent[src] = (out, offset // self.b)
-            else:
-                self.layers.append(self._copy_layer(op, i, k, offset // self.b))
+            entries.append((k, i, offset, ic))
             offset += ic
+        # An input that starts on a channel block is written in place (or copied when it cannot be);
+        # the inputs after one that ends inside a block form a run, from that block on, which one-hot
+        # 1x1 convolutions gather (they move channels across lanes); the run's first entry is then
+        # that input's last, partial block (its "head"), whose lanes the gather writes back unchanged.
+        run: list[tuple[int, int, int, int]] = []
+        for n, (k, i, offset, ic) in enumerate(entries):
+            if offset % self.b == 0:
+                if run:
+                    self.layers.append(self._gather_layer(op, run))
+                    run = []
+                self._place_in_concat(op, k, i, offset)
+                if ic % self.b and n < len(entries) - 1:
+                    run.append((k, i, offset, ic))
+            else:
+                run.append((k, i, offset, ic))
+        if run:
+            self.layers.append(self._gather_layer(op, run))
+
+    def _place_in_concat(self, op: Op, k: int, i: int, offset: int):
+        out = op.outputs[0]
+        src = self.resolve(i)
+        producer = self.g.producer(src)
+        aliasable = (src == i and src not in self.parent and src not in self.npu_inputs
+                     and producer is not None and src not in self.npu_outputs)
+        if aliasable:
+            self.parent[src] = (out, offset // self.b)
+        else:
+            self.layers.append(self._copy_layer(op, i, k, offset // self.b))
 
     # -- per-op layer plans -------------------------------------------------------------------
     def _plan_op(self, op: Op):
         kind = op.kind
-        if kind in ("RESHAPE", "CONCATENATION"):
+        if kind == "CONCATENATION" or (kind == "RESHAPE" and op.outputs[0] in self.canon):
+            return
+        if kind == "RESHAPE":
+            self.layers.append(self._relayout(op))
             return
         if kind == "PAD":
             if any(self.pad_fold.get(u.index) is op for u in self.g.consumers(op.outputs[0])):
@@ -269,7 +325,9 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
             return
         method = {"CONV_2D": self._conv, "FULLY_CONNECTED": self._fc, "MAX_POOL_2D": self._pool,
                   "AVERAGE_POOL_2D": self._pool, "MEAN": self._mean, "ADD": self._binary,
-                  "MUL": self._binary, "DEPTHWISE_CONV_2D": self._depthwise}.get(kind)
+                  "MUL": self._binary, "DEPTHWISE_CONV_2D": self._depthwise, "RELU": self._relu,
+                  "RELU6": self._relu, "RELU_N1_TO_1": self._relu, "RELU_0_TO_1": self._relu,
+                  "MINIMUM": self._clamp, "MAXIMUM": self._clamp}.get(kind)
         if method is None:
             raise fail(self.g, op, "no NPU lowering for this op")
         layers = method(op)
@@ -338,11 +396,20 @@ def lower(graph: Graph, config: NPUConfig, progress: Callable[[int, int], None] 
     for layer_id, layer in enumerate(lw.layers):
         try:
             insns, macs = layer.build(ctx, layer_id, layer_id == 0)
-        except LoweringError as exc:
+        except LoweringError as exc:    # name the op and its output tensor, once
             msg = str(exc)
-            raise (exc if msg.startswith("op ") else fail(graph, layer.op, msg)) from None
+            if "(output tensor " in msg:
+                raise
+            prefix = f"op {layer.op.index} {layer.op.kind}"
+            msg = msg.split(": ", 1)[1] if msg.startswith(prefix) and ": " in msg else msg
+            raise fail(graph, layer.op, msg) from None
         except ValueError as exc:       # an ISA field out of range: say which layer
             raise fail(graph, layer.op, f"cannot encode: {exc}") from None
+        for insn in insns:              # what the NPU would reject is a compiler bug: never emit it
+            reason = insn.illegal_reason()
+            if reason:
+                raise fail(graph, layer.op, f"layer {layer.name!r} emitted an illegal instruction {insn!r}: "
+                                            f"{reason}")
         spans.append((len(program), len(program) + len(insns)))
         program += insns
         out = lw.g.tensors[layer.writes[0]]
@@ -374,7 +441,7 @@ def lower(graph: Graph, config: NPUConfig, progress: Callable[[int, int], None] 
     def spec(i: int) -> TensorSpec:
         t = graph.tensors[i]
         src = lw.resolve(i)
-        if lw.dims(src) != lw.dims(i):
+        if not same_layout(lw.dims(src), lw.dims(i)):
             raise LoweringError(f"NPU output {t.name!r} is a RESHAPE that changes the memory layout of "
                                 f"{graph.tensors[src].name!r}; the host reads blocked tensors only")
         return TensorSpec(name=t.name, shape=[int(d) for d in t.shape], dtype=t.dtype, scale=t.qscale,

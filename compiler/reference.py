@@ -16,6 +16,8 @@ Bit-exact with the TFLite interpreter's reference kernels on every int8 tensor (
   rejects the model otherwise; so does the import).
 * RESHAPE: reshape.
 * L2_NORMALIZATION (a host op): compiler/l2norm.py, TFLite's integer kernel step by step.
+* RELU, RELU6, RELU_N1_TO_1, RELU_0_TO_1: TFLite's ReluX, ``numerics.requantize`` of ``x - zp_in``
+  with the clamp; MINIMUM/MAXIMUM with a scalar constant: a clamp of the raw values.
 * Host stages in float numpy: SOFTMAX (dequantize, softmax, quantize; not bit-exact with TFLite's
   int8 softmax LUT), DEQUANTIZE, QUANTIZE (float -> int8 as TFLite's AffineQuantize; int8 -> int8
   is an integer requantization, bit-exact).
@@ -100,6 +102,12 @@ def conv2d(x: np.ndarray, w: np.ndarray, op: Op) -> np.ndarray:
     """int8 CONV_2D, x [1, H, W, C], w [O, KH, KW, C] -> [1, OH, OW, O]."""
     p = op.params
     oh, ow = p["output_size"]
+    dh, dw = op.options.get("dilation", (1, 1))
+    if (dh, dw) != (1, 1):      # the dilated kernel as a dense one with zero taps between (exact)
+        shape = (w.shape[0], (w.shape[1] - 1) * dh + 1, (w.shape[2] - 1) * dw + 1, w.shape[3])
+        dense = np.zeros(shape, w.dtype)
+        dense[:, ::dh, ::dw] = w
+        w = dense
     cols = im2col(x[0], (w.shape[1], w.shape[2]), op.options["stride"], p["pad"], -int(p["input_offset"]),
                   (oh, ow))
     out = _matmul_requant(cols, w, p)
@@ -171,6 +179,17 @@ def _k_mean(g: Graph, op: Op, args):
                                p["act_min"], p["act_max"])
 
 
+def _k_relu(g: Graph, op: Op, args):
+    p = op.params
+    return numerics.requantize(args[0].astype(np.int64) - p["input_zero_point"], 0, p["multiplier"],
+                               p["shift"], p["output_zero_point"], p["act_min"], p["act_max"])
+
+
+def _k_min_max(g: Graph, op: Op, args):
+    x = args[0] if op.inputs[0] == op.params["input"] else args[1]
+    return numerics.clamp_int8(x.astype(np.int64), op.params["act_min"], op.params["act_max"])
+
+
 def _k_concat(g: Graph, op: Op, args):
     # The import guarantees equal quantization of inputs and output (as TFLite's int8 kernel does).
     return np.concatenate(args, axis=op.options["axis"])
@@ -210,8 +229,9 @@ def _k_l2norm(g: Graph, op: Op, args):
 KERNELS = {
     "CONV_2D": _k_conv, "FULLY_CONNECTED": _k_fc, "ADD": _k_add, "MUL": _k_mul, "PAD": _k_pad,
     "MAX_POOL_2D": _k_pool, "AVERAGE_POOL_2D": _k_pool, "MEAN": _k_mean, "CONCATENATION": _k_concat,
-    "RESHAPE": _k_reshape, "SOFTMAX": _k_softmax, "QUANTIZE": _k_quantize, "DEQUANTIZE": _k_dequantize,
-    "DEPTHWISE_CONV_2D": depthwise.reference,
+    "RESHAPE": _k_reshape, "RELU": _k_relu, "RELU6": _k_relu, "RELU_N1_TO_1": _k_relu,
+    "RELU_0_TO_1": _k_relu, "MINIMUM": _k_min_max, "MAXIMUM": _k_min_max, "SOFTMAX": _k_softmax,
+    "QUANTIZE": _k_quantize, "DEQUANTIZE": _k_dequantize, "DEPTHWISE_CONV_2D": depthwise.reference,
     "L2_NORMALIZATION": _k_l2norm,
 }
 

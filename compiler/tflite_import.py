@@ -17,6 +17,9 @@ TFLite kernels compute in their Prepare step (``Op.params``):
 * every op with an int8 output: ``act_min``/``act_max`` (CalculateActivationRangeQuantized);
 * PAD: ``paddings`` ([rank, 2]) and ``pad_value`` (the output zero point);
 * QUANTIZE int8 -> int8: ``multiplier``/``shift`` (a requantization);
+* RELU, RELU6, RELU_N1_TO_1, RELU_0_TO_1: ``multiplier``/``shift`` of float32(s_in / s_out), the zero
+  points and the clamp bounds (activations.cc ReluPrepare/QuantizedReluX);
+* MINIMUM/MAXIMUM with a scalar constant: ``input`` (the tensor operand), ``bound`` and the clamp;
 * L2_NORMALIZATION (a host op, compiler/l2norm.py): ``input_zero_point``; the output must be
   quantized with scale 1/128 and zero point 0, as TFLite's Prepare requires.
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softnpu.compiler.ir import SUPPORTED_OPS, Graph, Op, Tensor, UnsupportedOp
+from softnpu.compiler.ir import RELU_BOUNDS, SUPPORTED_OPS, Graph, Op, Tensor, UnsupportedOp
 from softnpu.hdl import numerics
 
 __all__ = ["load_tflite", "drop_host_tail", "op_code_names", "activation_range", "conv_output_size",
@@ -129,7 +132,8 @@ def load_tflite(model: bytes | bytearray | str | Path, name: str = "") -> Graph:
         out_name = tensors[outputs[0]].name if outputs else "?"
         if kind not in SUPPORTED_OPS:
             raise UnsupportedOp(kind, out_name, "the NPU compiler has no lowering for this TFLite op "
-                                f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
+                                f"(supported: {', '.join(sorted(SUPPORTED_OPS))})", index=i,
+                                inputs=_activation_names(inputs, tensors))
         op.options = _options(fop, kind, schema)
         _derive(op, tensors)
         ops.append(op)
@@ -235,7 +239,13 @@ def _options(fop, kind: str, schema) -> dict:
 # ----------------------------------------------------------------------------------------------
 def _fail(op: Op, tensors: list[Tensor], reason: str):
     out = tensors[op.outputs[0]].name if op.outputs else "?"
-    raise UnsupportedOp(op.kind, out, reason)
+    raise UnsupportedOp(op.kind, out, reason, index=op.index, inputs=_activation_names(op.inputs, tensors))
+
+
+def _activation_names(inputs: list[int], tensors: list[Tensor]) -> tuple[str, ...]:
+    """Names of an op's non-constant inputs (they carry the producing layers' names, where a graph
+    output's own name may be only the signature's)."""
+    return tuple(tensors[i].name for i in inputs if i >= 0 and tensors[i].data is None)
 
 
 def _require_int8(op: Op, tensors: list[Tensor], *indices: int) -> None:
@@ -272,6 +282,10 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
         p.update(fn(a.qscale, a.qzero, b.qscale, b.qzero, out.qscale))
         p["output_zero_point"] = out.qzero
         _activation(op, tensors)
+    elif kind in RELU_BOUNDS:
+        _derive_relu(op, tensors)
+    elif kind in ("MINIMUM", "MAXIMUM"):
+        _derive_min_max(op, tensors)
     elif kind == "PAD":
         inp, pads, out = tensors[op.inputs[0]], tensors[op.inputs[1]], tensors[op.outputs[0]]
         _require_int8(op, tensors, inp.index, out.index)
@@ -353,6 +367,41 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
             _fail(op, tensors, f"DEQUANTIZE {inp.dtype} -> {out.dtype}; only int8 -> float32")
 
 
+def _derive_relu(op: Op, tensors: list[Tensor]) -> None:
+    """activations.cc ReluPrepare/QuantizedReluX: out = clamp(zp_out + MBQM(x - zp_in, M, shift)) with
+    M = float(s_in / s_out) (a float32 quotient) and bounds zp_out + roundf(bound / s_out)."""
+    inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
+    _require_int8(op, tensors, inp.index, out.index)
+    lo, hi = RELU_BOUNDS[op.kind]
+    real = float(np.float32(inp.qscale) / np.float32(out.qscale))
+    p = op.params
+    p["multiplier"], p["shift"] = numerics.quantize_multiplier(real)
+    p["input_zero_point"], p["output_zero_point"] = inp.qzero, out.qzero
+
+    def bound(f: float) -> int:
+        return out.qzero + int(_round_half_away(float(np.float32(f) / np.float32(out.qscale))))
+    p["act_min"] = max(-128, bound(lo))
+    p["act_max"] = 127 if hi is None else min(127, bound(hi))
+
+
+def _derive_min_max(op: Op, tensors: list[Tensor]) -> None:
+    """maximum_minimum.cc on int8 compares raw values (no rescaling): with a scalar constant that is a
+    clamp of the raw input; the output takes the raw values whatever its quantization says."""
+    a, b, out = (tensors[i] for i in (*op.inputs[:2], op.outputs[0]))
+    if a.is_const == b.is_const:
+        _fail(op, tensors, "MINIMUM/MAXIMUM runs on the NPU only between a tensor and a scalar constant "
+              "(a clamp)")
+    x, c = (b, a) if a.is_const else (a, b)
+    _require_int8(op, tensors, x.index, c.index, out.index)
+    if c.data.size != 1:
+        _fail(op, tensors, f"constant {c.name!r} of shape {list(c.shape)}: only a scalar bound is supported")
+    if tuple(out.shape) != tuple(x.shape):
+        _fail(op, tensors, f"output {list(out.shape)} broadcasts the input {list(x.shape)}")
+    value = int(np.asarray(c.data).reshape(-1)[0])
+    op.params["input"], op.params["bound"] = x.index, value
+    op.params["act_min"], op.params["act_max"] = (value, 127) if op.kind == "MAXIMUM" else (-128, value)
+
+
 def _spatial(op: Op, inp: Tensor, out: Tensor, kernel: tuple[int, int], tensors) -> None:
     """Padding amounts and output size of a windowed op (conv, pooling), checked against the output."""
     (sh, sw), padding = op.options["stride"], op.options["padding"]
@@ -390,8 +439,6 @@ def _derive_matmul(op: Op, tensors: list[Tensor]) -> None:
     if op.kind == "CONV_2D":
         if len(inp.shape) != 4 or len(w.shape) != 4:
             _fail(op, tensors, f"CONV_2D needs 4-D NHWC input and OHWI weights, got {inp.shape}, {w.shape}")
-        if tuple(op.options["dilation"]) != (1, 1):
-            _fail(op, tensors, f"dilated convolution {op.options['dilation']}")
         if w.shape[3] != inp.shape[3]:
             _fail(op, tensors, f"grouped convolution (input channels {inp.shape[3]}, filter depth "
                   f"{w.shape[3]})")
