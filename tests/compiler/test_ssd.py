@@ -8,7 +8,6 @@ import pytest
 
 from softnpu.compiler import l2norm, ssd
 from softnpu.compiler.host_split import split_host_tail
-from softnpu.compiler.ir import UnsupportedOp
 from softnpu.compiler.tflite_import import load_tflite
 
 
@@ -172,9 +171,6 @@ def test_saved_ssd_file_compiles_to_a_detector(tmp_path):
     assert bundle.manifest.preprocess["resize"] == "stretch"
 
 
-@pytest.mark.xfail(raises=UnsupportedOp, strict=True,
-                   reason="fc6 is a dilated convolution: the import rejects dilation until the lowering "
-                          "supports it (another branch); then this test must pass")
 def test_ssd_vgg16_splits_at_conv4_3_norm_and_its_host_tail_is_bit_exact():
     import dataclasses
 
