@@ -99,9 +99,10 @@ def cmd_serve(args) -> int:
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
     from softnpu.host.models import ModelStore, describe
     from softnpu.host.repository import ModelRepository
-    from softnpu.host.service import Server, load_api_keys
+    from softnpu.host.auth import env_api_keys, load_api_keys
+    from softnpu.host.service import Server
 
-    keys = []
+    keys = env_api_keys()
     if args.api_key:
         keys.append(args.api_key)
     if args.api_keys_file:
@@ -123,7 +124,8 @@ def cmd_serve(args) -> int:
         server = Server(store, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
                         api_keys=keys or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         max_queue=args.max_queue, max_message_mb=args.max_message_mb,
-                        request_timeout_s=args.request_timeout)
+                        request_timeout_s=args.request_timeout,
+                        max_calls_per_peer=args.max_calls_per_peer)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"softnpu serve: {exc}") from None
     server.start()
@@ -217,8 +219,13 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="device workers, one device each (default 1)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    p.add_argument("--api-key", help="require this key in the 'authorization' metadata")
-    p.add_argument("--api-keys-file", help="require one of the keys in this file (one per line)")
+    p.add_argument("--api-keys-file", help="require one of the keys in this file (one per line, "
+                   "'#' comments); keys in $SOFTNPU_API_KEYS (comma-separated) are required too")
+    p.add_argument("--api-key", help="require this key; visible to every user in `ps`: prefer "
+                   "--api-keys-file or $SOFTNPU_API_KEYS")
+    p.add_argument("--max-calls-per-peer", type=int, default=None,
+                   help="concurrent calls one client address may hold; more get RESOURCE_EXHAUSTED "
+                        "(default: workers + max-queue + 2; 0: no limit)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait for a device; more get RESOURCE_EXHAUSTED (default 16)")
     p.add_argument("--max-message-mb", type=float, default=16, help="largest request, MiB (default 16)")

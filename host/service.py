@@ -22,7 +22,6 @@ workers; every failure is a gRPC status whose message says what is wrong:
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from concurrent import futures
@@ -46,6 +45,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from softnpu.host.auth import CallGuard, load_api_keys
 from softnpu.host.device import DeviceError, DeviceLost, DeviceTimeout
 from softnpu.host.models import (
     LAYER_CYCLES,
@@ -59,7 +59,7 @@ from softnpu.host.pipeline import InputError
 from softnpu.host.tensors import TensorError, from_proto, to_proto
 from softnpu.host.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
 
-__all__ = ["Server", "ApiKeyInterceptor", "load_api_keys", "PREDICTION_SERVICE", "MODEL_SERVICE"]
+__all__ = ["Server", "load_api_keys", "PREDICTION_SERVICE", "MODEL_SERVICE"]
 
 log = logging.getLogger("softnpu.serve")
 access_log = logging.getLogger("softnpu.access")
@@ -69,62 +69,6 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 _DT = {"float32": types_pb2.DT_FLOAT, "int8": types_pb2.DT_INT8, "int64": types_pb2.DT_INT64,
        "string": types_pb2.DT_STRING}
 _OK, _FAILED_PRECONDITION = 0, 9          # tensorflow.error.Code values in StatusProto
-
-
-# ----------------------------------------------------------------------------------------------
-# Authentication
-# ----------------------------------------------------------------------------------------------
-def load_api_keys(path: str | Path) -> list[str]:
-    """API keys from a file: one per line; blank lines and lines starting with '#' are skipped."""
-    keys = [line.strip() for line in Path(path).read_text().splitlines()]
-    keys = [k for k in keys if k and not k.startswith("#")]
-    if not keys:
-        raise ValueError(f"{path}: no API keys in the file")
-    return keys
-
-
-class ApiKeyInterceptor(grpc.ServerInterceptor):
-    """Rejects every RPC without a valid key in the `authorization` metadata, health checks
-    excepted (load balancers probe them without credentials)."""
-
-    OPEN = ("/grpc.health.v1.Health/",)
-
-    def __init__(self, keys):
-        self._keys = [k.encode() for k in keys]
-        if not self._keys:
-            raise ValueError("ApiKeyInterceptor needs at least one key")
-
-    def _valid(self, value: str) -> bool:
-        token = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
-        token = token.encode()
-        # compare against every key, so the time taken does not tell which one nearly matched
-        return sum(hmac.compare_digest(token, k) for k in self._keys) > 0
-
-    def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(self.OPEN):
-            return continuation(handler_call_details)
-        values = [v for k, v in (handler_call_details.invocation_metadata or ()) if k == "authorization"]
-        if values and self._valid(values[0] if isinstance(values[0], str) else values[0].decode()):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        message = ("invalid API key" if values else
-                   "missing API key: send it as 'authorization: Bearer <key>' metadata")
-        return _denying(handler, message)
-
-
-def _denying(handler, message):
-    def deny(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(deny, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,19 +289,22 @@ class Server:
                  workers: int = 1, backend: str = "iss", device_factory=None, api_keys=None,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
                  max_queue: int = 16, max_message_mb: float = 16, request_timeout_s: float = 60.0,
-                 run_timeout_s: float | None = 60.0, top_k: int = 5):
+                 run_timeout_s: float | None = 60.0, top_k: int = 5,
+                 max_calls_per_peer: int | None = None):
         self.store = store if isinstance(store, ModelStore) else ModelStore(store, top_k=top_k)
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
         if max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
         self.pool = WorkerPool(workers, max_queue, backend, device_factory, run_timeout_s)
-        threads = workers + max_queue + 4
+        # one peer may fill the workers and the queue and see QueueFull; the others keep threads
+        per_peer = workers + max_queue + 2 if max_calls_per_peer is None else max_calls_per_peer
+        threads = 2 * (workers + max_queue) + 8
         max_bytes = int(max_message_mb * 1024 * 1024)
-        interceptors = [ApiKeyInterceptor(api_keys)] if api_keys else []
+        self.guard = CallGuard(api_keys, per_peer or None)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
-            interceptors=interceptors, maximum_concurrent_rpcs=2 * threads,
+            interceptors=[self.guard], maximum_concurrent_rpcs=2 * threads,
             options=[("grpc.max_receive_message_length", max_bytes),
                      ("grpc.max_send_message_length", max_bytes),
                      ("grpc.so_reuseport", 0)])
