@@ -47,8 +47,10 @@ from tensorflow_serving.apis import (
 
 from softnpu.host.auth import CallGuard, load_api_keys
 from softnpu.host.device import DeviceError, DeviceLost, DeviceTimeout
+from softnpu.host.limits import LimitExceeded, Limits
 from softnpu.host.models import (
     LAYER_CYCLES,
+    MAX_BATCH,
     SIGNATURE,
     ModelLoadError,
     ModelNotFound,
@@ -80,6 +82,7 @@ _CODE_OF = (
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (JobExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (PoolClosed, grpc.StatusCode.UNAVAILABLE),
     (DeviceError, grpc.StatusCode.INTERNAL),
@@ -150,8 +153,10 @@ def signature_def(model: ServedModel) -> meta_graph_pb2.SignatureDef:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, store: ModelStore, pool: WorkerPool, request_timeout_s: float):
+    def __init__(self, store: ModelStore, pool: WorkerPool, request_timeout_s: float,
+                 limits: Limits | None = None):
         self.store, self.pool, self.request_timeout_s = store, pool, request_timeout_s
+        self.limits = limits or Limits()
 
     def _model(self, spec) -> ServedModel:
         if spec.version_label:
@@ -172,6 +177,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_rpc
     def Predict(self, request, context):
         model = self._model(request.model_spec)
+        self.limits.admit(model, request.inputs, context)      # before anything is decoded
         tensors = {alias: from_proto(t, f"input {alias!r}") for alias, t in request.inputs.items()}
         examples = model.examples(tensors)
         wanted = list(request.output_filter)
@@ -193,6 +199,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                  f"{model.manifest.outputs[0].shape}); use Predict")
         if request.input.HasField("example_list_with_context"):
             raise InputError("example_list_with_context is not supported; send example_list")
+        self.limits.admit(model, None, context, examples=request.input.example_list.examples)
         examples = []
         for i, example in enumerate(request.input.example_list.examples):
             examples += model.examples(_example_tensors(model, example, i))
@@ -290,7 +297,7 @@ class Server:
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
                  max_queue: int = 16, max_message_mb: float = 16, request_timeout_s: float = 60.0,
                  run_timeout_s: float | None = 60.0, top_k: int = 5,
-                 max_calls_per_peer: int | None = None):
+                 max_calls_per_peer: int | None = None, limits: Limits | None = None):
         self.store = store if isinstance(store, ModelStore) else ModelStore(store, top_k=top_k)
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
@@ -302,6 +309,7 @@ class Server:
         threads = 2 * (workers + max_queue) + 8
         max_bytes = int(max_message_mb * 1024 * 1024)
         self.guard = CallGuard(api_keys, per_peer or None)
+        self.limits = limits or Limits(max_batch=MAX_BATCH)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
             interceptors=[self.guard], maximum_concurrent_rpcs=2 * threads,
@@ -309,7 +317,7 @@ class Server:
                      ("grpc.max_send_message_length", max_bytes),
                      ("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.store, self.pool, request_timeout_s), self._server)
+            PredictionServicer(self.store, self.pool, request_timeout_s, self.limits), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.store), self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -4,19 +4,27 @@ gets its status code, and authorised calls and health checks keep working throug
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import predict_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from softnpu.host.auth import CallGuard, env_api_keys, peer_host
 from softnpu.host.client import PredictionClient, ScoreError
-from tests.host.conftest import API_KEY
+from softnpu.host.repository import ModelRepository
+from tests.host.conftest import API_KEY, png_bytes
 
 SC = grpc.StatusCode
+PEAK_RSS_MIB = 160          # the server process's high-water mark through every attack (idle: ~55)
 TIMEOUT = 20
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
@@ -129,3 +137,181 @@ def test_keys_from_the_environment_and_peer_hosts():
     assert peer_host("unix:/tmp/s") == "unix:/tmp/s"
     with pytest.raises(ValueError, match="must not be empty"):
         CallGuard([""])
+
+
+# ----------------------------------------------------------------------------------------------
+# A `softnpu serve` process whose peak memory is measured
+# ----------------------------------------------------------------------------------------------
+class ServeProcess:
+    def __init__(self, root, *args, env=None):
+        cmd = [sys.executable, "-m", "softnpu.host.cli", "serve", "--model-dir", str(root), "--port", "0",
+               *args]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env)
+        self.lines = []
+        self.address = None
+        while self.address is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"softnpu serve did not start: {''.join(self.lines)}")
+            self.lines.append(line)
+            match = re.search(r"gRPC on (\S+),", line)
+            self.address = match.group(1) if match else None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def peak_rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kb / 1024
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, bundle_path):
+    """`softnpu serve` in a process of its own, keys from $SOFTNPU_API_KEYS, the sample model
+    (16x16x3 input) as `sample`."""
+    repo = ModelRepository(tmp_path_factory.mktemp("served") / "models")
+    repo.register(bundle_path, "sample")
+    server = ServeProcess(repo.root, "--workers", "1", "--max-queue", "4",
+                          env={"SOFTNPU_API_KEYS": f"other,{API_KEY}"})
+    yield server
+    server.stop()
+
+
+def authorised(address):
+    return PredictionClient(address, api_key=API_KEY, model="sample", timeout=TIMEOUT, retries=0)
+
+
+def raw_predict(address, inputs: dict, timeout=TIMEOUT):
+    """A stock stub sending hand-made TensorProtos (what a hostile client can send)."""
+    with grpc.insecure_channel(address) as channel:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "sample"
+        for alias, t in inputs.items():
+            request.inputs[alias].CopyFrom(t)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            stub.Predict(request, timeout=timeout, metadata=[("authorization", API_KEY)])
+            return SC.OK, ""
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+
+
+def proto(dtype, shape, **values):
+    dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims),
+                                  **values)
+
+
+def big_png(side=8192) -> bytes:
+    """A 1-bit PNG of side x side: tiny on the wire, side^2 * 3 bytes once decoded to RGB."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def big_jpeg(side=2048) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 60)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+BOMBS = [
+    # (id, inputs, status, fragment of the message)
+    ("double broadcast", {"input": proto(types_pb2.DT_DOUBLE, [1 << 21], double_val=[1.5])},
+     SC.INVALID_ARGUMENT, "takes at most 64 examples"),
+    ("float broadcast 4-D", {"input": proto(types_pb2.DT_FLOAT, [1 << 14, 16, 16, 3], float_val=[0.0])},
+     SC.INVALID_ARGUMENT, "takes at most 64 examples"),
+    ("string broadcast", {"images": proto(types_pb2.DT_STRING, [1 << 21], string_val=[b"x" * 200])},
+     SC.INVALID_ARGUMENT, "at most 64 encoded images"),
+    ("pixel bomb", {"images": proto(types_pb2.DT_STRING, [1], string_val=[big_png()])},
+     SC.INVALID_ARGUMENT, "exceeds sample's pixel budget"),
+    ("pixel bombs", {"images": proto(types_pb2.DT_STRING, [64], string_val=[big_png(4096)])},
+     SC.INVALID_ARGUMENT, "pixel budget of 1048576 pixels"),
+]
+
+
+@pytest.mark.parametrize("name", [b[0] for b in BOMBS])
+def test_bombs_are_refused_before_they_are_decoded(served, sample, name):
+    _, inputs, code, fragment = next(b for b in BOMBS if b[0] == name)
+    got, message = raw_predict(served.address, inputs)
+    assert got == code and fragment in message, (got, message)
+    with authorised(served.address) as client:
+        assert client.health() == "SERVING"
+        assert client.predict({"input": x_int8(sample)}, ["logits_int8"])["logits_int8"].shape == (1, 10)
+    assert served.peak_rss_mib() < PEAK_RSS_MIB
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(served):
+    # 2048x2048 = 4 Mpx is over a 16x16 model's budget of 1 Mpx, but a JPEG decodes at 1/8 scale
+    with authorised(served.address) as client:
+        assert client.score_image(big_jpeg(), outputs="classes").shape == (1, 5)
+    png = big_png(2048)
+    got, message = raw_predict(served.address, {"images": proto(types_pb2.DT_STRING, [1], string_val=[png])})
+    assert got == SC.INVALID_ARGUMENT and "2048x2048 pixels" in message
+
+
+def test_stalled_calls_leave_a_served_process_working(served, sample):
+    futures, stop = stalled_calls(served.address, 50)
+    try:
+        assert {code_of(f) for f in futures} == {SC.UNAUTHENTICATED}
+        with authorised(served.address) as client:
+            assert client.health() == "SERVING"
+            assert client.predict({"input": x_int8(sample)}, ["classes"])["classes"].shape == (1, 5)
+    finally:
+        stop()
+    assert served.peak_rss_mib() < PEAK_RSS_MIB
+
+
+def test_in_flight_bytes_are_bounded_and_released(serve, sample):
+    from softnpu.host.limits import Limits
+    from tests.host.conftest import Gate
+
+    gate = Gate()
+    one = Limits(max_batch=64).cost(_model(serve), {"input": _tensor(sample)})
+    server = serve(workers=1, device_factory=gate, limits=Limits(max_inflight_bytes=one + one // 2))
+    held = threading.Thread(target=lambda: raw_predict(server.address, {"input": _tensor(sample)}))
+    held.start()
+    try:
+        gate.wait_entered()
+        assert server.limits.inflight_bytes == one
+        code, message = raw_predict(server.address, {"input": _tensor(sample)})
+        assert code == SC.RESOURCE_EXHAUSTED and "retry later" in message
+    finally:
+        gate.open()
+        held.join(TIMEOUT)
+    wait_until(lambda: server.limits.inflight_bytes == 0, what="the reservation released")
+    assert raw_predict(server.address, {"input": _tensor(sample)})[0] == SC.OK
+    small = serve(limits=Limits(max_request_bytes=4096))
+    code, message = raw_predict(small.address, {"input": _tensor(sample)})
+    assert code == SC.INVALID_ARGUMENT and "limit of 4096 bytes per request" in message
+
+
+def _tensor(sample):
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(x_int8(sample))
+
+
+def _model(serve):
+    server = serve()
+    return server.store.get("sample")

@@ -167,7 +167,7 @@ BAD_REQUESTS = [
     ("content size", dict(inputs={"input": _proto(types_pb2.DT_INT8, [1, 16, 16, 3], b"\0" * 10)}),
      SC.INVALID_ARGUMENT, "tensor_content has 10 bytes"),
     ("huge shape", dict(inputs={"input": _proto(types_pb2.DT_INT8, [1 << 20, 16, 16, 3], int_val=[0])}),
-     SC.INVALID_ARGUMENT, "more than"),
+     SC.INVALID_ARGUMENT, "takes at most 64 examples"),
     ("nan", dict(inputs={"input": np.full((1, 16, 16, 3), np.nan, np.float32)}), SC.INVALID_ARGUMENT,
      "finite"),
     ("given twice", dict(inputs={"input": GOOD, "images": GOOD}), SC.INVALID_ARGUMENT, "given twice"),
