@@ -97,7 +97,8 @@ def cmd_serve(args) -> int:
 
     from softnpu.host import lightproto
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
-    from softnpu.host.models import ModelStore, describe
+    from softnpu.host.models import describe
+    from softnpu.host.store import ModelStore
     from softnpu.host.repository import ModelRepository
     from softnpu.host.auth import env_api_keys, load_api_keys
     from softnpu.host.service import Server

@@ -9,11 +9,15 @@ Every RPC except health checks needs an API key when keys are configured (`autho
 metadata: `Bearer <key>` or the bare key).  Requests pass a bounded queue to a pool of device
 workers; every failure is a gRPC status whose message says what is wrong:
 
-  INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown output alias
-  NOT_FOUND           unknown model, version, signature or input name
-  FAILED_PRECONDITION a repository entry that is not a valid bundle; Classify on a non-classifier
+  INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown input or output
+                      alias, version label, Classify on a non-classifier, a request over a size
+                      limit (elements per input, image pixels, bytes per request: host/limits.py)
+  NOT_FOUND           unknown model or version, or a version that failed to load (GetModelStatus
+                      says why); messages name the model asked for, never a path or another model
+  FAILED_PRECONDITION unknown signature
   UNAUTHENTICATED     missing or wrong API key
-  RESOURCE_EXHAUSTED  request queue full; message larger than --max-message-mb (gRPC's own check)
+  RESOURCE_EXHAUSTED  request queue full; in-flight request memory over its budget; too many
+                      concurrent calls from one peer; message larger than --max-message-mb
   DEADLINE_EXCEEDED   the caller's deadline passed before the device finished
   INTERNAL            an NPU fault (with its error code and instruction) or a bug (logged)
   UNAVAILABLE         the server is shutting down; a device process died or hung (it restarts:
@@ -54,10 +58,10 @@ from softnpu.host.models import (
     SIGNATURE,
     ModelLoadError,
     ModelNotFound,
-    ModelStore,
     ServedModel,
 )
 from softnpu.host.pipeline import InputError
+from softnpu.host.store import ModelStore
 from softnpu.host.tensors import TensorError, from_proto, to_proto
 from softnpu.host.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
 
@@ -160,13 +164,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _model(self, spec) -> ServedModel:
         if spec.version_label:
-            raise ModelNotFound(f"version label {spec.version_label!r}: this server has no version "
-                                "labels; ask for a version number or none (the latest)")
+            raise InputError(f"Unrecognized servable version label: {spec.version_label} (this server "
+                             "has no version labels; ask for a version number or none, the latest)")
+        model = self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
         if spec.signature_name not in ("", SIGNATURE):
-            model = self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
-            raise ModelNotFound(f"signature {spec.signature_name!r} not found in {model.name}:"
-                                f"{model.version} (signatures: {SIGNATURE!r})")
-        return self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
+            raise ModelLoadError(f"Serving signature key {spec.signature_name!r} not found in "
+                                 f"{model.name}:{model.version} (signatures: {SIGNATURE!r})")
+        return model
 
     def _run(self, model: ServedModel, examples: list[dict], context, trace: bool = False) -> list:
         remaining = context.time_remaining()
@@ -195,7 +199,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         model = self._model(request.model_spec)
         if not model.classifier:
-            raise ModelLoadError(f"{model.name}:{model.version} is not a classifier (its output is "
+            raise InputError(f"{model.name}:{model.version} is not a classifier (its output is "
                                  f"{model.manifest.outputs[0].shape}); use Predict")
         if request.input.HasField("example_list_with_context"):
             raise InputError("example_list_with_context is not supported; send example_list")
@@ -250,7 +254,7 @@ def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.nd
             out[key] = arr
         elif kind in ("float_list", "int64_list"):
             if key not in model.inputs:
-                raise ModelNotFound(f"example {index}: feature {key!r} is not an input of {model.name} "
+                raise InputError(f"example {index}: feature {key!r} is not an input of {model.name} "
                                     f"(inputs: {sorted(model.input_signature())})")
             values = np.asarray(getattr(feature, kind).value,
                                 np.float32 if kind == "float_list" else np.int64)
@@ -304,6 +308,7 @@ class Server:
         if max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
         self.pool = WorkerPool(workers, max_queue, backend, device_factory, run_timeout_s)
+        self.store.on_unload.append(self.pool.retire)     # unloaded versions release their weights
         # one peer may fill the workers and the queue and see QueueFull; the others keep threads
         per_peer = workers + max_queue + 2 if max_calls_per_peer is None else max_calls_per_peer
         threads = 2 * (workers + max_queue) + 8

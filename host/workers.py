@@ -62,6 +62,10 @@ class Worker:
             self.runtimes.popitem(last=False)
         return runtime
 
+    def forget(self, key) -> bool:
+        """Drop the runtime of a model (its bundle and weights go with it); True if it had one."""
+        return self.runtimes.pop(key, None) is not None
+
     def close(self):
         for device in self.devices.values():
             try:
@@ -90,6 +94,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._waiting = 0
         self._closed = False
+        self._retired: set = set()     # model keys to drop from the workers busy at the moment
         self.counts = collections.Counter()        # completed, failed, expired, rejected
 
     @property
@@ -125,7 +130,11 @@ class WorkerPool:
 
     def _checkin(self, worker: Worker):
         with self._cond:
+            for key in [k for k in self._retired if k in worker.runtimes]:
+                worker.forget(key)
             self._free.append(worker)
+            if len(self._free) == len(self._all):
+                self._retired.clear()
             self._cond.notify()
 
     def run(self, model, examples: list[dict], deadline: float | None = None,
@@ -156,6 +165,17 @@ class WorkerPool:
         with self._cond:
             self.counts["completed"] += 1
         return results
+
+    def retire(self, model) -> None:
+        """A model was unloaded: every worker drops its runtime (now if idle, else at check-in),
+        so its weights and bundle are released."""
+        with self._cond:
+            for worker in self._free:
+                worker.forget(model.key)
+            if len(self._free) < len(self._all):
+                self._retired.add(model.key)
+            else:
+                self._retired.clear()
 
     def close(self, timeout_s: float = 5.0):
         """Refuse new requests, wake the waiting ones (PoolClosed), wait up to `timeout_s` for

@@ -315,3 +315,105 @@ def _tensor(sample):
 def _model(serve):
     server = serve()
     return server.store.get("sample")
+
+
+# ----------------------------------------------------------------------------------------------
+# A repository that survives bad files
+# ----------------------------------------------------------------------------------------------
+def bad_crc(bundle_path) -> bytes:
+    """The bundle with one byte of its weights member flipped: the zip directory is intact, the
+    member's CRC-32 is not."""
+    import zipfile
+
+    data = bytearray(bundle_path.read_bytes())
+    with zipfile.ZipFile(bundle_path) as z:
+        info = z.getinfo("weights.bin")
+    data[info.header_offset + 30 + len(info.filename) + info.compress_size // 2] ^= 0xFF
+    return bytes(data)
+
+
+def corrupt_versions(bundle_path) -> dict[str, bytes]:
+    good = bundle_path.read_bytes()
+    return {"truncated": good[:len(good) // 2],
+            "random": np.random.default_rng(3).integers(0, 256, 4096, np.uint8).tobytes(),
+            "bad crc": bad_crc(bundle_path),
+            "empty": b""}
+
+
+def put(repo, name, version, data: bytes):
+    path = repo.root / name / str(version) / "model.npu"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_corrupt_newest_versions_leave_the_last_good_one_serving(serve, repo, sample, bundle_path, caplog):
+    server = serve(api_keys=[API_KEY])
+    with authorised(server.address) as client:
+        assert client.status() == [(1, "AVAILABLE", ""), (2, "AVAILABLE", "")]
+        for version, (kind, data) in enumerate(corrupt_versions(bundle_path).items(), start=3):
+            path = put(repo, "sample", version, data)
+            wait_until(lambda: version in [s[0] for s in client.status()],   # noqa: B023
+                       what=f"version {version} listed")               # the listing is re-read each second
+            out = client.predict({"input": x_int8(sample)}, ["logits_int8"])       # latest
+            assert out["logits_int8"].shape == (1, 10), kind
+            assert server.store.get("sample").version == 2, kind
+            states = {v: (state, error) for v, state, error in client.status()}
+            state, error = states[version]
+            assert state == "END" and error.startswith(f"sample/{version}/model.npu: "), (kind, error)
+            assert str(repo.root) not in error
+            assert any(str(path) in r.getMessage() and "not servable" in r.getMessage()
+                       for r in caplog.records), f"{kind}: no log line names {path}"
+            with pytest.raises(ScoreError) as info:
+                client.predict({"input": x_int8(sample)}, ["logits_int8"], version=version)
+            assert info.value.code == SC.NOT_FOUND and f"Specific(sample, {version})" in info.value.message
+            assert client.health() == "SERVING"
+        assert "bad CRC-32" in states[5][1]
+        # a good file written over a bad version is served from then on
+        put(repo, "sample", 6, bundle_path.read_bytes())
+        wait_until(lambda: client.predict({"input": x_int8(sample)}, ["logits_int8"]) is not None
+                   and server.store.get("sample").version == 6, what="version 6 served")
+
+
+def test_a_server_starts_with_bad_files_and_names_them(tmp_path, bundle_path, sample):
+    repo = ModelRepository(tmp_path / "models")
+    repo.register(bundle_path, "sample")
+    put(repo, "sample", 2, bad_crc(bundle_path))
+    put(repo, "junk", 1, b"PK\x03\x04 not a zip")
+    server = ServeProcess(repo.root, env={"SOFTNPU_API_KEYS": API_KEY})
+    try:
+        with authorised(server.address) as client:
+            out = client.predict({"input": x_int8(sample)}, ["logits_int8"])
+            assert out["logits_int8"].shape == (1, 10)
+            assert [s[:2] for s in client.status()] == [(1, "AVAILABLE"), (2, "END")]
+            assert client.status("junk")[0][1] == "END"
+            with pytest.raises(ScoreError) as info:
+                client.predict({"input": x_int8(sample)}, model="junk")
+            assert info.value.code == SC.NOT_FOUND and "Latest(junk)" in info.value.message
+            assert "sample" not in info.value.message         # no other model's name
+    finally:
+        server.stop()
+    log = "".join(server.lines)
+    assert str(repo.root / "sample" / "2" / "model.npu") in log and "bad CRC-32" in log
+    assert str(repo.root / "junk" / "1" / "model.npu") in log
+
+
+def test_unloaded_versions_release_their_memory(serve, repo, sample):
+    import gc
+    import weakref
+
+    server = serve(workers=2)
+    with PredictionClient(server.address, model="sample", timeout=TIMEOUT) as client:
+        for _ in range(2):          # both workers place version 2
+            client.predict({"input": x_int8(sample)}, ["logits_int8"])
+        model = server.store.get("sample", 2)
+        held = weakref.ref(model)
+        bundle = weakref.ref(model.bundle)
+        assert any(model.key in w.runtimes for w in server.pool._all)
+        del model
+        repo.remove("sample", 2)
+        server.store.refresh()
+        gc.collect()
+        assert held() is None and bundle() is None, gc.get_referrers(held() or bundle())
+        assert client.predict({"input": x_int8(sample)}, ["logits_int8"])["logits_int8"].shape == (1, 10)
+        assert [s[:2] for s in client.status()] == [(1, "AVAILABLE")]
