@@ -92,9 +92,6 @@ def cmd_asm(args) -> int:
 # TensorFlow's protos, which the other commands do not need)
 # ----------------------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    import signal
-    import threading
-
     from softnpu.host import lightproto
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
     from softnpu.host.models import describe
@@ -133,17 +130,8 @@ def cmd_serve(args) -> int:
     print(f"softnpu serve: {'TLS' if server.tls else 'plaintext'} gRPC on {server.address}, backend "
           f"{args.backend}, {args.workers} worker(s), queue {args.max_queue}, "
           f"{'API keys required' if keys else 'no authentication'}", flush=True)
-    stopping = threading.Event()
-
-    def stop(signum, frame):
-        stopping.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping.wait(0.5):
-        pass
-    print("softnpu serve: stopping", flush=True)
-    server.stop(grace_s=5.0)
+    server.run_until_signal(args.grace_period)
+    print("softnpu serve: stopped", flush=True)
     return 0
 
 
@@ -233,6 +221,9 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="upper bound of any request's time, seconds (default 60)")
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")
+    p.add_argument("--grace-period", type=float, default=20.0,
+                   help="on SIGTERM/SIGINT, seconds that queued and running requests get to finish "
+                        "while new ones are refused (default 20)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("score", help="classify an image with a running server",

@@ -27,6 +27,8 @@ workers; every failure is a gRPC status whose message says what is wrong:
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -344,6 +346,7 @@ class Server:
             raise OSError(f"cannot listen on {address} (in use, or not an address of this host)")
         self.host = host
         self.tls = tls_cert is not None
+        self.draining = False
 
     @property
     def address(self) -> str:
@@ -351,16 +354,42 @@ class Server:
 
     def start(self) -> Server:
         self._server.start()
+        self.pool.watch()
         for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
 
     def stop(self, grace_s: float = 2.0):
-        """Refuse new work, let running requests finish for `grace_s`, stop the workers."""
+        """Drain: health says NOT_SERVING and new calls are refused at once, while every call
+        already accepted (queued for a device or running on one) has `grace_s` to finish; then
+        what is left is cancelled and the workers stop."""
+        self.draining = True
         self.health.enter_graceful_shutdown()
         done = self._server.stop(grace_s)
-        self.pool.close(timeout_s=grace_s + 1.0)
         done.wait(grace_s + 1.0)
+        self.pool.close(timeout_s=1.0)
+
+    def run_until_signal(self, grace_s: float, signals=(signal.SIGINT, signal.SIGTERM)) -> int:
+        """Serve until one of `signals`, then drain (`stop(grace_s)`); returns the signal's number.
+        From the main thread only (Python delivers signals there)."""
+        received: list[int] = []
+        stopping = threading.Event()
+
+        def handler(signum, frame):
+            received.append(signum)
+            stopping.set()
+
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+        try:
+            while not stopping.wait(0.5):
+                pass
+            log.info("%s: draining for up to %.1f s (%d request(s) waiting for a device)",
+                     signal.Signals(received[0]).name, grace_s, self.pool.queued())
+            self.stop(grace_s)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        return received[0]
 
     def wait(self, timeout_s: float | None = None) -> bool:
         return self._server.wait_for_termination(timeout_s)

@@ -417,3 +417,59 @@ def test_unloaded_versions_release_their_memory(serve, repo, sample):
         assert held() is None and bundle() is None, gc.get_referrers(held() or bundle())
         assert client.predict({"input": x_int8(sample)}, ["logits_int8"])["logits_int8"].shape == (1, 10)
         assert [s[:2] for s in client.status()] == [(1, "AVAILABLE")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Lifecycle: supervised workers, draining on SIGTERM
+# ----------------------------------------------------------------------------------------------
+def test_a_worker_that_dies_idle_is_restarted_before_the_next_request(serve, sample):
+    import signal
+
+    server = serve(workers=1, backend="iss-process")
+    with PredictionClient(server.address, model="sample", timeout=TIMEOUT, retries=0) as client:
+        client.predict({"input": x_int8(sample)}, ["logits_int8"])             # the device starts
+        (device,) = server.pool._all[0].devices.values()
+        os.kill(device.proc.pid, signal.SIGKILL)
+        wait_until(lambda: server.pool.counts["restarted"] == 1, what="the watcher's restart")
+        assert device.restarts == 1 and device.alive()
+        assert client.health() == "SERVING"
+        out = client.predict({"input": x_int8(sample)}, ["logits_int8"])       # no retry needed
+        assert out["logits_int8"].shape == (1, 10)
+        assert device.restarts == 1 and server.pool.counts["failed"] == 0
+
+
+def test_sigterm_drains_queued_and_running_requests(serve, sample):
+    import signal
+
+    from tests.host.conftest import Gate
+
+    gate = Gate()
+    server = serve(workers=1, max_queue=4, device_factory=gate)
+    results, late = [], []
+
+    def call():
+        results.append(raw_predict(server.address, {"input": _tensor(sample)}))
+
+    clients = [threading.Thread(target=call) for _ in range(4)]
+    for t in clients:
+        t.start()
+
+    def terminate():
+        try:
+            gate.wait_entered()
+            wait_until(lambda: server.pool.queued() == 3, what="three requests queued")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: server.draining, what="draining")
+        late.append(raw_predict(server.address, {"input": _tensor(sample)}, timeout=5)[0])
+        gate.open()
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    assert server.run_until_signal(grace_s=30) == signal.SIGTERM      # returns once drained
+    killer.join(TIMEOUT)
+    for t in clients:
+        t.join(TIMEOUT)
+    assert results == [(SC.OK, "")] * 4          # nothing queued was lost
+    assert late == [SC.UNAVAILABLE]              # new calls were refused meanwhile
+    assert len(gate.runs) == 4
