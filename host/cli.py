@@ -94,11 +94,12 @@ def cmd_asm(args) -> int:
 def cmd_serve(args) -> int:
     from softnpu.host import lightproto
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
-    from softnpu.host.models import describe
-    from softnpu.host.store import ModelStore
-    from softnpu.host.repository import ModelRepository
     from softnpu.host.auth import env_api_keys, load_api_keys
+    from softnpu.host.limits import Limits, MiB
+    from softnpu.host.models import describe
+    from softnpu.host.repository import ModelRepository
     from softnpu.host.service import Server
+    from softnpu.host.store import ModelStore
 
     keys = env_api_keys()
     if args.api_key:
@@ -123,7 +124,8 @@ def cmd_serve(args) -> int:
                         api_keys=keys or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         max_queue=args.max_queue, max_message_mb=args.max_message_mb,
                         request_timeout_s=args.request_timeout,
-                        max_calls_per_peer=args.max_calls_per_peer)
+                        max_calls_per_peer=args.max_calls_per_peer,
+                        limits=Limits(int(args.max_request_mb * MiB), int(args.max_inflight_mb * MiB)))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"softnpu serve: {exc}") from None
     server.start()
@@ -218,6 +220,12 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait for a device; more get RESOURCE_EXHAUSTED (default 16)")
     p.add_argument("--max-message-mb", type=float, default=16, help="largest request, MiB (default 16)")
+    p.add_argument("--max-request-mb", type=float, default=64,
+                   help="memory one request's inputs may take once decoded (a tensor after broadcast, "
+                        "images after decoding), MiB; more is INVALID_ARGUMENT (default 64)")
+    p.add_argument("--max-inflight-mb", type=float, default=256,
+                   help="memory all requests in flight may take together, MiB; more is "
+                        "RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="upper bound of any request's time, seconds (default 60)")
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")

@@ -121,7 +121,7 @@ class Device(abc.ABC):
         in-process backend is always alive."""
         return True
 
-    def restart(self) -> None:
+    def restart(self) -> None:  # noqa: B027 - in-process backends have nothing to restart
         """Replace a dead backend process now, with empty device memory."""
 
     # -- helpers built on the interface -----------------------------------------------------

@@ -19,8 +19,9 @@ import numpy as np
 
 from softnpu.compiler.bundle import Manifest, TensorSpec
 
-__all__ = ["InputError", "MODES", "decode_image", "image_size", "pixel_budget", "normalize", "quantize", "dequantize", "softmax",
-           "top_k", "Preprocessor", "class_names", "Classification", "classify", "Pipeline"]
+__all__ = ["InputError", "MODES", "decode_image", "image_size", "pixel_budget", "normalize", "quantize",
+           "dequantize", "softmax", "top_k", "Preprocessor", "class_names", "Classification",
+           "classify", "Pipeline"]
 
 # keras.applications.imagenet_utils.preprocess_input, by mode; "unit" is x/255 (zoo.py digits),
 # "raw" leaves 0..255 as it is.

@@ -120,7 +120,9 @@ def _rpc(method):
             code = next((c for kind, c in _CODE_OF if isinstance(exc, kind)), None)
             if code is None:
                 log.exception("%s failed", method.__name__)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                # a bug's message may hold server paths or state: the log has it, the caller not
+                code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); " \
+                    "the server's log has the details"
             else:
                 message = str(exc)
                 if isinstance(exc, (DeviceError, DeviceTimeout, DeviceLost)):

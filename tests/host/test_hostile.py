@@ -21,7 +21,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from softnpu.host.auth import CallGuard, env_api_keys, peer_host
 from softnpu.host.client import PredictionClient, ScoreError
 from softnpu.host.repository import ModelRepository
-from tests.host.conftest import API_KEY, png_bytes
+from tests.host.conftest import API_KEY
 
 SC = grpc.StatusCode
 PEAK_RSS_MIB = 160          # the server process's high-water mark through every attack (idle: ~55)
@@ -473,3 +473,47 @@ def test_sigterm_drains_queued_and_running_requests(serve, sample):
     assert results == [(SC.OK, "")] * 4          # nothing queued was lost
     assert late == [SC.UNAVAILABLE]              # new calls were refused meanwhile
     assert len(gate.runs) == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# TF Serving's status codes; messages that give nothing away
+# ----------------------------------------------------------------------------------------------
+def test_status_codes_are_tf_servings_and_messages_name_no_path_or_other_model(serve, repo, sample):
+    from softnpu.host.client import PredictionClient as Client
+
+    server = serve()
+    x = {"input": x_int8(sample)}
+
+    def failure(call):
+        with pytest.raises(ScoreError) as info:
+            call()
+        return info.value.code, info.value.message
+
+    with Client(server.address, timeout=TIMEOUT, retries=0) as c:
+        cases = {
+            "unknown model": (lambda: c.predict(x, model="nope"), SC.NOT_FOUND, "Latest(nope)"),
+            "unknown version": (lambda: c.predict(x, model="sample", version=7), SC.NOT_FOUND,
+                                "Specific(sample, 7)"),
+            "empty name": (lambda: c.predict(x, model=""), SC.NOT_FOUND, "name one"),
+            "unknown input": (lambda: c.predict({"pixels": x["input"]}, model="sample"),
+                              SC.INVALID_ARGUMENT, "'pixels'"),
+            "status of unknown model": (lambda: c.status("nope"), SC.NOT_FOUND, "model nope"),
+            "metadata of unknown version": (lambda: c.metadata("sample", 7), SC.NOT_FOUND,
+                                            "Specific(sample, 7)"),
+        }
+        for name, (call, code, fragment) in cases.items():
+            got, message = failure(call)
+            assert got == code and fragment in message, (name, got, message)
+            assert str(repo.root) not in message and "broken" not in message, (name, message)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "sample", "predict_images"
+    request.inputs["input"].CopyFrom(_tensor(sample))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=TIMEOUT)
+        assert info.value.code() == SC.FAILED_PRECONDITION
+        request.model_spec.signature_name, request.model_spec.version_label = "", "stable"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=TIMEOUT)
+        assert info.value.code() == SC.INVALID_ARGUMENT and "version label" in info.value.details()
