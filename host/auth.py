@@ -157,7 +157,10 @@ class CallGuard(grpc.ServerInterceptor):
         # compare against every key, so the time taken does not tell which one nearly matched
         return sum(hmac.compare_digest(token, k) for k in self._keys) > 0
 
-    def _denial(self, metadata) -> str | None:
+    def denial(self, metadata) -> str | None:
+        """Why a call with this metadata ((key, value) pairs) is refused; None: it is not."""
+        if not self._keys:
+            return None
         values = [v for k, v in (metadata or ()) if k == "authorization"]
         if not values:
             return "missing API key: send it as 'authorization: Bearer <key>' metadata"
@@ -168,7 +171,7 @@ class CallGuard(grpc.ServerInterceptor):
         if handler is None:
             return None
         if self._keys and not handler_call_details.method.startswith(self.open_methods):
-            denial = self._denial(handler_call_details.invocation_metadata)
+            denial = self.denial(handler_call_details.invocation_metadata)
             if denial is not None:
                 self.rejected["unauthenticated"] += 1
                 return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, denial)

@@ -124,11 +124,13 @@ def cmd_serve(args) -> int:
                         api_keys=keys or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         max_queue=args.max_queue, max_message_mb=args.max_message_mb,
                         request_timeout_s=args.request_timeout,
-                        max_calls_per_peer=args.max_calls_per_peer,
+                        max_calls_per_peer=args.max_calls_per_peer, rest_port=args.rest_port,
                         limits=Limits(int(args.max_request_mb * MiB), int(args.max_inflight_mb * MiB)))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"softnpu serve: {exc}") from None
     server.start()
+    if server.rest is not None:
+        print(f"softnpu serve: REST and metrics on http://{server.rest.address}", flush=True)
     print(f"softnpu serve: {'TLS' if server.tls else 'plaintext'} gRPC on {server.address}, backend "
           f"{args.backend}, {args.workers} worker(s), queue {args.max_queue}, "
           f"{'API keys required' if keys else 'no authentication'}", flush=True)
@@ -204,6 +206,9 @@ def _add_serving_commands(sub) -> None:
                    help="model repository (default: $SOFTNPU_MODEL_DIR or ~/.softnpu/models)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, TF Serving's; 0: any)")
+    p.add_argument("--rest-port", type=int, default=None,
+                   help="also serve TF Serving's REST API and Prometheus metrics "
+                        "(/monitoring/prometheus/metrics) on this port (TF Serving's: 8501; 0: any)")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="iss",
                    help="device backend: iss (in this process, default); iss-process (one child "
                         "process per device, killed and restarted if it hangs or dies)")

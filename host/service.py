@@ -54,6 +54,7 @@ from tensorflow_serving.apis import (
 from softnpu.host.auth import CallGuard, load_api_keys
 from softnpu.host.device import DeviceError, DeviceLost, DeviceTimeout
 from softnpu.host.limits import LimitExceeded, Limits
+from softnpu.host.metrics import ServingMetrics
 from softnpu.host.models import (
     LAYER_CYCLES,
     MAX_BATCH,
@@ -108,6 +109,16 @@ def _access(method: str, request, context, code: grpc.StatusCode, start: float) 
                     (time.perf_counter() - start) * 1e3)
 
 
+def _observe(servicer, method: str, request, code: grpc.StatusCode, start: float, response=None):
+    """The call in the server's metrics (host/metrics.py), when it keeps them."""
+    metrics = getattr(servicer, "metrics", None)
+    if metrics is None:
+        return
+    spec = getattr(response, "model_spec", None) or getattr(request, "model_spec", None)
+    name, version = (spec.name, spec.version.value) if spec is not None else ("", "")
+    metrics.observe(method, name, version, code.name, time.perf_counter() - start)
+
+
 def _rpc(method):
     """Run a handler; turn any exception into the gRPC status of its kind (never let one out)."""
     def wrapper(self, request, context):
@@ -115,6 +126,7 @@ def _rpc(method):
         try:
             response = method(self, request, context)
             _access(method.__name__, request, context, grpc.StatusCode.OK, start)
+            _observe(self, method.__name__, request, grpc.StatusCode.OK, start, response)
             return response
         except Exception as exc:
             code = next((c for kind, c in _CODE_OF if isinstance(exc, kind)), None)
@@ -129,6 +141,7 @@ def _rpc(method):
                     message = f"device fault: {exc}"
                     log.error("%s: %s", method.__name__, message)
         _access(method.__name__, request, context, code, start)
+        _observe(self, method.__name__, request, code, start)
         context.abort(code, message)
     wrapper.__name__ = method.__name__
     return wrapper
@@ -165,6 +178,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                  limits: Limits | None = None):
         self.store, self.pool, self.request_timeout_s = store, pool, request_timeout_s
         self.limits = limits or Limits()
+        self.metrics = None         # a host.metrics.ServingMetrics, set by Server
 
     def _model(self, spec) -> ServedModel:
         if spec.version_label:
@@ -179,8 +193,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def _run(self, model: ServedModel, examples: list[dict], context, trace: bool = False) -> list:
         remaining = context.time_remaining()
         budget = self.request_timeout_s if remaining is None else min(remaining, self.request_timeout_s)
-        return self.pool.run(model, examples, time.monotonic() + budget,
-                             cancelled=lambda: not context.is_active(), trace=trace)
+        results = self.pool.run(model, examples, time.monotonic() + budget,
+                                cancelled=lambda: not context.is_active(), trace=trace)
+        if self.metrics is not None:
+            self.metrics.device_cycles(model.name, model.version, sum(r.stats.cycles for r in results))
+        return results
 
     @_rpc
     def Predict(self, request, context):
@@ -279,6 +296,7 @@ def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.nd
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, store: ModelStore):
         self.store = store
+        self.metrics = None         # a host.metrics.ServingMetrics, set by Server
 
     @_rpc
     def GetModelStatus(self, request, context):
@@ -305,7 +323,8 @@ class Server:
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
                  max_queue: int = 16, max_message_mb: float = 16, request_timeout_s: float = 60.0,
                  run_timeout_s: float | None = 60.0, top_k: int = 5,
-                 max_calls_per_peer: int | None = None, limits: Limits | None = None):
+                 max_calls_per_peer: int | None = None, limits: Limits | None = None,
+                 rest_port: int | None = None):
         self.store = store if isinstance(store, ModelStore) else ModelStore(store, top_k=top_k)
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
@@ -325,9 +344,15 @@ class Server:
             options=[("grpc.max_receive_message_length", max_bytes),
                      ("grpc.max_send_message_length", max_bytes),
                      ("grpc.so_reuseport", 0)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.store, self.pool, request_timeout_s, self.limits), self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.store), self._server)
+        self.metrics = ServingMetrics(queue_depth=self.pool.queued,
+                                      inflight_bytes=lambda: self.limits.inflight_bytes,
+                                      rejected=lambda: dict(self.guard.rejected),
+                                      restarted=lambda: self.pool.counts["restarted"])
+        self.predictions = PredictionServicer(self.store, self.pool, request_timeout_s, self.limits)
+        self.models = ModelServicer(self.store)
+        self.predictions.metrics = self.models.metrics = self.metrics
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.models, self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -349,6 +374,16 @@ class Server:
         self.host = host
         self.tls = tls_cert is not None
         self.draining = False
+        self.rest = None
+        if rest_port is not None:
+            from softnpu.host.rest import RestServer
+            try:
+                self.rest = RestServer(self, host, rest_port, max_body_bytes=max_bytes,
+                                       request_timeout_s=request_timeout_s,
+                                       tls=(str(tls_cert), str(tls_key)) if self.tls else None)
+            except OSError as exc:
+                self.pool.close(0.1)
+                raise OSError(f"cannot listen on {host}:{rest_port} for REST: {exc.strerror}") from None
 
     @property
     def address(self) -> str:
@@ -356,6 +391,8 @@ class Server:
 
     def start(self) -> Server:
         self._server.start()
+        if self.rest is not None:
+            self.rest.start()
         self.pool.watch()
         for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -368,6 +405,8 @@ class Server:
         self.draining = True
         self.health.enter_graceful_shutdown()
         done = self._server.stop(grace_s)
+        if self.rest is not None:
+            self.rest.stop()            # new REST calls refused; running ones finish on their threads
         done.wait(grace_s + 1.0)
         self.pool.close(timeout_s=1.0)
 
