@@ -12,7 +12,8 @@ are the signature's int8, other numbers the model's float input domain.  Answers
 example), columnar {"outputs": {...}}; strings decode as UTF-8.  Errors are {"error": message}
 with the HTTP status of the gRPC code.  A request is the gRPC request translated: the same API
 keys (`Authorization: Bearer <key>`), per-peer limit, size limits and queue apply, and the body
-must declare its length (at most `max_body_bytes`) and arrive within `read_timeout_s`.  With
+must declare its length (at most `max_body_bytes`) and arrive within `read_timeout_s`; at most
+`max_connections` connections are open at once.  With
 TLS configured for gRPC, REST uses the same certificate.
 """
 
@@ -164,7 +165,8 @@ class RestServer:
     """The REST API of a host.service.Server on its own port (port 0 picks a free one)."""
 
     def __init__(self, server, host: str = "127.0.0.1", port: int = 8501, max_body_bytes: int = 16 << 20,
-                 read_timeout_s: float = 10.0, request_timeout_s: float = 60.0, tls=None):
+                 read_timeout_s: float = 10.0, request_timeout_s: float = 60.0, tls=None,
+                 max_connections: int = 64):
         self.server, self.max_body_bytes, self.request_timeout_s = server, max_body_bytes, request_timeout_s
         rest = self
 
@@ -172,7 +174,8 @@ class RestServer:
             timeout = read_timeout_s            # a connection that stalls loses its thread
             owner = rest
 
-        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _BoundedHTTPServer((host, port), Handler)
+        self.httpd.slots = threading.BoundedSemaphore(max_connections)
         self.httpd.daemon_threads = True
         if tls is not None:         # (certificate chain, key): the handshake runs on the call's thread
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -274,6 +277,29 @@ class RestServer:
         columns = {alias: _json(x) for alias, x in outputs.items()}
         n = len(next(iter(columns.values())))
         return {"predictions": [{alias: column[i] for alias, column in columns.items()} for i in range(n)]}
+
+
+class _BoundedHTTPServer(http.server.ThreadingHTTPServer):
+    """At most `slots` connections with a thread each; one more is closed at once (a client that
+    opens connections and sends nothing holds a thread for read_timeout_s, and only so many)."""
+
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

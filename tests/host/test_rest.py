@@ -124,3 +124,21 @@ def test_metrics_count_requests_by_model_version_and_status(rest, sample):
     assert 'softnpu_device_cycles_count{model="sample",version="2"} 2.0' in text
     assert "softnpu_request_latency_seconds_bucket" in text and "softnpu_queue_depth 0.0" in text
     assert 'softnpu_rejected_total' in text
+
+
+def test_idle_connections_are_bounded_and_time_out(serve, sample):
+    from softnpu.host.rest import RestServer
+
+    server = serve()
+    rest = RestServer(server, port=0, read_timeout_s=1.0, max_connections=4).start()
+    try:
+        idle = [socket.create_connection((rest.host, rest.port), timeout=TIMEOUT) for _ in range(4)]
+        refused = socket.create_connection((rest.host, rest.port), timeout=TIMEOUT)
+        assert refused.recv(1) == b""                   # closed at once: no thread for it
+        for s in idle:                                  # the idle ones are dropped at their timeout
+            assert s.recv(1) == b""
+            s.close()
+        answer = urllib.request.urlopen(f"http://{rest.address}/v1/models/sample", timeout=TIMEOUT)
+        assert answer.status == 200
+    finally:
+        rest.stop()
