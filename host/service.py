@@ -1,13 +1,17 @@
 """`softnpu serve`: TensorFlow Serving's gRPC API in front of NPU devices.
 
 Services: tensorflow.serving.PredictionService (Predict, Classify, GetModelMetadata),
-tensorflow.serving.ModelService (GetModelStatus), grpc.health.v1.Health and server reflection.
+tensorflow.serving.ModelService (GetModelStatus), grpc.health.v1.Health and server reflection;
+with `rest_port`, TF Serving's REST API and Prometheus metrics (host/rest.py, host/metrics.py).
+docs/serving.md is the operator's guide.
 Stock TF Serving clients work unchanged (generated stubs from tensorflow-serving-api, tensors
 from tf.make_tensor_proto); see host/models.py for the signature.
 
 Every RPC except health checks needs an API key when keys are configured (`authorization`
-metadata: `Bearer <key>` or the bare key).  Requests pass a bounded queue to a pool of device
-workers; every failure is a gRPC status whose message says what is wrong:
+metadata: `Bearer <key>` or the bare key), checked with a per-peer call limit before the request
+is read (host/auth.py).  A request is priced from its shapes and image headers before anything
+is decoded (host/limits.py), then passes a bounded queue to a pool of device workers; every
+failure is a gRPC status whose message says what is wrong:
 
   INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown input or output
                       alias, version label, Classify on a non-classifier, a request over a size
