@@ -97,10 +97,12 @@ class Limits:
                 if n > self.max_batch or count > self.max_batch:
                     raise InputError(f"input {alias!r}: {max(n, count)} strings; {model.name} takes at "
                                      f"most {self.max_batch} encoded images per request")
-                lengths = [len(v) for v in t.string_val]
-                total += (n * lengths[0] if count == 1 else sum(lengths)) * 2     # bytes + copy
-                images = t.string_val if count == n else list(t.string_val) * n
-                total += self._image_cost(model, alias, images)
+                if count not in (1, n):
+                    continue    # tensors.from_proto refuses the mismatch, allocating nothing
+                # one value broadcast to n elements is n images of that value (parsed once)
+                repeat = n if count == 1 else 1
+                total += repeat * (2 * sum(len(v) for v in t.string_val)
+                                   + self._image_cost(model, alias, t.string_val))
                 continue
             name = alias if alias in model.inputs else (next(iter(model.inputs))
                                                         if len(model.inputs) == 1 else None)

@@ -406,12 +406,14 @@ class Server:
         """Drain: health says NOT_SERVING and new calls are refused at once, while every call
         already accepted (queued for a device or running on one) has `grace_s` to finish; then
         what is left is cancelled and the workers stop."""
+        deadline = time.monotonic() + grace_s
         self.draining = True
         self.health.enter_graceful_shutdown()
         done = self._server.stop(grace_s)
         if self.rest is not None:
             self.rest.stop()            # new REST calls refused; running ones finish on their threads
         done.wait(grace_s + 1.0)
+        self.pool.settle(deadline)      # REST calls still queued or running
         self.pool.close(timeout_s=1.0)
 
     def run_until_signal(self, grace_s: float, signals=(signal.SIGINT, signal.SIGTERM)) -> int:

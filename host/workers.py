@@ -229,6 +229,17 @@ class WorkerPool:
             else:
                 self._retired.clear()
 
+    def settle(self, deadline: float) -> bool:
+        """Wait until no request waits or runs, or until `deadline` (time.monotonic()); True if
+        the pool went idle."""
+        with self._cond:
+            while self._waiting or len(self._free) < len(self._all):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, _POLL_S))
+            return True
+
     def close(self, timeout_s: float = 5.0):
         """Refuse new requests, wake the waiting ones (PoolClosed), wait up to `timeout_s` for
         the running ones, close the devices."""
