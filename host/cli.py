@@ -225,12 +225,12 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait for a device; more get RESOURCE_EXHAUSTED (default 16)")
     p.add_argument("--max-message-mb", type=float, default=16, help="largest request, MiB (default 16)")
-    p.add_argument("--max-request-mb", type=float, default=64,
+    p.add_argument("--max-request-mb", type=float, default=128,
                    help="memory one request's inputs may take once decoded (a tensor after broadcast, "
-                        "images after decoding), MiB; more is INVALID_ARGUMENT (default 64)")
-    p.add_argument("--max-inflight-mb", type=float, default=256,
+                        "images after decoding), MiB; more is INVALID_ARGUMENT (default 128)")
+    p.add_argument("--max-inflight-mb", type=float, default=512,
                    help="memory all requests in flight may take together, MiB; more is "
-                        "RESOURCE_EXHAUSTED (default 256)")
+                        "RESOURCE_EXHAUSTED (default 512)")
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="upper bound of any request's time, seconds (default 60)")
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")

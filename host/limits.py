@@ -42,7 +42,7 @@ class LimitExceeded(RuntimeError):
 class Limits:
     """Request size limits of one server.  Sizes in bytes."""
 
-    def __init__(self, max_request_bytes: int = 64 * MiB, max_inflight_bytes: int = 256 * MiB,
+    def __init__(self, max_request_bytes: int = 128 * MiB, max_inflight_bytes: int = 512 * MiB,
                  max_batch: int = 64):
         for name, value in (("max_request_bytes", max_request_bytes),
                             ("max_inflight_bytes", max_inflight_bytes), ("max_batch", max_batch)):

@@ -24,7 +24,7 @@ from softnpu.host.repository import ModelRepository
 from tests.host.conftest import API_KEY
 
 SC = grpc.StatusCode
-PEAK_RSS_MIB = 160          # the server process's high-water mark through every attack (idle: ~55)
+PEAK_RSS_MIB = 160          # the server process's high-water mark through every attack (idle ~56, after ~62)
 TIMEOUT = 20
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
