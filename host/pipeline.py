@@ -209,10 +209,10 @@ class Preprocessor:
             return (int(np.ceil(side)), int(np.ceil(side)))
         return (self.height, self.width)
 
-    def __call__(self, data: bytes) -> np.ndarray:
-        """Encoded image -> int8 [1, H, W, C] ready for the NPU."""
-        target = self.target_size()
-        pixels = decode_image(data, self.spec.shape[3], target, pixel_budget(self.height, self.width))
+    def __call__(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Encoded image -> int8 [1, H, W, C] ready for the NPU.  The service holds an image to
+        `pixel_budget(height, width)` from its header before it gets here (host/limits.py)."""
+        pixels = decode_image(data, self.spec.shape[3], self.target_size(), max_pixels)
         pixels = _resize(pixels, self.height, self.width, self.resize)
         return quantize(normalize(pixels, self.mode), self.spec.scale, self.spec.zero_point)[None]
 
