@@ -115,7 +115,7 @@ class ServedModel:
         for alias, x in tensors.items():
             if alias not in signature and not (alias == IMAGES and single):
                 raise InputError(f"input {alias!r} is not in signature {SIGNATURE!r} of "
-                                    f"{self.name}:{self.version} (inputs: {sorted(signature)})")
+                                 f"{self.name}:{self.version} (inputs: {sorted(signature)})")
             target = single if alias == IMAGES else alias
             if target in per_input:
                 raise InputError(f"input {target!r} given twice (as {IMAGES!r} and by name)")

@@ -280,7 +280,7 @@ def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.nd
         elif kind in ("float_list", "int64_list"):
             if key not in model.inputs:
                 raise InputError(f"example {index}: feature {key!r} is not an input of {model.name} "
-                                    f"(inputs: {sorted(model.input_signature())})")
+                                 f"(inputs: {sorted(model.input_signature())})")
             values = np.asarray(getattr(feature, kind).value,
                                 np.float32 if kind == "float_list" else np.int64)
             shape = model.inputs[key].shape
