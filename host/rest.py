@@ -202,16 +202,20 @@ class RestServer:
             self._thread.join(5)
 
     # -- the calls ------------------------------------------------------------------------------
+    def authenticate(self, headers) -> None:
+        """Raise UNAUTHENTICATED unless the headers carry a valid key (when keys are required)."""
+        value = headers.get("Authorization")
+        denial = self.server.guard.denial([("authorization", value)] if value else [])
+        if denial is not None:
+            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, denial)
+
     def call(self, method: str, path: str, headers, body: bytes | None, peer: str) -> tuple[int, object]:
         if method == "GET" and path == METRICS_PATH:
             return 200, self.server.metrics.exposition()
         match = _MODEL_PATH.match(path)
         if match is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no such resource: {path}")
-        denial = self.server.guard.denial([("authorization", headers.get("Authorization"))]
-                                          if headers.get("Authorization") else [])
-        if denial is not None:
-            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, denial)
+        self.authenticate(headers)
         name, version, rest = match["name"], int(match["version"] or 0), match["rest"]
         if (method == "POST") != (rest == ":predict"):
             raise _Abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} {path} is not a call of this API")
@@ -323,6 +327,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             body = None
             if method == "POST":
+                try:
+                    self.owner.authenticate(self.headers)      # before a byte of the body is read
+                except _Abort:
+                    self.close_connection = True
+                    raise
                 length = self.headers.get("Content-Length")
                 if length is None or not length.isdigit():
                     self.close_connection = True

@@ -104,10 +104,15 @@ def raw_http(rest, head: bytes) -> bytes:
 def test_a_body_without_length_or_too_large_is_refused_unread(rest):
     # the answer comes although the 17 MiB body is never sent: it is refused from its headers
     answer = raw_http(rest, b"POST /v1/models/sample:predict HTTP/1.1\r\nHost: x\r\n"
-                            b"Content-Length: 17825792\r\n\r\n")
+                            b"Authorization: " + API_KEY.encode() + b"\r\nContent-Length: 17825792\r\n\r\n")
     assert b" 429 " in answer.split(b"\r\n")[0] and b"exceeds the limit" in answer
-    answer = raw_http(rest, b"POST /v1/models/sample:predict HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = raw_http(rest, b"POST /v1/models/sample:predict HTTP/1.1\r\nHost: x\r\n"
+                            b"Authorization: " + API_KEY.encode() + b"\r\n\r\n")
     assert b" 400 " in answer.split(b"\r\n")[0] and b"Content-Length is required" in answer
+    # without a key the body is never waited for
+    answer = raw_http(rest, b"POST /v1/models/sample:predict HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: 1000\r\n\r\n")
+    assert b" 401 " in answer.split(b"\r\n")[0] and b"missing API key" in answer
 
 
 def test_metrics_count_requests_by_model_version_and_status(rest, sample):
