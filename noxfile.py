@@ -51,7 +51,8 @@ def bench_iss(session):
 
 @nox.session(python=PYTHON)
 def bench_serve(session):
-    """Serving latency (p50/p99), throughput and service overhead on the ISS, 1 and 2 workers."""
+    """Serving latency (p50/p99), throughput and service overhead on the ISS, 1 and 2 workers, also
+    while 50 unauthenticated stalled calls are kept open (`-- --stalls N`)."""
     _install(session)
     session.run("python", "-m", "softnpu.host.bench_serve", *session.posargs)
 

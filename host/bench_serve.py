@@ -1,10 +1,13 @@
 """bench_serve: latency and throughput of `softnpu serve` on the ISS backend.
 
 Starts `softnpu serve` in a process of its own on a free local port with 1 and then 2 device
-workers, sends Predict requests from as many client threads as there are workers, and prints
-p50/p99 latency, throughput, the device's host time per request (`device_ms`, the ISS running the
-program) and the service overhead = latency - device time (gRPC, tensor conversion, queueing,
-host stages).
+workers (API keys required), sends Predict requests from as many client threads as there are
+workers, and prints p50/p99 latency, throughput, the device's host time per request
+(`device_ms`, the ISS running the program) and the service overhead = latency - device time
+(gRPC, tensor conversion, queueing, host stages).  The row "int8 + stalls" repeats the int8 run
+while an attacker on the same host keeps `--stalls` unauthenticated calls open that send their
+headers and never a message (each is refused at once and opened again): the authorised calls'
+p99 under that load.
 
     python -m host.bench_serve [--requests N] [--bundle FILE.npu] [--config tiny|default|large]
 """
@@ -29,6 +32,54 @@ def _percentile(values, q) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+API_KEY = "bench-key"
+
+
+@contextlib.contextmanager
+def _stalled_calls(address: str, count: int):
+    """Keep `count` unauthenticated Predict calls open that never send a message; yields a Counter
+    of how they ended (status code names; 'open' for those still open at the end)."""
+    import collections
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2
+
+    ended: collections.Counter = collections.Counter()
+    stop = threading.Event()
+    channel = grpc.insecure_channel(address)
+    call = channel.stream_unary("/tensorflow.serving.PredictionService/Predict",
+                                request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                response_deserializer=predict_pb2.PredictResponse.FromString)
+
+    def never():
+        stop.wait(60)
+        return
+        yield
+
+    def attacker():
+        futures = []
+        while not stop.is_set():
+            for f in futures:
+                if f.done():
+                    ended[f.code().name] += 1
+            futures = [f for f in futures if not f.done()]
+            while len(futures) < count and not stop.is_set():
+                futures.append(call.future(never(), timeout=30))
+            time.sleep(0.001)
+        ended["open"] += len(futures)
+        for f in futures:
+            f.cancel()
+
+    thread = threading.Thread(target=attacker, daemon=True)
+    thread.start()
+    try:
+        yield ended
+    finally:
+        stop.set()
+        thread.join(10)
+        channel.close()
+
+
 def _run(address: str, make_inputs, clients: int, requests: int, outputs: list[str]):
     from softnpu.host.client import PredictionClient
 
@@ -38,7 +89,7 @@ def _run(address: str, make_inputs, clients: int, requests: int, outputs: list[s
 
     def client(n):
         try:
-            with PredictionClient(address, model="bench", timeout=60) as c:
+            with PredictionClient(address, model="bench", timeout=60, api_key=API_KEY) as c:
                 c.predict(make_inputs(0), outputs)                    # warm the channel
                 for i in range(n):
                     t0 = time.perf_counter()
@@ -70,6 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per run (default 200)")
     parser.add_argument("--bundle", help="a compiled bundle (default: host/sample.py's classifier)")
     parser.add_argument("--config", default="tiny", help="NPU config of the sample model (default tiny)")
+    parser.add_argument("--stalls", type=int, default=50,
+                        help="unauthenticated stalled calls kept open in the 'stalls' rows (default 50)")
     args = parser.parse_args(argv)
 
     from softnpu.host import lightproto
@@ -105,7 +158,7 @@ def main(argv=None) -> int:
             modes["JPEG image"] = (lambda i: {"images": [images[i % 8]]}, ["classes", "device_ms"])
         print(f"bench_serve: model {manifest.model} (config {manifest.config.get('name')}, "
               f"{manifest.program_instructions} instructions), backend iss, {args.requests} requests per row")
-        header = (f"{'input':<12} {'workers':>7} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} "
+        header = (f"{'input':<13} {'workers':>7} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} "
                   f"{'device ms':>9} {'overhead p50':>12} {'p99':>7}")
         for workers in (1, 2):
             with _server_process(repo.root, workers) as address:
@@ -114,10 +167,18 @@ def main(argv=None) -> int:
                     print(header)
                 for name, (make, outputs) in modes.items():
                     r = _run(address, make, workers, args.requests, outputs)
-                    print(f"{name:<12} {workers:>7} {workers:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                          f"{r['rps']:>8.1f} {r['device']:>9.2f} {r['over50']:>12.2f} {r['over99']:>7.2f}",
-                          flush=True)
+                    _row(name, workers, r)
+                make, outputs = modes["int8 tensor"]
+                with _stalled_calls(address, args.stalls) as ended:
+                    r = _run(address, make, workers, args.requests, outputs)
+                _row("int8 + stalls", workers, r, "  (stalled calls: " +
+                     ", ".join(f"{n} {code}" for code, n in ended.most_common()) + ")")
     return 0
+
+
+def _row(name: str, workers: int, r: dict, note: str = "") -> None:
+    print(f"{name:<13} {workers:>7} {workers:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['rps']:>8.1f} "
+          f"{r['device']:>9.2f} {r['over50']:>12.2f} {r['over99']:>7.2f}{note}", flush=True)
 
 
 def _health_rtt(address: str, count: int = 200) -> float:
@@ -139,7 +200,7 @@ def _server_process(root: Path, workers: int):
     free port; yields its address and stops it (SIGTERM, then SIGKILL) afterwards."""
     cmd = [sys.executable, "-m", "softnpu.host.cli", "serve", "--model-dir", str(root), "--port", "0",
            "--workers", str(workers), "--max-queue", "64"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", SOFTNPU_API_KEYS=API_KEY)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         address = None

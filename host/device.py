@@ -116,6 +116,14 @@ class Device(abc.ABC):
     def close(self) -> None:
         """Release the backend's resources (a simulator process, a socket)."""
 
+    def alive(self) -> bool:
+        """False when the backend's process died (a supervisor then calls `restart`); an
+        in-process backend is always alive."""
+        return True
+
+    def restart(self) -> None:  # noqa: B027 - in-process backends have nothing to restart
+        """Replace a dead backend process now, with empty device memory."""
+
     # -- helpers built on the interface -----------------------------------------------------
     def _wait_for_irq(self, deadline: float | None) -> None:
         """Block until the interrupt line may have changed; backends with a real line override."""

@@ -29,36 +29,31 @@ outputs  classifier (one [1, C] output): `logits` (float32, dequantized), `logit
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 
-from softnpu.compiler.bundle import Bundle, BundleError
+from softnpu.compiler.bundle import Bundle
 from softnpu.host import pipeline
 from softnpu.host.detection import Detector, detection_stage
 from softnpu.host.host_graph import HostGraph
 from softnpu.host.pipeline import InputError
-from softnpu.host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
 from softnpu.host.runtime import Result
 
-__all__ = ["ServedModel", "ModelStore", "ModelNotFound", "ModelLoadError", "IMAGES", "LAYER_CYCLES",
+__all__ = ["ServedModel", "ModelNotFound", "ModelLoadError", "IMAGES", "LAYER_CYCLES",
            "SIGNATURE", "MAX_BATCH", "describe"]
 
 IMAGES = "images"
 LAYER_CYCLES = "npu_layer_cycles"
 SIGNATURE = "serving_default"
 MAX_BATCH = 64
-INDEX_TTL_S = 1.0       # how stale the repository listing may be (a miss re-reads it at once)
 
 
 class ModelNotFound(LookupError):
-    """Unknown model, version, signature or input name (gRPC NOT_FOUND)."""
+    """Unknown model or version, or a version that failed to load (gRPC NOT_FOUND)."""
 
 
 class ModelLoadError(RuntimeError):
-    """A repository entry that is not a valid bundle (gRPC FAILED_PRECONDITION)."""
+    """A request the model cannot serve: an unknown signature (gRPC FAILED_PRECONDITION)."""
 
 
 @dataclasses.dataclass
@@ -147,8 +142,8 @@ class ServedModel:
         per_input: dict[str, list[np.ndarray]] = {}
         for alias, x in tensors.items():
             if alias not in signature and not (alias == IMAGES and single):
-                raise ModelNotFound(f"input {alias!r} is not in signature {SIGNATURE!r} of "
-                                    f"{self.name}:{self.version} (inputs: {sorted(signature)})")
+                raise InputError(f"input {alias!r} is not in signature {SIGNATURE!r} of "
+                                 f"{self.name}:{self.version} (inputs: {sorted(signature)})")
             target = single if alias == IMAGES else alias
             if target in per_input:
                 raise InputError(f"input {target!r} given twice (as {IMAGES!r} and by name)")
@@ -281,102 +276,6 @@ def _detection_output(kind: str, detected: list, top: int, names: list[str]) -> 
         return labels
     rows = [d.detections.padded(top) for d in detected]
     return np.concatenate([row[kind] for row in rows])
-
-
-@dataclasses.dataclass
-class _Entry:
-    mtime: float
-    model: ServedModel | None
-    error: str | None = None
-
-
-class ModelStore:
-    """Served models of a repository, loaded on first use and re-read when a bundle file changes;
-    a model registered while the server runs is found on its first request."""
-
-    def __init__(self, repository: ModelRepository | str | Path, top_k: int = 5):
-        self.repository = repository if isinstance(repository, ModelRepository) else \
-            ModelRepository(repository)
-        self.top_k = top_k
-        self._cache: dict[tuple[str, int], _Entry] = {}
-        self._listing: dict[str, list[int]] | None = None
-        self._listed_at = 0.0
-        self._lock = threading.Lock()
-
-    def _index(self, name: str = "", version: int | None = None) -> dict[str, list[int]]:
-        """The repository's listing, re-read when older than INDEX_TTL_S or when it lacks what is
-        asked for (so a model registered a moment ago is found at once)."""
-        now = time.monotonic()
-        with self._lock:
-            index = self._listing
-            stale = index is None or now - self._listed_at > INDEX_TTL_S
-            if stale or (name and name not in index) or (version and version not in index.get(name, ())):
-                index = self._listing = self.repository.models()
-                self._listed_at = now
-        return index
-
-    def get(self, name: str, version: int | None = None) -> ServedModel:
-        """The model at `version` (None or 0: the latest); an empty name means the only model of
-        the repository.  Raises ModelNotFound, ModelLoadError."""
-        name = self._default_name(name)
-        versions = self._index(name, version).get(name)
-        if not versions:
-            raise ModelNotFound(f"model {name!r} is not in the repository {self.repository.root} "
-                                f"(models: {', '.join(sorted(self._index())) or 'none'})")
-        v = version or versions[-1]
-        if v not in versions:
-            raise ModelNotFound(f"model {name!r} has no version {v} (versions: "
-                                f"{', '.join(map(str, versions))})")
-        path = self.repository.root / name / str(v) / BUNDLE_FILE
-        try:
-            mtime = path.stat().st_mtime
-        except OSError as exc:
-            raise ModelNotFound(f"model {name!r} version {v}: {exc}") from None
-        with self._lock:
-            entry = self._cache.get((name, v))
-            if entry is None or entry.mtime != mtime:
-                try:
-                    entry = _Entry(mtime, ServedModel(Bundle.load(path), name, v, self.top_k))
-                except (BundleError, ValueError, KeyError, OSError) as exc:
-                    entry = _Entry(mtime, None, f"{path}: {exc}")
-                self._cache[(name, v)] = entry
-        if entry.model is None:
-            raise ModelLoadError(f"model {name!r} version {v} cannot be loaded: {entry.error}")
-        return entry.model
-
-    def _default_name(self, name: str) -> str:
-        if name:
-            return name
-        models = sorted(self._index())
-        if len(models) == 1:
-            return models[0]
-        raise ModelNotFound(f"model_spec.name is empty and the repository holds "
-                            f"{len(models)} models ({', '.join(models) or 'none'}): name one")
-
-    def status(self, name: str, version: int | None = None) -> list[tuple[int, str | None]]:
-        """(version, error or None) for one version or every version of a model."""
-        name = self._default_name(name)
-        try:
-            versions = self.repository.versions(name)
-        except RepositoryError as exc:
-            raise ModelNotFound(str(exc)) from None
-        if version:
-            if version not in versions:
-                raise ModelNotFound(f"model {name!r} has no version {version} (versions: "
-                                    f"{', '.join(map(str, versions))})")
-            versions = [version]
-        out = []
-        for v in versions:
-            try:
-                self.get(name, v)
-                out.append((v, None))
-            except ModelLoadError as exc:
-                out.append((v, str(exc)))
-        return out
-
-    def preload(self) -> dict[str, list[tuple[int, str | None]]]:
-        """Load every version of every model now; returns their status."""
-        return {name: self.status(name) for name in self.repository.models()}
 
 
 def describe(model: ServedModel) -> str:

@@ -21,37 +21,77 @@ import numpy as np
 
 from softnpu.compiler.bundle import Manifest, TensorSpec
 
-__all__ = ["InputError", "MODES", "decode_image", "normalize", "quantize", "dequantize", "softmax",
-           "top_k", "Preprocessor", "class_names", "Classification", "classify", "Pipeline"]
+__all__ = ["InputError", "MODES", "decode_image", "image_size", "pixel_budget", "normalize", "quantize",
+           "dequantize", "softmax", "top_k", "Preprocessor", "class_names", "Classification",
+           "classify", "Pipeline"]
 
 # keras.applications.imagenet_utils.preprocess_input, by mode; "unit" is x/255 (zoo.py digits),
 # "raw" leaves 0..255 as it is.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODES = ("caffe", "torch", "tf", "lite", "unit", "raw")
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024           # decompression-bomb guard
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024           # decompression-bomb guard, whatever the model
+MIN_IMAGE_PIXELS = 1024 * 1024                # ... and the pixel budget of one model's input:
+IMAGE_PIXEL_FACTOR = 256                      # see pixel_budget()
 
 
 class InputError(ValueError):
     """A request input that cannot be used: bad image bytes, wrong dtype, shape or name."""
 
 
-def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
-    """Encoded image bytes -> uint8 [H, W, channels] (RGB, or L for one channel)."""
+def pixel_budget(height: int, width: int) -> int:
+    """The most pixels an encoded image for a model input of height x width may decode to (after
+    JPEG's DCT scaling): IMAGE_PIXEL_FACTOR times the input, at least MIN_IMAGE_PIXELS, at most
+    MAX_IMAGE_PIXELS.  An 8x8 model takes 1024x1024 images, a 224x224 one 3584x3584 (JPEGs up to
+    8 times larger on each side, drafted down)."""
+    return int(min(MAX_IMAGE_PIXELS, max(MIN_IMAGE_PIXELS, IMAGE_PIXEL_FACTOR * height * width)))
+
+
+def _open(data: bytes, size: tuple[int, int] | None):
+    """A lazily decoding Pillow image (the header only is read), drafted for a JPEG so that it
+    decodes at the smallest DCT scale that is still at least `size` (height, width)."""
     from PIL import Image
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"an image must be bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise InputError("empty image (0 bytes)")
+    img = Image.open(io.BytesIO(bytes(data)))
+    if size is not None and img.format == "JPEG":
+        img.draft(img.mode, (size[1], size[0]))
+    return img
+
+
+def image_size(data: bytes, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height) an encoded image decodes to (drafted towards `size` (height, width) when it
+    is a JPEG), from its header alone: nothing is decoded."""
+    try:
+        with _open(data, size) as img:
+            return img.size
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot decode image ({len(data)} bytes): "
+                         f"{'not a recognised image format' if 'identify' in str(exc) else exc}") from None
+
+
+def decode_image(data: bytes, channels: int = 3, size: tuple[int, int] | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, channels] (RGB, or L for one channel).
+
+    size: (height, width) the image is going to be resized to; a JPEG is decoded at the smallest
+    DCT scale (1, 1/2, 1/4, 1/8) still at least that large.  max_pixels is checked on the header,
+    before anything is decoded."""
+    from PIL import Image
+
     fmt = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(bytes(data))) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
+            with _open(data, size) as img:
+                if img.width * img.height > max_pixels:
                     raise InputError(f"image of {img.width}x{img.height} pixels exceeds the limit of "
-                                     f"{MAX_IMAGE_PIXELS} pixels")
+                                     f"{max_pixels} pixels")
                 fmt = img.format
                 img.load()
                 img = img.convert("L" if channels == 1 else "RGB")
@@ -164,9 +204,17 @@ class Preprocessor:
             raise ValueError(f"unknown preprocess mode {mode!r}; expected one of {MODES}")
         return cls(spec, mode, height, width, pre.get("resize", "stretch"))
 
-    def __call__(self, data: bytes) -> np.ndarray:
-        """Encoded image -> int8 [1, H, W, C] ready for the NPU."""
-        pixels = decode_image(data, self.spec.shape[3])
+    def target_size(self) -> tuple[int, int]:
+        """(height, width) an image is resized to before cropping (what a JPEG is drafted to)."""
+        if self.resize == "center_crop":
+            side = max(self.height, self.width) / 0.875
+            return (int(np.ceil(side)), int(np.ceil(side)))
+        return (self.height, self.width)
+
+    def __call__(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Encoded image -> int8 [1, H, W, C] ready for the NPU.  The service holds an image to
+        `pixel_budget(height, width)` from its header before it gets here (host/limits.py)."""
+        pixels = decode_image(data, self.spec.shape[3], self.target_size(), max_pixels)
         pixels = _resize(pixels, self.height, self.width, self.resize)
         return quantize(normalize(pixels, self.mode), self.spec.scale, self.spec.zero_point)[None]
 

@@ -195,6 +195,18 @@ class ProcessDevice(Device):
         elif self.sock is not None:
             self._call(RESET)
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """A fresh child now (the old one, dead or not, is killed); raises DeviceLost if it does
+        not start."""
+        self._kill()
+        self.resident = None
+        self._running = False
+        self.restarts += 1
+        self._spawn()
+
     def close(self) -> None:
         if self.sock is not None:
             try:

@@ -43,6 +43,15 @@ class RtlDevice(Device):
                 raise DeviceLost(f"rtl device: the simulator did not start: {exc}") from None
         return self._proc
 
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.alive
+
+    def restart(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc = None
+        self._device()
+
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)

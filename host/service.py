@@ -1,19 +1,27 @@
 """`softnpu serve`: TensorFlow Serving's gRPC API in front of NPU devices.
 
 Services: tensorflow.serving.PredictionService (Predict, Classify, GetModelMetadata),
-tensorflow.serving.ModelService (GetModelStatus), grpc.health.v1.Health and server reflection.
+tensorflow.serving.ModelService (GetModelStatus), grpc.health.v1.Health and server reflection;
+with `rest_port`, TF Serving's REST API and Prometheus metrics (host/rest.py, host/metrics.py).
+docs/serving.md is the operator's guide.
 Stock TF Serving clients work unchanged (generated stubs from tensorflow-serving-api, tensors
 from tf.make_tensor_proto); see host/models.py for the signature.
 
 Every RPC except health checks needs an API key when keys are configured (`authorization`
-metadata: `Bearer <key>` or the bare key).  Requests pass a bounded queue to a pool of device
-workers; every failure is a gRPC status whose message says what is wrong:
+metadata: `Bearer <key>` or the bare key), checked with a per-peer call limit before the request
+is read (host/auth.py).  A request is priced from its shapes and image headers before anything
+is decoded (host/limits.py), then passes a bounded queue to a pool of device workers; every
+failure is a gRPC status whose message says what is wrong:
 
-  INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown output alias
-  NOT_FOUND           unknown model, version, signature or input name
-  FAILED_PRECONDITION a repository entry that is not a valid bundle; Classify on a non-classifier
+  INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown input or output
+                      alias, version label, Classify on a non-classifier, a request over a size
+                      limit (elements per input, image pixels, bytes per request: host/limits.py)
+  NOT_FOUND           unknown model or version, or a version that failed to load (GetModelStatus
+                      says why); messages name the model asked for, never a path or another model
+  FAILED_PRECONDITION unknown signature
   UNAUTHENTICATED     missing or wrong API key
-  RESOURCE_EXHAUSTED  request queue full; message larger than --max-message-mb (gRPC's own check)
+  RESOURCE_EXHAUSTED  request queue full; in-flight request memory over its budget; too many
+                      concurrent calls from one peer; message larger than --max-message-mb
   DEADLINE_EXCEEDED   the caller's deadline passed before the device finished
   INTERNAL            an NPU fault (with its error code and instruction) or a bug (logged)
   UNAVAILABLE         the server is shutting down; a device process died or hung (it restarts:
@@ -22,8 +30,9 @@ workers; every failure is a gRPC status whose message says what is wrong:
 
 from __future__ import annotations
 
-import hmac
 import logging
+import signal
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -46,20 +55,24 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from softnpu.host.auth import CallGuard, load_api_keys
 from softnpu.host.device import DeviceError, DeviceLost, DeviceTimeout
+from softnpu.host.limits import LimitExceeded, Limits
+from softnpu.host.metrics import ServingMetrics
 from softnpu.host.models import (
     LAYER_CYCLES,
+    MAX_BATCH,
     SIGNATURE,
     ModelLoadError,
     ModelNotFound,
-    ModelStore,
     ServedModel,
 )
 from softnpu.host.pipeline import InputError
+from softnpu.host.store import ModelStore
 from softnpu.host.tensors import TensorError, from_proto, to_proto
 from softnpu.host.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
 
-__all__ = ["Server", "ApiKeyInterceptor", "load_api_keys", "PREDICTION_SERVICE", "MODEL_SERVICE"]
+__all__ = ["Server", "load_api_keys", "PREDICTION_SERVICE", "MODEL_SERVICE"]
 
 log = logging.getLogger("softnpu.serve")
 access_log = logging.getLogger("softnpu.access")
@@ -72,62 +85,6 @@ _OK, _FAILED_PRECONDITION = 0, 9          # tensorflow.error.Code values in Stat
 
 
 # ----------------------------------------------------------------------------------------------
-# Authentication
-# ----------------------------------------------------------------------------------------------
-def load_api_keys(path: str | Path) -> list[str]:
-    """API keys from a file: one per line; blank lines and lines starting with '#' are skipped."""
-    keys = [line.strip() for line in Path(path).read_text().splitlines()]
-    keys = [k for k in keys if k and not k.startswith("#")]
-    if not keys:
-        raise ValueError(f"{path}: no API keys in the file")
-    return keys
-
-
-class ApiKeyInterceptor(grpc.ServerInterceptor):
-    """Rejects every RPC without a valid key in the `authorization` metadata, health checks
-    excepted (load balancers probe them without credentials)."""
-
-    OPEN = ("/grpc.health.v1.Health/",)
-
-    def __init__(self, keys):
-        self._keys = [k.encode() for k in keys]
-        if not self._keys:
-            raise ValueError("ApiKeyInterceptor needs at least one key")
-
-    def _valid(self, value: str) -> bool:
-        token = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
-        token = token.encode()
-        # compare against every key, so the time taken does not tell which one nearly matched
-        return sum(hmac.compare_digest(token, k) for k in self._keys) > 0
-
-    def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(self.OPEN):
-            return continuation(handler_call_details)
-        values = [v for k, v in (handler_call_details.invocation_metadata or ()) if k == "authorization"]
-        if values and self._valid(values[0] if isinstance(values[0], str) else values[0].decode()):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        message = ("invalid API key" if values else
-                   "missing API key: send it as 'authorization: Bearer <key>' metadata")
-        return _denying(handler, message)
-
-
-def _denying(handler, message):
-    def deny(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(deny, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-
-
-# ----------------------------------------------------------------------------------------------
 # Errors -> gRPC status
 # ----------------------------------------------------------------------------------------------
 _CODE_OF = (
@@ -136,6 +93,7 @@ _CODE_OF = (
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (JobExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (PoolClosed, grpc.StatusCode.UNAVAILABLE),
     (DeviceError, grpc.StatusCode.INTERNAL),
@@ -155,6 +113,16 @@ def _access(method: str, request, context, code: grpc.StatusCode, start: float) 
                     (time.perf_counter() - start) * 1e3)
 
 
+def _observe(servicer, method: str, request, code: grpc.StatusCode, start: float, response=None):
+    """The call in the server's metrics (host/metrics.py), when it keeps them."""
+    metrics = getattr(servicer, "metrics", None)
+    if metrics is None:
+        return
+    spec = getattr(response, "model_spec", None) or getattr(request, "model_spec", None)
+    name, version = (spec.name, spec.version.value) if spec is not None else ("", "")
+    metrics.observe(method, name, version, code.name, time.perf_counter() - start)
+
+
 def _rpc(method):
     """Run a handler; turn any exception into the gRPC status of its kind (never let one out)."""
     def wrapper(self, request, context):
@@ -162,18 +130,22 @@ def _rpc(method):
         try:
             response = method(self, request, context)
             _access(method.__name__, request, context, grpc.StatusCode.OK, start)
+            _observe(self, method.__name__, request, grpc.StatusCode.OK, start, response)
             return response
         except Exception as exc:
             code = next((c for kind, c in _CODE_OF if isinstance(exc, kind)), None)
             if code is None:
                 log.exception("%s failed", method.__name__)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                # a bug's message may hold server paths or state: the log has it, the caller not
+                code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); " \
+                    "the server's log has the details"
             else:
                 message = str(exc)
                 if isinstance(exc, (DeviceError, DeviceTimeout, DeviceLost)):
                     message = f"device fault: {exc}"
                     log.error("%s: %s", method.__name__, message)
         _access(method.__name__, request, context, code, start)
+        _observe(self, method.__name__, request, code, start)
         context.abort(code, message)
     wrapper.__name__ = method.__name__
     return wrapper
@@ -206,28 +178,35 @@ def signature_def(model: ServedModel) -> meta_graph_pb2.SignatureDef:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, store: ModelStore, pool: WorkerPool, request_timeout_s: float):
+    def __init__(self, store: ModelStore, pool: WorkerPool, request_timeout_s: float,
+                 limits: Limits | None = None):
         self.store, self.pool, self.request_timeout_s = store, pool, request_timeout_s
+        self.limits = limits or Limits()
+        self.metrics = None         # a host.metrics.ServingMetrics, set by Server
 
     def _model(self, spec) -> ServedModel:
         if spec.version_label:
-            raise ModelNotFound(f"version label {spec.version_label!r}: this server has no version "
-                                "labels; ask for a version number or none (the latest)")
+            raise InputError(f"Unrecognized servable version label: {spec.version_label} (this server "
+                             "has no version labels; ask for a version number or none, the latest)")
+        model = self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
         if spec.signature_name not in ("", SIGNATURE):
-            model = self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
-            raise ModelNotFound(f"signature {spec.signature_name!r} not found in {model.name}:"
-                                f"{model.version} (signatures: {SIGNATURE!r})")
-        return self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
+            raise ModelLoadError(f"Serving signature key {spec.signature_name!r} not found in "
+                                 f"{model.name}:{model.version} (signatures: {SIGNATURE!r})")
+        return model
 
     def _run(self, model: ServedModel, examples: list[dict], context, trace: bool = False) -> list:
         remaining = context.time_remaining()
         budget = self.request_timeout_s if remaining is None else min(remaining, self.request_timeout_s)
-        return self.pool.run(model, examples, time.monotonic() + budget,
-                             cancelled=lambda: not context.is_active(), trace=trace)
+        results = self.pool.run(model, examples, time.monotonic() + budget,
+                                cancelled=lambda: not context.is_active(), trace=trace)
+        if self.metrics is not None:
+            self.metrics.device_cycles(model.name, model.version, sum(r.stats.cycles for r in results))
+        return results
 
     @_rpc
     def Predict(self, request, context):
         model = self._model(request.model_spec)
+        self.limits.admit(model, request.inputs, context)      # before anything is decoded
         tensors = {alias: from_proto(t, f"input {alias!r}") for alias, t in request.inputs.items()}
         examples = model.examples(tensors)
         wanted = list(request.output_filter)
@@ -247,9 +226,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if not model.classifier:
             what = "a detector" if model.detector is not None else \
                 f"not a classifier (its output is {model.manifest.outputs[0].shape})"
-            raise ModelLoadError(f"{model.name}:{model.version} is {what}; use Predict")
+            raise InputError(f"{model.name}:{model.version} is {what}; use Predict")
         if request.input.HasField("example_list_with_context"):
             raise InputError("example_list_with_context is not supported; send example_list")
+        self.limits.admit(model, None, context, examples=request.input.example_list.examples)
         examples = []
         for i, example in enumerate(request.input.example_list.examples):
             examples += model.examples(_example_tensors(model, example, i))
@@ -300,8 +280,8 @@ def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.nd
             out[key] = arr
         elif kind in ("float_list", "int64_list"):
             if key not in model.inputs:
-                raise ModelNotFound(f"example {index}: feature {key!r} is not an input of {model.name} "
-                                    f"(inputs: {sorted(model.input_signature())})")
+                raise InputError(f"example {index}: feature {key!r} is not an input of {model.name} "
+                                 f"(inputs: {sorted(model.input_signature())})")
             values = np.asarray(getattr(feature, kind).value,
                                 np.float32 if kind == "float_list" else np.int64)
             shape = model.inputs[key].shape
@@ -321,6 +301,7 @@ def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.nd
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, store: ModelStore):
         self.store = store
+        self.metrics = None         # a host.metrics.ServingMetrics, set by Server
 
     @_rpc
     def GetModelStatus(self, request, context):
@@ -346,25 +327,37 @@ class Server:
                  workers: int = 1, backend: str = "iss", device_factory=None, api_keys=None,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
                  max_queue: int = 16, max_message_mb: float = 16, request_timeout_s: float = 60.0,
-                 run_timeout_s: float | None = 60.0, top_k: int = 5):
+                 run_timeout_s: float | None = 60.0, top_k: int = 5,
+                 max_calls_per_peer: int | None = None, limits: Limits | None = None,
+                 rest_port: int | None = None):
         self.store = store if isinstance(store, ModelStore) else ModelStore(store, top_k=top_k)
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
         if max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
         self.pool = WorkerPool(workers, max_queue, backend, device_factory, run_timeout_s)
-        threads = workers + max_queue + 4
+        self.store.on_unload.append(self.pool.retire)     # unloaded versions release their weights
+        # one peer may fill the workers and the queue and see QueueFull; the others keep threads
+        per_peer = workers + max_queue + 2 if max_calls_per_peer is None else max_calls_per_peer
+        threads = 2 * (workers + max_queue) + 8
         max_bytes = int(max_message_mb * 1024 * 1024)
-        interceptors = [ApiKeyInterceptor(api_keys)] if api_keys else []
+        self.guard = CallGuard(api_keys, per_peer or None)
+        self.limits = limits or Limits(max_batch=MAX_BATCH)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
-            interceptors=interceptors, maximum_concurrent_rpcs=2 * threads,
+            interceptors=[self.guard], maximum_concurrent_rpcs=2 * threads,
             options=[("grpc.max_receive_message_length", max_bytes),
                      ("grpc.max_send_message_length", max_bytes),
                      ("grpc.so_reuseport", 0)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.store, self.pool, request_timeout_s), self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.store), self._server)
+        self.metrics = ServingMetrics(queue_depth=self.pool.queued,
+                                      inflight_bytes=lambda: self.limits.inflight_bytes,
+                                      rejected=lambda: dict(self.guard.rejected),
+                                      restarted=lambda: self.pool.counts["restarted"])
+        self.predictions = PredictionServicer(self.store, self.pool, request_timeout_s, self.limits)
+        self.models = ModelServicer(self.store)
+        self.predictions.metrics = self.models.metrics = self.metrics
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.models, self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -385,6 +378,17 @@ class Server:
             raise OSError(f"cannot listen on {address} (in use, or not an address of this host)")
         self.host = host
         self.tls = tls_cert is not None
+        self.draining = False
+        self.rest = None
+        if rest_port is not None:
+            from softnpu.host.rest import RestServer
+            try:
+                self.rest = RestServer(self, host, rest_port, max_body_bytes=max_bytes,
+                                       request_timeout_s=request_timeout_s,
+                                       tls=(str(tls_cert), str(tls_key)) if self.tls else None)
+            except OSError as exc:
+                self.pool.close(0.1)
+                raise OSError(f"cannot listen on {host}:{rest_port} for REST: {exc.strerror}") from None
 
     @property
     def address(self) -> str:
@@ -392,16 +396,48 @@ class Server:
 
     def start(self) -> Server:
         self._server.start()
+        if self.rest is not None:
+            self.rest.start()
+        self.pool.watch()
         for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
 
     def stop(self, grace_s: float = 2.0):
-        """Refuse new work, let running requests finish for `grace_s`, stop the workers."""
+        """Drain: health says NOT_SERVING and new calls are refused at once, while every call
+        already accepted (queued for a device or running on one) has `grace_s` to finish; then
+        what is left is cancelled and the workers stop."""
+        deadline = time.monotonic() + grace_s
+        self.draining = True
         self.health.enter_graceful_shutdown()
         done = self._server.stop(grace_s)
-        self.pool.close(timeout_s=grace_s + 1.0)
+        if self.rest is not None:
+            self.rest.stop()            # new REST calls refused; running ones finish on their threads
         done.wait(grace_s + 1.0)
+        self.pool.settle(deadline)      # REST calls still queued or running
+        self.pool.close(timeout_s=1.0)
+
+    def run_until_signal(self, grace_s: float, signals=(signal.SIGINT, signal.SIGTERM)) -> int:
+        """Serve until one of `signals`, then drain (`stop(grace_s)`); returns the signal's number.
+        From the main thread only (Python delivers signals there)."""
+        received: list[int] = []
+        stopping = threading.Event()
+
+        def handler(signum, frame):
+            received.append(signum)
+            stopping.set()
+
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+        try:
+            while not stopping.wait(0.5):
+                pass
+            log.info("%s: draining for up to %.1f s (%d request(s) waiting for a device)",
+                     signal.Signals(received[0]).name, grace_s, self.pool.queued())
+            self.stop(grace_s)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        return received[0]
 
     def wait(self, timeout_s: float | None = None) -> bool:
         return self._server.wait_for_termination(timeout_s)

@@ -12,6 +12,7 @@ request whose deadline passes, or whose caller goes away, while it waits never r
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,10 @@ from softnpu.host.runtime import Result, Runtime
 
 __all__ = ["WorkerPool", "Worker", "QueueFull", "JobExpired", "PoolClosed"]
 
+log = logging.getLogger("softnpu.serve")
+
 RUNTIMES_PER_WORKER = 8
+WATCH_S = 0.5           # how often the watcher looks at idle workers' device processes
 _POLL_S = 0.05          # how often a waiting request looks at its caller's cancellation
 
 
@@ -62,6 +66,14 @@ class Worker:
             self.runtimes.popitem(last=False)
         return runtime
 
+    def dead(self) -> list[Device]:
+        """Its devices whose backend process died."""
+        return [d for d in self.devices.values() if not d.alive()]
+
+    def forget(self, key) -> bool:
+        """Drop the runtime of a model (its bundle and weights go with it); True if it had one."""
+        return self.runtimes.pop(key, None) is not None
+
     def close(self):
         for device in self.devices.values():
             try:
@@ -90,6 +102,9 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._waiting = 0
         self._closed = False
+        self._watcher: threading.Thread | None = None
+        self._watch_stop = threading.Event()
+        self._retired: set = set()     # model keys to drop from the workers busy at the moment
         self.counts = collections.Counter()        # completed, failed, expired, rejected
 
     @property
@@ -125,7 +140,11 @@ class WorkerPool:
 
     def _checkin(self, worker: Worker):
         with self._cond:
+            for key in [k for k in self._retired if k in worker.runtimes]:
+                worker.forget(key)
             self._free.append(worker)
+            if len(self._free) == len(self._all):
+                self._retired.clear()
             self._cond.notify()
 
     def run(self, model, examples: list[dict], deadline: float | None = None,
@@ -157,10 +176,78 @@ class WorkerPool:
             self.counts["completed"] += 1
         return results
 
+    # -- supervision ------------------------------------------------------------------------------
+    def watch(self, interval_s: float = WATCH_S) -> None:
+        """Start the watcher: every `interval_s` it restarts the dead device processes of idle
+        workers, so a device that died between requests is replaced before a request meets it."""
+        if self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, args=(interval_s,), daemon=True,
+                                         name="softnpu-worker-watcher")
+        self._watcher.start()
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._watch_stop.wait(interval_s):
+            try:
+                self.revive_idle()
+            except Exception:                   # the watcher must outlive any one failure
+                log.exception("worker watcher")
+
+    def revive_idle(self) -> int:
+        """Restart the dead devices of the idle workers now; returns how many were restarted.
+        A worker being revived is checked out, so no request uses it meanwhile."""
+        with self._cond:
+            if self._closed:
+                return 0
+            sick = [w for w in self._free if w.dead()]
+            for worker in sick:
+                self._free.remove(worker)
+        restarted = 0
+        for worker in sick:
+            try:
+                for device in worker.dead():
+                    log.warning("worker %d: %s device process died while idle; restarting it",
+                                worker.index, device.backend)
+                    device.restart()
+                    restarted += 1
+                    with self._cond:
+                        self.counts["restarted"] += 1
+            except Exception as exc:            # it is retried at the next look, or by a request
+                log.error("worker %d: device restart failed: %s", worker.index, exc)
+            finally:
+                self._checkin(worker)
+        return restarted
+
+    def retire(self, model) -> None:
+        """A model was unloaded: every worker drops its runtime (now if idle, else at check-in),
+        so its weights and bundle are released."""
+        with self._cond:
+            for worker in self._free:
+                worker.forget(model.key)
+            if len(self._free) < len(self._all):
+                self._retired.add(model.key)
+            else:
+                self._retired.clear()
+
+    def settle(self, deadline: float) -> bool:
+        """Wait until no request waits or runs, or until `deadline` (time.monotonic()); True if
+        the pool went idle."""
+        with self._cond:
+            while self._waiting or len(self._free) < len(self._all):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, _POLL_S))
+            return True
+
     def close(self, timeout_s: float = 5.0):
         """Refuse new requests, wake the waiting ones (PoolClosed), wait up to `timeout_s` for
         the running ones, close the devices."""
         deadline = time.monotonic() + timeout_s
+        if self._watcher is not None:
+            self._watch_stop.set()
+            self._watcher.join(timeout_s)
+            self._watcher = None
         with self._cond:
             self._closed = True
             self._cond.notify_all()

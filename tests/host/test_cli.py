@@ -55,7 +55,7 @@ def test_serve_and_score_processes(server_process, tmp_path):
     assert run.returncode != 0 and "UNAUTHENTICATED" in run.stderr
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
-    assert "stopping" in proc.stdout.read()
+    assert "stopped" in proc.stdout.read()
 
 
 def test_lightproto_loads_the_serving_protos_without_tensorflow():

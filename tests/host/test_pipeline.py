@@ -117,3 +117,21 @@ def test_pipeline_image_to_top_classes(sample):
     assert cls.labels[0][0] == f"class_{cls.classes[0, 0]}" and stats.cycles > 0
     with pytest.raises(InputError):
         pipeline.Pipeline(runtime)(b"garbage")
+
+
+def test_a_jpeg_decodes_at_the_dct_scale_nearest_the_model_input():
+    from PIL import Image
+
+    from softnpu.host.pipeline import image_size, pixel_budget
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (10, 200, 30)).save(buf, "JPEG")
+    data = buf.getvalue()
+    assert image_size(data) == (1600, 1200)
+    assert image_size(data, (150, 150)) == (200, 150)          # 1/8: still at least 150 high
+    assert image_size(data, (300, 300)) == (400, 300)          # 1/4
+    assert pipeline.decode_image(data, 3, (150, 150)).shape == (150, 200, 3)
+    with pytest.raises(InputError, match="exceeds the limit of 1000 pixels"):
+        pipeline.decode_image(data, 3, (150, 150), max_pixels=1000)
+    assert pixel_budget(8, 8) == 1 << 20 and pixel_budget(224, 224) == 256 * 224 * 224
+    assert pixel_budget(8192, 8192) == pipeline.MAX_IMAGE_PIXELS
