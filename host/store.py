@@ -62,7 +62,8 @@ def validate_bundle(path: Path, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
     except (OSError, EOFError, RuntimeError, NotImplementedError) as exc:
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
     bundle = Bundle.load(path)
-    bundle.tflite = None        # the compiler's input: never served, not kept in memory
+    if not any(stage.get("op") == "host_graph" for stage in bundle.manifest.postprocess):
+        bundle.tflite = None    # the compiler's input: not served (unless a host tail runs from it)
     return bundle
 
 

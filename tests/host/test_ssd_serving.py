@@ -194,7 +194,7 @@ def test_voc_names_by_class_id():
     assert class_names(SimpleNamespace(labels="voc"), 5) == [f"class_{i}" for i in range(5)]
 
 
-def test_classify_on_a_detector_is_failed_precondition(ssd_repo, serve):
+def test_classify_on_a_detector_is_invalid_argument(ssd_repo, serve):
     from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
 
     server = serve(root=ssd_repo.root)
@@ -204,5 +204,5 @@ def test_classify_on_a_detector_is_failed_precondition(ssd_repo, serve):
         request.input.example_list.examples.add()
         with pytest.raises(grpc.RpcError) as err:
             prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "is a detector; use Predict" in err.value.details()
