@@ -117,14 +117,25 @@ def _activation(rng, layers, t, name):
     return layers.ReLU(max_value=_pick(rng, [None, 6.0, 4.0]), name=name)(t)
 
 
+def _depthwise(rng, layers, t, name):
+    """A DepthwiseConv2D (depth multiplier 1, compiler/depthwise.py) of random kernel, equal strides
+    1 or 2, padding and fused activation, as MobileNet/EfficientNet blocks use it."""
+    h, w = _hw(t)
+    k = int(_pick(rng, [3, 3, 5]))
+    stride = int(_pick(rng, [1, 1, 2]))
+    padding = "valid" if k <= h and k <= w and rng.random() < 0.3 else "same"
+    return layers.DepthwiseConv2D(k, strides=stride, padding=padding,
+                                  activation=_pick(rng, [None, "relu", "relu6"]),
+                                  bias_initializer=_bias(rng), name=name)(t)
+
+
 def _zero_pad(rng, layers, t, name):
     top, bottom, left, right = (int(v) for v in rng.integers(0, 3, 4))
     pads = ((top, bottom), (left, right))
     return layers.ZeroPadding2D(pads, name=name)(t)
 
 
-# The block kinds the generator draws from, with their weights.  DepthwiseConv2D goes here: add
-# ("depthwise", weight, builder) once the compiler lowers DEPTHWISE_CONV_2D.
+# The block kinds the generator draws from, with their weights.
 BLOCKS: list[tuple[str, float, Callable]] = [
     ("conv", 4.0, _conv),
     ("pool", 1.5, _pool),
@@ -132,6 +143,7 @@ BLOCKS: list[tuple[str, float, Callable]] = [
     ("concat", 1.5, _concat),
     ("activation", 0.5, _activation),
     ("zero_pad", 0.5, _zero_pad),
+    ("depthwise", 1.0, _depthwise),
 ]
 
 
