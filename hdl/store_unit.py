@@ -11,7 +11,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from softnpu.hdl import isa
-from softnpu.hdl.axi import AXI4Signature, burst_beats
+from softnpu.hdl.axi import WritePortSignature, burst_beats
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
 from softnpu.hdl.unit import Unit
@@ -27,16 +27,11 @@ class ScratchpadReadSignature(wiring.Signature):
                           "data": wiring.In(width)})
 
 
-_WRITE_CHANNELS = ("awaddr", "awlen", "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid", "wready",
-                   "bvalid", "bready")
-
-
 class StoreUnit(Unit):
     def __init__(self, config: NPUConfig):
         self.config = config
-        axi = AXI4Signature(data_bytes=config.dram_bus_bytes)
         super().__init__({
-            "mem": Out(wiring.Signature({name: axi.members[name] for name in _WRITE_CHANNELS})),
+            "mem": Out(WritePortSignature(data_bytes=config.dram_bus_bytes)),
             "out_r": Out(ScratchpadReadSignature(config.out_depth, 8 * config.rows)),
             "write_beats": Out(1),
         })

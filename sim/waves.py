@@ -164,7 +164,8 @@ def finish(path: Path, window: Window, n_jobs: int, build_dir: Path | None = Non
 # ----------------------------------------------------------------------------------------------
 UNIT_SIGNALS: dict[str, list[str]] = {
     "run control": ["clk", "rst", "irq", "debug_running", "debug_marker", "debug_marker_id",
-                    "dut.running", "dut.done", "dut.error", "dut.error_code", "dut.error_pc"],
+                    "dut.run_control.running", "dut.run_control.done", "dut.run_control.error",
+                    "dut.run_control.error_code", "dut.run_control.error_pc", "dut.run_control.deadlock_pc"],
     "fetch": ["dut.fetch.fsm_state", "dut.fetch.pc", "dut.fetch.word", "dut.fetch.finished",
               "dut.fetch.exhausted", "dut.fetch.blocked", "dut.fetch.fault", "dut.fetch.fault_code"],
     "load": ["debug_load_busy", "debug_load_stall", "debug_load_pc", "dut.load.fsm_state",
@@ -184,11 +185,11 @@ UNIT_SIGNALS: dict[str, list[str]] = {
               "dut.tokens_compute_store"],
     "CSR": [f"s_axil_{n}" for n in ("awaddr", "awvalid", "awready", "wdata", "wvalid", "wready", "bvalid",
                                     "bready", "araddr", "arvalid", "arready", "rdata", "rvalid", "rready")]
-    + ["dut.csr.insn_addr", "dut.csr.insn_count", "dut.trace_count"],
-    "memory port": ["dut.owner"] + [f"axi_{n}" for n in (
+    + ["dut.csr.insn_addr", "dut.csr.insn_count", "dut.perf.trace_count"],
+    "memory port": ["dut.arbiter.owner"] + [f"axi_{n}" for n in (
         "araddr", "arlen", "arvalid", "arready", "rdata", "rlast", "rvalid", "rready", "awaddr", "awlen",
         "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid", "wready", "bvalid", "bready")],
-    "counters": [f"dut.count_{n}" for n in ("cycles", "load_busy", "load_stall", "compute_busy",
+    "counters": [f"dut.perf.count_{n}" for n in ("cycles", "load_busy", "load_stall", "compute_busy",
                                             "compute_stall", "store_busy", "store_stall", "mac_active",
                                             "dram_read_bytes", "dram_write_bytes")],
 }
