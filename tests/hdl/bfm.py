@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from amaranth.hdl import Value
+
 from softnpu.hdl import isa
 
 ALWAYS = (1,)
@@ -126,12 +128,13 @@ class SyncReadPort:
 
     def __init__(self, port, entries: dict[int, int]):
         self.port, self.entries = port, entries
+        self.data = Value.cast(port.data)        # entries are ints, whatever the port's layout
 
     async def serve(self, ctx):
         while True:
             _, _, en, addr = await ctx.tick().sample(self.port.en, self.port.addr)
             if en:
-                ctx.set(self.port.data, self.entries.get(addr, 0))
+                ctx.set(self.data, self.entries.get(addr, 0))
 
 
 class WriteRecorder:
@@ -143,7 +146,8 @@ class WriteRecorder:
 
     async def watch(self, ctx):
         while True:
-            _, _, en, addr, data = await ctx.tick().sample(self.port.en, self.port.addr, self.port.data)
+            _, _, en, addr, data = await ctx.tick().sample(self.port.en, self.port.addr,
+                                                           Value.cast(self.port.data))
             if en:
                 self.writes.append((addr, data))
 
