@@ -84,7 +84,8 @@ def test_layer_window_holds_every_unit_and_starts_at_its_marker(layer):
         assert all(n in present for n in names), f"{unit}: {[n for n in names if n not in present]}"
     assert f"{TOP}.dut.fetch.pc" in present and f"{TOP}.dut.compute.mac_active" in present
     first, last = waves.time_span(layer.waves)
-    sig = _values(layer.waves, {f"{TOP}.debug_marker", f"{TOP}.debug_marker_id", f"{TOP}.dut.perf.count_cycles"})
+    sig = _values(layer.waves, {f"{TOP}.debug_marker", f"{TOP}.debug_marker_id",
+                                f"{TOP}.dut.perf.count_cycles"})
     # opens in the cycle MARKER 2 retires and ends with the cycle MARKER 3 retires
     assert sig[f"{TOP}.debug_marker"].value_at(first) == 1
     assert sig[f"{TOP}.debug_marker_id"].value_at(first) == 2
@@ -118,8 +119,8 @@ def test_gtkw_groups_signals_by_unit(layer):
     assert f'[dumpfile] "{layer.waves.resolve()}"' in text
     groups = waves.gtkw_signals(layer.gtkw)
     assert f"{TOP}.dut.fetch.pc" in groups["fetch"]
-    assert f"{TOP}.dut.load.row_addr" in groups["load"]
-    assert f"{TOP}.dut.store.row_addr" in groups["store"]
+    assert f"{TOP}.dut.load.burst.row_addr" in groups["load"]
+    assert f"{TOP}.dut.store.burst.row_addr" in groups["store"]
     assert f"{TOP}.axi_araddr" in groups["memory port"]
     assert f"{TOP}.s_axil_awaddr" in groups["CSR"]
     assert f"{TOP}.dut.fetch.pc[31:0]" in text          # vectors carry their range, as GTKWave names them
