@@ -3,6 +3,8 @@ MAC over every window tap and input block, SUM and MAX pooling windows, `accumul
 taking the maximum with) the old entries with 32-bit wrap, strides and row/block pitches; one tap
 per cycle and `done` one cycle after the last tap; `range_bad` for every scratchpad overrun."""
 
+import itertools
+
 import numpy as np
 import pytest
 from amaranth.hdl import Value
@@ -52,18 +54,17 @@ class Scratchpads:
             for oh in range(insn.out_h):
                 for ow in range(insn.out_w):
                     value = np.full(R, INT32_MIN if insn.mode == ConvMode.MAX else 0, np.int64)
-                    for ci in ([o] if window else range(insn.in_blocks)):
-                        for i in range(insn.kh):
-                            for j in range(insn.kw):
-                                x = self.inp[insn.inp + ci * insn.inp_block + (oh * insn.stride_h + i) * insn.inp_row
-                                             + ow * insn.stride_w + j]
-                                if insn.mode == ConvMode.MAC:
-                                    w = self.wgt[insn.wgt + ((o * insn.in_blocks + ci) * insn.kh + i) * insn.kw + j]
-                                    value = wrap32(value + w @ x)
-                                elif insn.mode == ConvMode.SUM:
-                                    value = wrap32(value + x[:R])
-                                else:
-                                    value = np.maximum(value, x[:R])
+                    cis = [o] if window else range(insn.in_blocks)
+                    for ci, i, j in itertools.product(cis, range(insn.kh), range(insn.kw)):
+                        x = self.inp[insn.inp + ci * insn.inp_block + (oh * insn.stride_h + i) * insn.inp_row
+                                     + ow * insn.stride_w + j]
+                        if insn.mode == ConvMode.MAC:
+                            w = self.wgt[insn.wgt + ((o * insn.in_blocks + ci) * insn.kh + i) * insn.kw + j]
+                            value = wrap32(value + w @ x)
+                        elif insn.mode == ConvMode.SUM:
+                            value = wrap32(value + x[:R])
+                        else:
+                            value = np.maximum(value, x[:R])
                     addr = insn.acc + (o * insn.out_h + oh) * insn.out_w + ow
                     if insn.accumulate:
                         old = self.acc[addr]
@@ -72,13 +73,13 @@ class Scratchpads:
         return out
 
 
-def conv(mode=ConvMode.MAC, accumulate=0, out_blocks=1, in_blocks=1, kh=1, kw=1, stride_h=1, stride_w=1,
-         out_h=1, out_w=1, acc=0, inp=0, wgt=0, inp_row=None, inp_block=None) -> isa.Conv:
+def conv(mode=ConvMode.MAC, accumulate=0, out_blocks=1, in_blocks=1, kh=1, kw=1, stride_h=1,
+         stride_w=1, out_h=1, out_w=1, acc=0, inp=0, wgt=0, inp_row=None, inp_block=None) -> isa.Conv:
     inp_row = inp_row if inp_row is not None else (out_w - 1) * stride_w + kw
     inp_block = inp_block if inp_block is not None else ((out_h - 1) * stride_h + kh) * inp_row
-    return isa.Conv(mode=mode, accumulate=accumulate, out_blocks=out_blocks, in_blocks=in_blocks, kh=kh, kw=kw,
-                    stride_h=stride_h, stride_w=stride_w, out_h=out_h, out_w=out_w, acc=acc, inp=inp, wgt=wgt,
-                    inp_row=inp_row, inp_block=inp_block)
+    return isa.Conv(mode=mode, accumulate=accumulate, out_blocks=out_blocks, in_blocks=in_blocks, kh=kh,
+                    kw=kw, stride_h=stride_h, stride_w=stride_w, out_h=out_h, out_w=out_w, acc=acc, inp=inp,
+                    wgt=wgt, inp_row=inp_row, inp_block=inp_block)
 
 
 CASES = {

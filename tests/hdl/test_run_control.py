@@ -11,7 +11,8 @@ from tests.hdl.bfm import simulate
 
 
 def _outputs(ctx, dut) -> dict:
-    return {n: ctx.get(getattr(dut, n)) for n in ("running", "done", "error", "error_code", "error_pc", "irq")}
+    names = ("running", "done", "error", "error_code", "error_pc", "irq")
+    return {n: ctx.get(getattr(dut, n)) for n in names}
 
 
 async def _start(ctx, dut):
@@ -128,6 +129,7 @@ def test_deadlock_is_reported_at_the_lowest_waiting_instruction(waiting, stalled
 
     simulate(dut, bench)
     if deadlock:
-        assert (got["error"], got["error_code"], got["error_pc"]) == (1, ErrorCode.DEADLOCK, min(waiting.values()))
+        want = (1, ErrorCode.DEADLOCK, min(waiting.values()))
+        assert (got["error"], got["error_code"], got["error_pc"]) == want
     else:
         assert got["running"] == 1 and got["error"] == 0

@@ -93,8 +93,9 @@ def binary_case(pads: Pads, cls, b_param: int):
             pads.param[insn.b + blk] = b_row
         for i, a in enumerate(pads.entries(insn.a, blk, insn.count)):
             b = b_row if b_param else pads.inp[insn.b + blk * insn.count + i][:R]
-            want[insn.out + blk * insn.count + i] = op(pads.inp[a][:R], b, **params, zero_point=insn.zero_point,
-                                                       act_min=insn.act_min, act_max=insn.act_max)
+            want[insn.out + blk * insn.count + i] = op(pads.inp[a][:R], b, **params,
+                                                       zero_point=insn.zero_point, act_min=insn.act_min,
+                                                       act_max=insn.act_max)
     fetches = [len(cls.PARAMS) * (blk == 0) + b_param for blk in range(insn.blocks)]
     return insn, want, sum(f + 1 + insn.count + 1 for f in fetches)
 
@@ -155,7 +156,8 @@ def test_vector_op_matches_numerics_with_its_cycle_count(name):
 
 
 @pytest.mark.parametrize("insn, bad", [
-    (isa.Narrow(out=CFG.out_depth - 4, acc=0, blocks=2, count=2, divisor=1, act_min=-128, act_max=127), False),
+    (isa.Narrow(out=CFG.out_depth - 4, acc=0, blocks=2, count=2, divisor=1, act_min=-128, act_max=127),
+     False),
     (isa.Narrow(out=CFG.out_depth - 3, acc=0, blocks=2, count=2, divisor=1, act_min=-128, act_max=127), True),
     (isa.Narrow(out=0, acc=CFG.acc_depth - 3, blocks=2, count=2, divisor=1, act_min=-128, act_max=127), True),
     (isa.Requant(out=0, acc=0, param=CFG.param_depth - 6, blocks=2, count=1, zero_point=0, act_min=-128,
