@@ -10,16 +10,16 @@ line, and `debug` (each unit's state and the marker strobe, for waveforms and ha
 from __future__ import annotations
 
 from amaranth import Module, ResetInserter, Signal
-from amaranth.lib import fifo, memory, wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from softnpu.hdl import isa
 from softnpu.hdl.arbiter import MemoryArbiter
 from softnpu.hdl.axi import AXI4LiteSignature, AXI4Signature
 from softnpu.hdl.compute_unit import ComputeUnit
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.csr import CSRBlock
 from softnpu.hdl.fetch import Fetch
+from softnpu.hdl.insn_queue import InsnQueue
 from softnpu.hdl.load_unit import LoadUnit
 from softnpu.hdl.perf import PerfCounters
 from softnpu.hdl.run_control import FetchStateSignature, RunControl
@@ -69,19 +69,17 @@ class NPU(wiring.Component):
         wiring.connect(m, fetch.mem, arbiter.fetch)
         wiring.connect(m, store.mem, arbiter.store)
 
-        # -- instruction queues ---------------------------------------------------------------
+        # -- instruction queues: fetch -> queue -> unit, streams of QueueEntry ----------------------
         queues = {}
         for name, port in (("load", fetch.load_q), ("compute", fetch.compute_q), ("store", fetch.store_q)):
-            q = fifo.SyncFIFOBuffered(width=isa.INSN_BITS + PC_BITS, depth=c.insn_queue_depth)
+            q = InsnQueue(c.insn_queue_depth)
             m.submodules[f"{name}_queue"] = ResetInserter(clear)(q)
             queues[name] = q
-            unit = units[name]
-            m.d.comb += [q.w_data.eq(port.data), q.w_en.eq(port.en), port.ready.eq(q.w_rdy),
-                         unit.queue.valid.eq(q.r_rdy), unit.queue.insn.eq(q.r_data[:isa.INSN_BITS]),
-                         unit.queue.pc.eq(q.r_data[isa.INSN_BITS:]), q.r_en.eq(unit.queue.take)]
+            wiring.connect(m, port, q.i)
+            wiring.connect(m, q.o, units[name].queue)
             head = getattr(run, f"{name}_head")
-            m.d.comb += [head.valid.eq(q.r_rdy), head.pc.eq(q.r_data[isa.INSN_BITS:]),
-                         head.empty.eq(~q.r_rdy & (q.level == 0))]
+            m.d.comb += [head.valid.eq(q.o.valid), head.pc.eq(q.o.payload.pc),
+                         head.empty.eq(~q.o.valid & (q.level == 0))]
 
         # -- dependency tokens: one counter per direction ---------------------------------------
         def channel(name, producer, push, consumer, pop, room, can_pop):
@@ -133,7 +131,8 @@ class NPU(wiring.Component):
                      compute.others_idle.eq(~load.status.busy & ~store.status.busy
                                             & (queues["load"].level == 0) & (queues["store"].level == 0)),
                      status.busy.eq(run.running), status.done.eq(run.done), status.error.eq(run.error),
-                     csr.fields("ERROR").code.eq(run.error_code), csr.fields("ERROR_PC").index.eq(run.error_pc),
+                     csr.fields("ERROR").code.eq(run.error_code),
+                     csr.fields("ERROR_PC").index.eq(run.error_pc),
                      self.irq.eq(run.irq)]
 
         # -- performance counters and trace ----------------------------------------------------

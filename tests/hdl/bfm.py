@@ -184,11 +184,11 @@ def all_tokens(ctx, tokens) -> None:
 async def issue(ctx, unit, insn: isa.Insn | int, pc: int = 0, max_cycles: int = 20_000) -> None:
     """Put one instruction at the head of a unit's queue until the unit takes it."""
     q = unit.queue
-    ctx.set(q.insn, insn if isinstance(insn, int) else insn.encode_int())
-    ctx.set(q.pc, pc)
+    ctx.set(Value.cast(q.payload.insn), insn if isinstance(insn, int) else insn.encode_int())
+    ctx.set(q.payload.pc, pc)
     ctx.set(q.valid, 1)
     for _ in range(max_cycles):
-        _, _, take = await ctx.tick().sample(q.take)
+        _, _, take = await ctx.tick().sample(q.ready)
         if take:
             ctx.set(q.valid, 0)
             return
