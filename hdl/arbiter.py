@@ -61,6 +61,7 @@ class MemoryArbiter(wiring.Component):
             m.d.sync += owner.eq(Owner.NONE)
 
         for name in WRITE_CHANNELS:
-            master, slave = (axi, self.store) if name in ("awready", "wready", "bvalid") else (self.store, axi)
+            to_store = name in ("awready", "wready", "bvalid")
+            master, slave = (axi, self.store) if to_store else (self.store, axi)
             m.d.comb += getattr(slave, name).eq(getattr(master, name))
         return m

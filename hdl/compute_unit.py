@@ -12,7 +12,6 @@ and accumulator read ports: only the running one drives an address.
 from __future__ import annotations
 
 from amaranth import Module
-from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from softnpu.hdl import isa

@@ -175,4 +175,4 @@ STATUS_ERROR = field("STATUS", "error").mask
 
 # The order of the offsets is what the HDL decodes: everything below COUNTERS is a plain register.
 assert [r.offset for r in REGISTERS] == sorted(r.offset for r in REGISTERS)
-assert all(a.end <= b.offset for a, b in zip(REGISTERS, REGISTERS[1:]))
+assert all(a.end <= b.offset for a, b in zip(REGISTERS, REGISTERS[1:], strict=False))

@@ -1,4 +1,5 @@
-"""Generates docs/isa.md from hdl/isa.py and hdl/csr_map.py (`nox -s docs`, or `python -m softnpu.hdl.isa_doc`).
+"""Generates docs/isa.md from hdl/isa.py and hdl/csr_map.py (`nox -s docs`, or
+`python -m softnpu.hdl.isa_doc`).
 
 tests/hdl/test_isa.py fails when the checked-in docs/isa.md differs from `render()`.
 """

@@ -66,7 +66,7 @@ class RunControl(wiring.Component):
         queues_empty = heads[0].empty & heads[1].empty & heads[2].empty
         any_waiting = heads[0].valid | heads[1].valid | heads[2].valid
         all_heads_stuck = 1
-        for head, unit in zip(heads, units):
+        for head, unit in zip(heads, units, strict=True):
             all_heads_stuck = all_heads_stuck & (~head.valid | unit.stall)
         deadlock = running & all_idle & any_waiting & all_heads_stuck & (fetch.blocked | fetch.exhausted)
         deadlock_pc = Signal(PC_BITS)

@@ -20,8 +20,17 @@ import time
 import numpy as np
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.hdl.csr_map import (COUNTERS, CSR, CTRL_CLEAR, CTRL_START, STATUS_BUSY, STATUS_DONE,
-                                 STATUS_ERROR, counter_offset, trace_offset)
+from softnpu.hdl.csr_map import (
+    COUNTERS,
+    CSR,
+    CTRL_CLEAR,
+    CTRL_START,
+    STATUS_BUSY,
+    STATUS_DONE,
+    STATUS_ERROR,
+    counter_offset,
+    trace_offset,
+)
 from softnpu.hdl.isa import ErrorCode
 
 __all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceLost", "IssDevice", "BACKENDS", "open_device"]

@@ -16,8 +16,15 @@ import numpy as np
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.hdl.csr_map import (COUNTERS, CSR, CTRL_CLEAR, CTRL_START, STATUS_ERROR, counter_offset,
-                                 trace_offset)
+from softnpu.hdl.csr_map import (
+    COUNTERS,
+    CSR,
+    CTRL_CLEAR,
+    CTRL_START,
+    STATUS_ERROR,
+    counter_offset,
+    trace_offset,
+)
 from softnpu.hdl.isa import ErrorCode
 from softnpu.sim.dpi_mem import DpiMemory
 
