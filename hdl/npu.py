@@ -1,7 +1,8 @@
-"""The NPU top: wires fetch, the three instruction queues, the load, compute and store units, the
-scratchpads and the dependency-token counters to the shell: the CSR block (hdl/csr.py), run
-control with fault and deadlock detection (hdl/run_control.py), the performance counters and trace
-(hdl/perf.py) and the memory arbiter in front of the AXI4 master (hdl/arbiter.py).
+"""The NPU top: wires fetch, the three instruction queues (hdl/insn_queue.py), the load, compute
+and store units, the scratchpads and the dependency-token channels (hdl/tokens.py) to the shell:
+the CSR block (hdl/csr.py), run control with fault and deadlock detection (hdl/run_control.py),
+the performance counters and trace (hdl/perf.py) and the memory arbiter in front of the AXI4
+master (hdl/arbiter.py).
 
 Ports: an AXI4 master to memory, an AXI4-Lite slave for the CSRs (hdl/csr_map.py), an interrupt
 line, and `debug` (each unit's state and the marker strobe, for waveforms and hang reports).
@@ -9,7 +10,7 @@ line, and `debug` (each unit's state and the marker strobe, for waveforms and ha
 
 from __future__ import annotations
 
-from amaranth import Module, ResetInserter, Signal
+from amaranth import Module, ResetInserter
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -24,6 +25,7 @@ from softnpu.hdl.load_unit import LoadUnit
 from softnpu.hdl.perf import PerfCounters
 from softnpu.hdl.run_control import FetchStateSignature, RunControl
 from softnpu.hdl.store_unit import StoreUnit
+from softnpu.hdl.tokens import TokenChannel
 from softnpu.hdl.unit import PC_BITS
 
 __all__ = ["NPU"]
@@ -81,23 +83,19 @@ class NPU(wiring.Component):
             m.d.comb += [head.valid.eq(q.o.valid), head.pc.eq(q.o.payload.pc),
                          head.empty.eq(~q.o.valid & (q.level == 0))]
 
-        # -- dependency tokens: one counter per direction ---------------------------------------
-        def channel(name, producer, push, consumer, pop, room, can_pop):
-            count = Signal(range(c.token_queue_depth + 1), name=f"tokens_{name}")
-            m.d.comb += [getattr(producer.tokens, room).eq(count < c.token_queue_depth),
-                         getattr(consumer.tokens, can_pop).eq(count > 0)]
-            inc, dec = getattr(producer.tokens, push), getattr(consumer.tokens, pop)
-            with m.If(clear):
-                m.d.sync += count.eq(0)
-            with m.Elif(inc & ~dec):
-                m.d.sync += count.eq(count + 1)
-            with m.Elif(dec & ~inc):
-                m.d.sync += count.eq(count - 1)
+        # -- dependency tokens: one channel per direction -----------------------------------------
+        def channel(name, producer, push, room, consumer, pop, available):
+            ch = TokenChannel(c.token_queue_depth)
+            m.submodules[f"tokens_{name}"] = ResetInserter(clear)(ch)
+            m.d.comb += [ch.push.eq(getattr(producer.tokens, push)),
+                         ch.pop.eq(getattr(consumer.tokens, pop)),
+                         getattr(producer.tokens, room).eq(ch.room),
+                         getattr(consumer.tokens, available).eq(ch.available)]
 
-        channel("load_compute", load, "push_next", compute, "pop_prev", "room_next", "can_pop_prev")
-        channel("compute_load", compute, "push_prev", load, "pop_next", "room_prev", "can_pop_next")
-        channel("compute_store", compute, "push_next", store, "pop_prev", "room_next", "can_pop_prev")
-        channel("store_compute", store, "push_prev", compute, "pop_next", "room_prev", "can_pop_next")
+        channel("load_compute", load, "push_next", "room_next", compute, "pop_prev", "can_pop_prev")
+        channel("compute_load", compute, "push_prev", "room_prev", load, "pop_next", "can_pop_next")
+        channel("compute_store", compute, "push_next", "room_next", store, "pop_prev", "can_pop_prev")
+        channel("store_compute", store, "push_prev", "room_prev", compute, "pop_next", "can_pop_next")
         m.d.comb += [load.tokens.can_pop_prev.eq(0), load.tokens.room_prev.eq(0),
                      store.tokens.can_pop_next.eq(0), store.tokens.room_next.eq(0)]
 
