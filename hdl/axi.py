@@ -11,7 +11,7 @@ from amaranth import Const, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4Signature", "AXI4LiteSignature", "ReadPortSignature", "burst_beats"]
+__all__ = ["AXI4Signature", "AXI4LiteSignature", "ReadPortSignature", "WritePortSignature", "burst_beats"]
 
 
 def burst_beats(config, beats_left, addr):
@@ -55,3 +55,16 @@ class ReadPortSignature(wiring.Signature):
             "araddr": Out(addr_width), "arlen": Out(8), "arvalid": Out(1), "arready": In(1),
             "rdata": In(8 * data_bytes), "rlast": In(1), "rvalid": In(1), "rready": Out(1),
         })
+
+
+WRITE_CHANNELS = ("awaddr", "awlen", "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid", "wready",
+                  "bvalid", "bready")
+
+
+class WritePortSignature(wiring.Signature):
+    """The store unit's side of the AXI write channels (address, data, response), which it owns
+    alone: the members of `AXI4Signature` whose names start with aw, w or b."""
+
+    def __init__(self, *, addr_width: int = 32, data_bytes: int = 16):
+        axi = AXI4Signature(addr_width=addr_width, data_bytes=data_bytes)
+        super().__init__({name: axi.members[name] for name in WRITE_CHANNELS})

@@ -1,9 +1,14 @@
-"""The CSR block: an AXI4-Lite slave exposing the register map of hdl/isa.py `CSR`.
+"""The CSR block: an AXI4-Lite slave decoding the register map declared in hdl/csr_map.py.
 
-It owns the writable registers (INSN_ADDR, INSN_COUNT, IRQ_ENABLE) and turns CTRL writes into
-`start` and `clear` strobes; the top owns the run state, the counters and the trace memory, which
-this block reads.  Writes take effect when both address and data are valid; reads answer one
-cycle after the address (two for the trace memory, which has a synchronous read port).
+Its ports follow the map: one member per register (lower-case name) holding one port per field.
+A write-only register's fields are one-cycle strobes (CTRL.start, CTRL.clear); a read-write
+register's fields are stored here and driven out (INSN_ADDR.addr, IRQ_ENABLE.enable); a read-only
+register's fields come in from the NPU (STATUS.busy, ERROR.code).  The two array registers are
+ports of their own: `counters` (every 64-bit counter, in COUNTERS order) and the trace memory's
+synchronous read port (`trace_addr` out, `trace_data` in, one cycle later).
+
+Writes take effect when both address and data are valid; reads answer one cycle after the address
+(two for the trace memory).
 """
 
 from __future__ import annotations
@@ -12,34 +17,57 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from softnpu.hdl import csr_map
 from softnpu.hdl.axi import AXI4LiteSignature
-from softnpu.hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS
-from softnpu.hdl.unit import PC_BITS
+from softnpu.hdl.csr_map import COUNTERS, CSR, TRACE_ENTRY_WORDS
 
-__all__ = ["CSRBlock"]
+__all__ = ["CSRBlock", "FieldsSignature", "PLAIN_REGISTERS"]
+
+# The registers decoded one word each; COUNTERS and TRACE are arrays with ports of their own.
+PLAIN_REGISTERS = tuple(r for r in csr_map.REGISTERS if r.name not in ("COUNTERS", "TRACE"))
+
+
+class FieldsSignature(wiring.Signature):
+    """One register's fields, from the CSR block's side: driven out when software writes them,
+    taken in when software only reads them."""
+
+    def __init__(self, register: csr_map.Register):
+        self.register = register
+        direction = Out if register.writable else In
+        super().__init__({f.name: direction(f.width) for f in register.fields})
 
 
 class CSRBlock(wiring.Component):
     def __init__(self, trace_depth: int):
+        if not isinstance(trace_depth, int) or trace_depth < 1:
+            raise ValueError(f"trace_depth must be a positive int, got {trace_depth!r}")
         self.trace_depth = trace_depth
         entry_bits = 32 * (1 + len(COUNTERS))
         super().__init__({
             "bus": In(AXI4LiteSignature()),
-            "start": Out(1), "clear": Out(1),
-            "insn_addr": Out(32), "insn_count": Out(32), "irq_enable": Out(1),
-            "running": In(1), "done": In(1), "error": In(1), "error_code": In(4), "error_pc": In(PC_BITS),
+            **{r.name.lower(): Out(FieldsSignature(r)) for r in PLAIN_REGISTERS},
             "counters": In(64 * len(COUNTERS)),
-            "trace_count": In(32),
             "trace_addr": Out(max(1, (trace_depth - 1).bit_length())),
             "trace_data": In(entry_bits),
         })
 
+    def fields(self, name: str):
+        """The port of register `name` (as declared in the map)."""
+        return getattr(self, name.lower())
+
     def elaborate(self, platform):
         m = Module()
         b = self.bus
-        insn_addr, insn_count, irq_enable = Signal(32), Signal(32), Signal()
-        m.d.comb += [self.insn_addr.eq(insn_addr), self.insn_count.eq(insn_count),
-                     self.irq_enable.eq(irq_enable)]
+
+        # read-write registers: stored here, driven out
+        stored = {}
+        for reg in PLAIN_REGISTERS:
+            if reg.access != "RW":
+                continue
+            for f in reg.fields:
+                name = reg.name.lower() if len(reg.fields) == 1 else f"{reg.name.lower()}_{f.name}"
+                stored[reg.name, f.name] = value = Signal(f.width, name=name)
+                m.d.comb += getattr(self.fields(reg.name), f.name).eq(value)
 
         # writes
         bvalid = Signal()
@@ -51,18 +79,21 @@ class CSRBlock(wiring.Component):
         with m.If(accept_write):
             m.d.sync += bvalid.eq(1)
             with m.Switch(b.awaddr):
-                with m.Case(CSR.CTRL):
-                    m.d.comb += [self.start.eq(b.wdata[0]), self.clear.eq(b.wdata[1])]
-                with m.Case(CSR.INSN_ADDR):
-                    m.d.sync += insn_addr.eq(b.wdata)
-                with m.Case(CSR.INSN_COUNT):
-                    m.d.sync += insn_count.eq(b.wdata)
-                with m.Case(CSR.IRQ_ENABLE):
-                    m.d.sync += irq_enable.eq(b.wdata[0])
+                for reg in PLAIN_REGISTERS:
+                    if not reg.writable:
+                        continue
+                    with m.Case(reg.offset):
+                        for f in reg.fields:
+                            bits = b.wdata[f.lsb:f.lsb + f.width]
+                            if reg.readable:
+                                m.d.sync += stored[reg.name, f.name].eq(bits)
+                            else:           # write-only: a strobe in the cycle of the write
+                                m.d.comb += getattr(self.fields(reg.name), f.name).eq(bits)
 
         # reads: registers answer next cycle, the trace memory one cycle later
         rvalid, rdata = Signal(), Signal(32)
         trace_pending, trace_word, trace_valid = Signal(), Signal(4), Signal()
+        trace_count = self.fields("TRACE_COUNT").count
         m.d.comb += [b.rvalid.eq(rvalid), b.rdata.eq(rdata)]
         with m.If(rvalid & b.rready):
             m.d.sync += rvalid.eq(0)
@@ -70,29 +101,26 @@ class CSRBlock(wiring.Component):
         m.d.comb += b.arready.eq(accept_read)
         addr = b.araddr
         words = [self.counters.word_select(i, 32) for i in range(2 * len(COUNTERS))]
+        entry_shift = (4 * TRACE_ENTRY_WORDS).bit_length() - 1
         with m.If(accept_read):
             with m.If(addr >= CSR.TRACE):
                 offset = addr - CSR.TRACE
-                m.d.comb += self.trace_addr.eq(offset >> 6)
-                m.d.sync += [trace_pending.eq(1), trace_word.eq(offset[2:6]),
-                             trace_valid.eq((offset >> 6) < self.trace_count)]
+                m.d.comb += self.trace_addr.eq(offset >> entry_shift)
+                m.d.sync += [trace_pending.eq(1), trace_word.eq(offset[2:entry_shift]),
+                             trace_valid.eq((offset >> entry_shift) < trace_count)]
             with m.Else():
                 m.d.sync += rvalid.eq(1)
                 with m.Switch(addr):
-                    with m.Case(CSR.STATUS):
-                        m.d.sync += rdata.eq(self.running | (self.done << 1) | (self.error << 2))
-                    with m.Case(CSR.ERROR):
-                        m.d.sync += rdata.eq(self.error_code)
-                    with m.Case(CSR.ERROR_PC):
-                        m.d.sync += rdata.eq(self.error_pc)
-                    with m.Case(CSR.INSN_ADDR):
-                        m.d.sync += rdata.eq(insn_addr)
-                    with m.Case(CSR.INSN_COUNT):
-                        m.d.sync += rdata.eq(insn_count)
-                    with m.Case(CSR.IRQ_ENABLE):
-                        m.d.sync += rdata.eq(irq_enable)
-                    with m.Case(CSR.TRACE_COUNT):
-                        m.d.sync += rdata.eq(self.trace_count)
+                    for reg in PLAIN_REGISTERS:
+                        if not reg.readable:
+                            continue
+                        value = 0
+                        for f in reg.fields:
+                            bits = stored[reg.name, f.name] if reg.writable else \
+                                getattr(self.fields(reg.name), f.name)
+                            value = value | (bits << f.lsb)
+                        with m.Case(reg.offset):
+                            m.d.sync += rdata.eq(value)
                     for i, word in enumerate(words):
                         with m.Case(CSR.COUNTERS + 4 * i):
                             m.d.sync += rdata.eq(word)
@@ -105,5 +133,4 @@ class CSRBlock(wiring.Component):
             for i, word in enumerate(entry_words):
                 with m.If(trace_valid & (trace_word == i)):
                     m.d.sync += rdata.eq(word)
-        assert TRACE_ENTRY_WORDS == 16
         return m

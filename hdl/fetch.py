@@ -5,7 +5,7 @@ after FINISH or after INSN_COUNT instructions; it waits while the target queue i
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,16 +13,9 @@ from softnpu.hdl import isa
 from softnpu.hdl.axi import ReadPortSignature
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import illegal
-from softnpu.hdl.unit import PC_BITS
+from softnpu.hdl.unit import PC_BITS, QueueSignature
 
-__all__ = ["Fetch", "DispatchSignature"]
-
-
-class DispatchSignature(wiring.Signature):
-    """Fetch's side of one instruction queue's write port."""
-
-    def __init__(self):
-        super().__init__({"data": Out(isa.INSN_BITS + PC_BITS), "en": Out(1), "ready": In(1)})
+__all__ = ["Fetch"]
 
 
 class Fetch(wiring.Component):
@@ -33,9 +26,9 @@ class Fetch(wiring.Component):
             "run": In(1),                        # high while the NPU runs (cleared by the top)
             "insn_addr": In(32),
             "insn_count": In(32),
-            "load_q": Out(DispatchSignature()),
-            "compute_q": Out(DispatchSignature()),
-            "store_q": Out(DispatchSignature()),
+            "load_q": Out(QueueSignature()),
+            "compute_q": Out(QueueSignature()),
+            "store_q": Out(QueueSignature()),
             "exhausted": Out(1),                 # nothing more to fetch (count reached or FINISH)
             "blocked": Out(1),                   # holding an instruction for a full queue
             "fault": Out(1),
@@ -66,7 +59,7 @@ class Fetch(wiring.Component):
                  isa.Queue.STORE: self.store_q}
         ready = 0
         for q, port in ports.items():
-            m.d.comb += port.data.eq(Cat(word, pc))
+            m.d.comb += [port.payload.insn.eq(word), port.payload.pc.eq(pc)]
             ready = ready | (target[q] & port.ready)
 
         m.d.comb += [
@@ -115,9 +108,9 @@ class Fetch(wiring.Component):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 m.d.comb += self.blocked.eq(~ready)
+                for q, port in ports.items():
+                    m.d.comb += port.valid.eq(target[q])
                 with m.If(ready):
-                    for q, port in ports.items():
-                        m.d.comb += port.en.eq(target[q])
                     m.d.sync += [pc.eq(pc + 1), finished.eq(opcode == isa.Finish.OPCODE)]
                     m.next = "NEXT"
         return m

@@ -9,7 +9,7 @@ from amaranth.lib import data
 
 from softnpu.hdl import isa
 
-__all__ = ["layout", "view", "LAYOUTS", "illegal"]
+__all__ = ["layout", "view", "LAYOUTS", "InsnLayout", "illegal"]
 
 
 def _layout(cls: type[isa.Insn]) -> data.StructLayout:
@@ -26,6 +26,10 @@ def _layout(cls: type[isa.Insn]) -> data.StructLayout:
 
 
 LAYOUTS: dict[type[isa.Insn], data.StructLayout] = {cls: _layout(cls) for cls in isa.INSTRUCTIONS}
+
+
+# One instruction word seen as any instruction (they share the header: opcode, token flags).
+InsnLayout = data.UnionLayout({cls.MNEMONIC: LAYOUTS[cls] for cls in isa.INSTRUCTIONS})
 
 
 def layout(cls: type[isa.Insn]) -> data.StructLayout:

@@ -506,22 +506,5 @@ def decode_program(data: bytes) -> list[Insn]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Programmer's model: CSRs (AXI4-Lite byte offsets, 32-bit registers) and counters
-# ----------------------------------------------------------------------------------------------
-class CSR(enum.IntEnum):
-    CTRL = 0x00         # W: bit0 start, bit1 clear done/irq
-    STATUS = 0x04       # R: bit0 busy, bit1 done, bit2 error
-    ERROR = 0x08        # R: ErrorCode of the first fault
-    ERROR_PC = 0x0C     # R: index of the faulting instruction
-    INSN_ADDR = 0x10    # RW: DRAM byte address of the program
-    INSN_COUNT = 0x14   # RW: instructions to run
-    IRQ_ENABLE = 0x18   # RW: bit0 raise the interrupt line on done
-    TRACE_COUNT = 0x1C  # R: marker snapshots taken
-    COUNTERS = 0x40     # R: 64-bit counters, low word first, in COUNTERS order
-    TRACE = 0x1000      # R: trace entries of 16 words: marker id, then each counter's low 32 bits
-
-
-COUNTERS = ("cycles", "load_busy", "load_stall", "compute_busy", "compute_stall", "store_busy",
-            "store_stall", "mac_active", "dram_read_bytes", "dram_write_bytes")
-TRACE_ENTRY_WORDS = 16          # id, the counters, zero padding to a power of two
-assert 1 + len(COUNTERS) <= TRACE_ENTRY_WORDS
+# Programmer's model: the CSR map is declared in hdl/csr_map.py (registers, fields, access)
+from softnpu.hdl.csr_map import COUNTERS, CSR, TRACE_ENTRY_WORDS  # noqa: E402

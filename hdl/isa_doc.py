@@ -1,4 +1,5 @@
-"""Generates docs/isa.md from hdl/isa.py (`nox -s docs`, or `python -m softnpu.hdl.isa_doc`).
+"""Generates docs/isa.md from hdl/isa.py and hdl/csr_map.py (`nox -s docs`, or
+`python -m softnpu.hdl.isa_doc`).
 
 tests/hdl/test_isa.py fails when the checked-in docs/isa.md differs from `render()`.
 """
@@ -9,7 +10,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from softnpu.hdl import isa
+from softnpu.hdl import csr_map, isa
 from softnpu.hdl.config import PRESETS
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "isa.md"
@@ -52,15 +53,17 @@ def render() -> str:
         comment = next((line.split("#", 1)[1].strip() for line in source
                         if line.strip().startswith(member.name + " ") and "#" in line), "")
         out.append(f"| {member.value} | {member.name} | {comment} |")
-    out += ["", "## CSR map (AXI4-Lite, byte offsets, 32-bit registers)", "",
-            "| offset | register | access and meaning |", "|---|---|---|"]
-    source = inspect.getsource(isa.CSR).splitlines()
-    for member in isa.CSR:
-        comment = next((line.split("#", 1)[1].strip() for line in source
-                        if line.strip().startswith(member.name + " ") and "#" in line), "")
-        out.append(f"| {member.value:#06x} | {member.name} | {comment} |")
+    out += ["", "## CSR map (AXI4-Lite, byte offsets, 32-bit registers; hdl/csr_map.py)", "",
+            "| offset | register | access | meaning |", "|---|---|---|---|"]
+    for reg in csr_map.REGISTERS:
+        words = f" ({reg.count} words)" if reg.count > 1 else ""
+        out.append(f"| {reg.offset:#06x} | {reg.name} | {reg.access} | {reg.doc}{words} |")
+    out += ["", "Fields:", "", "| register | bits | field | meaning |", "|---|---|---|---|"]
+    for reg in csr_map.REGISTERS:
+        for f in reg.fields:
+            out.append(f"| {reg.name} | {f.bits} | {f.name} | {f.doc} |")
     out += ["", "Counters, in order (64-bit, at `COUNTERS + 8*i`): "
-            + ", ".join(f"`{c}`" for c in isa.COUNTERS) + ".", ""]
+            + ", ".join(f"`{c}`" for c in csr_map.COUNTERS) + ".", ""]
     out += ["## Configurations (hdl/config.py presets)", "",
             "| preset | array | inp | wgt | acc | out | param | bus bytes | DRAM latency | clock MHz |",
             "|---|---|---|---|---|---|---|---|---|---|"]

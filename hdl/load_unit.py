@@ -15,7 +15,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from softnpu.hdl import isa
-from softnpu.hdl.axi import ReadPortSignature, burst_beats
+from softnpu.hdl.axi import ReadPortSignature
+from softnpu.hdl.burst import BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
 from softnpu.hdl.unit import Unit
@@ -63,9 +64,7 @@ class LoadUnit(Unit):
         y = Signal(17)                 # padded row within the plane
         x = Signal(17)                 # entry within the padded row
         ptr = Signal(17)               # next scratchpad entry
-        row_addr = Signal(40)          # DRAM address of the next burst
-        row_left = Signal(32)          # beats still to read in this row
-        burst_left = Signal(9)         # beats still to receive in this burst
+        m.submodules.burst = burst = BurstEngine(c)     # the row's bursts: address, beats left
         k = Signal(range(max_entry // bus + 1))   # beat within the entry being assembled
         assemble = Signal(8 * max_entry)
         beat = self.mem.rdata
@@ -95,7 +94,9 @@ class LoadUnit(Unit):
                     m.d.sync += [y.eq(0), blk.eq(blk + 1)]
             return last_x & last_y & (blk == insn.blocks - 1)
 
-        m.d.comb += [self.status.pc.eq(self.cur_pc), self.mem.araddr.eq(row_addr[:32])]
+        m.d.comb += [self.status.pc.eq(self.cur_pc), self.mem.araddr.eq(burst.addr.p.addr),
+                     self.mem.arvalid.eq(burst.addr.valid), self.mem.arlen.eq(burst.addr.p.len),
+                     burst.addr.ready.eq(self.mem.arready)]
         last_byte = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
                      + insn.cols * entry)
         with m.FSM() as fsm:
@@ -114,26 +115,23 @@ class LoadUnit(Unit):
             with m.State("ENTRY"):
                 # pad entries are written one per cycle; a data row's first data entry starts bursts
                 with m.If(in_data):
-                    m.d.sync += [row_addr.eq(insn.dram + blk * insn.block_stride
-                                             + (y - insn.pad_top) * insn.row_stride),
-                                 row_left.eq(insn.cols * beats_per_entry)]
+                    m.d.comb += [burst.row.valid.eq(1),
+                                 burst.row.p.addr.eq(insn.dram + blk * insn.block_stride
+                                                     + (y - insn.pad_top) * insn.row_stride),
+                                 burst.row.p.beats.eq(insn.cols * beats_per_entry)]
                     m.next = "ADDR"
                 with m.Else():
                     write(lambda buf: pad_entry if buf == isa.Buffer.INP else Const(0))
                     with m.If(next_entry()):
                         m.next = "DONE"
             with m.State("ADDR"):
-                beats = burst_beats(c, row_left, row_addr)
-                m.d.comb += [self.mem.arvalid.eq(1), self.mem.arlen.eq(beats - 1)]
+                m.d.comb += burst.request.eq(1)
                 with m.If(self.mem.arready):
-                    m.d.sync += [burst_left.eq(beats), row_left.eq(row_left - beats),
-                                 row_addr.eq(row_addr + beats * bus)]
                     m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += self.mem.rready.eq(1)
                 with m.If(self.mem.rvalid):
-                    m.d.comb += self.read_beats.eq(1)
-                    m.d.sync += burst_left.eq(burst_left - 1)
+                    m.d.comb += [self.read_beats.eq(1), burst.beat.eq(1)]
                     done_entry = k == beats_per_entry - 1
                     with m.If(done_entry):
                         # the completing beat lands above the bytes assembled so far
@@ -149,11 +147,11 @@ class LoadUnit(Unit):
                             m.next = "DONE"
                         with m.Elif(x == insn.pad_left + insn.cols - 1):
                             m.next = "ENTRY"          # row finished: right pads or next row
-                        with m.Elif(burst_left == 1):
+                        with m.Elif(burst.last_beat):
                             m.next = "ADDR"
                     with m.Else():
                         m.d.sync += [assemble.word_select(k, 8 * bus).eq(beat), k.eq(k + 1)]
-                        with m.If(burst_left == 1):
+                        with m.If(burst.last_beat):
                             m.next = "ADDR"
             with m.State("DONE"):
                 self.retire(m)

@@ -1,41 +1,52 @@
 """The int8 MAC array: `rows` dot products of `cols` int8 pairs per cycle (combinational; the
-compute unit registers around it).  Written as plain sums of products so that Verilator emits
+conv engine registers around it).  Written as plain sums of products so that Verilator emits
 tight straight-line code."""
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal, signed
-from amaranth.lib import wiring
+from amaranth import Module, Signal, signed
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from softnpu.hdl.config import NPUConfig
 
-__all__ = ["MACArray"]
+__all__ = ["MACArray", "activation_lanes", "weight_rows", "dot_lanes"]
+
+
+def activation_lanes(config: NPUConfig) -> data.ArrayLayout:
+    """An input entry: `cols` int8 lanes (one channel block of one pixel)."""
+    return data.ArrayLayout(signed(8), config.cols)
+
+
+def weight_rows(config: NPUConfig) -> data.ArrayLayout:
+    """A weight entry: `rows` rows of `cols` int8 weights, W[r][c]."""
+    return data.ArrayLayout(activation_lanes(config), config.rows)
+
+
+def dot_lanes(config: NPUConfig) -> data.ArrayLayout:
+    """The array's result: `rows` int32 dot products."""
+    return data.ArrayLayout(signed(32), config.rows)
 
 
 class MACArray(wiring.Component):
-    """x: `cols` int8 lanes (lane c in bits [8c+7:8c]); w: `rows x cols` int8, W[r][c] at bits
-    [8(r*cols+c)+7 : 8(r*cols+c)]; dots: `rows` int32, dots[r] = sum_c W[r][c] * x[c]."""
+    """dots[r] = sum_c w[r][c] * x[c], sign-extended to 32 bits."""
 
     def __init__(self, config: NPUConfig):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"config must be an NPUConfig, got {config!r}")
         self.config = config
-        super().__init__({"x": In(8 * config.cols), "w": In(8 * config.rows * config.cols),
-                          "dots": Out(32 * config.rows)})
+        super().__init__({"x": In(activation_lanes(config)), "w": In(weight_rows(config)),
+                          "dots": Out(dot_lanes(config))})
 
     def elaborate(self, platform):
         m = Module()
         rows, cols = self.config.rows, self.config.cols
-        x = [self.x[8 * c:8 * c + 8].as_signed() for c in range(cols)]
-        dots = []
         for r in range(rows):
-            products = [x[c] * self.w[8 * (r * cols + c):8 * (r * cols + c) + 8].as_signed()
-                        for c in range(cols)]
+            products = [self.x[c] * self.w[r][c] for c in range(cols)]
             while len(products) > 1:          # balanced adder tree
                 products = [products[i] + products[i + 1] if i + 1 < len(products) else products[i]
                             for i in range(0, len(products), 2)]
             dot = Signal(signed(32), name=f"dot{r}")      # sign-extended to the accumulator width
             m.d.comb += dot.eq(products[0])
-            dots.append(dot)
-        m.d.comb += self.dots.eq(Cat(*dots))
+            m.d.comb += self.dots[r].eq(dot)
         return m
-

@@ -11,7 +11,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from softnpu.hdl import isa
-from softnpu.hdl.axi import AXI4Signature, burst_beats
+from softnpu.hdl.axi import WritePortSignature
+from softnpu.hdl.burst import BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
 from softnpu.hdl.unit import Unit
@@ -27,16 +28,11 @@ class ScratchpadReadSignature(wiring.Signature):
                           "data": wiring.In(width)})
 
 
-_WRITE_CHANNELS = ("awaddr", "awlen", "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid", "wready",
-                   "bvalid", "bready")
-
-
 class StoreUnit(Unit):
     def __init__(self, config: NPUConfig):
         self.config = config
-        axi = AXI4Signature(data_bytes=config.dram_bus_bytes)
         super().__init__({
-            "mem": Out(wiring.Signature({name: axi.members[name] for name in _WRITE_CHANNELS})),
+            "mem": Out(WritePortSignature(data_bytes=config.dram_bus_bytes)),
             "out_r": Out(ScratchpadReadSignature(config.out_depth, 8 * config.rows)),
             "write_beats": Out(1),
         })
@@ -50,19 +46,18 @@ class StoreUnit(Unit):
         blk = Signal(16)
         y = Signal(16)
         ptr = Signal(17)
-        row_addr = Signal(40)
-        row_left = Signal(32)
-        burst_left = Signal(9)
+        m.submodules.burst = burst = BurstEngine(c)     # the row's bursts: address, beats left
         k = Signal(range(max(bpe, 2)))
         advance = Signal()
 
         m.d.comb += [
             self.status.pc.eq(self.cur_pc),
             self.out_r.addr.eq(Mux(advance, ptr + 1, ptr)),
-            self.mem.awaddr.eq(row_addr[:32]),
+            self.mem.awaddr.eq(burst.addr.p.addr), self.mem.awvalid.eq(burst.addr.valid),
+            self.mem.awlen.eq(burst.addr.p.len), burst.addr.ready.eq(self.mem.awready),
             self.mem.wdata.eq(self.out_r.data.word_select(k, 8 * bus) if bpe > 1 else self.out_r.data),
             self.mem.wstrb.eq((1 << bus) - 1),
-            self.mem.wlast.eq(burst_left == 1),
+            self.mem.wlast.eq(burst.last_beat),
         ]
         last_byte = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
                      + insn.cols * c.rows)
@@ -84,32 +79,29 @@ class StoreUnit(Unit):
                 m.d.comb += self.out_r.en.eq(1)          # entry `sram` is on out_r.data next cycle
                 m.next = "ROW"
             with m.State("ROW"):
-                m.d.sync += [row_addr.eq(insn.dram + blk * insn.block_stride + y * insn.row_stride),
-                             row_left.eq(insn.cols * bpe)]
+                m.d.comb += [burst.row.valid.eq(1),
+                             burst.row.p.addr.eq(insn.dram + blk * insn.block_stride + y * insn.row_stride),
+                             burst.row.p.beats.eq(insn.cols * bpe)]
                 m.next = "ADDR"
             with m.State("ADDR"):
-                beats = burst_beats(c, row_left, row_addr)
-                m.d.comb += [self.mem.awvalid.eq(1), self.mem.awlen.eq(beats - 1)]
+                m.d.comb += burst.request.eq(1)
                 with m.If(self.mem.awready):
-                    m.d.sync += [burst_left.eq(beats), row_left.eq(row_left - beats),
-                                 row_addr.eq(row_addr + beats * bus)]
                     m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += self.mem.wvalid.eq(1)
                 with m.If(self.mem.wready):
-                    m.d.comb += self.write_beats.eq(1)
-                    m.d.sync += burst_left.eq(burst_left - 1)
+                    m.d.comb += [self.write_beats.eq(1), burst.beat.eq(1)]
                     with m.If(k == bpe - 1):
                         m.d.comb += [advance.eq(1), self.out_r.en.eq(1)]
                         m.d.sync += [k.eq(0), ptr.eq(ptr + 1)]
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
-                    with m.If(burst_left == 1):
+                    with m.If(burst.last_beat):
                         m.next = "RESPONSE"
             with m.State("RESPONSE"):
                 m.d.comb += self.mem.bready.eq(1)
                 with m.If(self.mem.bvalid):
-                    with m.If(row_left != 0):
+                    with m.If(burst.row_left != 0):
                         m.next = "ADDR"
                     with m.Elif(last_row):
                         m.next = "DONE"

@@ -1,5 +1,6 @@
-"""What the load, compute and store units share: the ports to their instruction queue, to the
-dependency-token counters and to the top's status logic, and the issue/retire protocol.
+"""What the load, compute and store units share: the ports to their instruction queue (a stream of
+`QueueEntry`: instruction word and index), to the dependency-token counters and to the top's status
+logic, and the issue/retire protocol.
 
 A unit idles until its queue's head instruction can start: every token it pops is available and
 every token channel it pushes into has room.  It then pops, takes the instruction, executes it and,
@@ -9,22 +10,23 @@ The top resets a unit (ResetInserter) on start and on any fault, so no state out
 
 from __future__ import annotations
 
-from amaranth import Signal
-from amaranth.lib import wiring
+from amaranth import Signal, unsigned
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from softnpu.hdl import isa
+from softnpu.hdl.insn_layout import InsnLayout
 
-__all__ = ["QueueSignature", "TokenSignature", "StatusSignature", "Unit"]
+__all__ = ["QueueEntry", "QueueSignature", "TokenSignature", "StatusSignature", "Unit", "PC_BITS"]
 
 PC_BITS = 32
+# What fetch dispatches and a unit takes: the instruction word and its index in the program.
+QueueEntry = data.StructLayout({"insn": InsnLayout, "pc": unsigned(PC_BITS)})
 
 
-class QueueSignature(wiring.Signature):
-    """The unit's side of its instruction queue (a FIFO of instruction words with their index)."""
-
-    def __init__(self):
-        super().__init__({"valid": In(1), "insn": In(isa.INSN_BITS), "pc": In(PC_BITS), "take": Out(1)})
+def QueueSignature() -> stream.Signature:
+    """An instruction queue's stream, from the producer's side (fetch, the queue's output)."""
+    return stream.Signature(QueueEntry)
 
 
 class TokenSignature(wiring.Signature):
@@ -51,7 +53,7 @@ class Unit(wiring.Component):
     """Base of the three units: `issue()` and `retire()` build the protocol inside the unit's FSM."""
 
     def __init__(self, signature_members: dict | None = None):
-        super().__init__({"queue": Out(QueueSignature()), "tokens": Out(TokenSignature()),
+        super().__init__({"queue": In(QueueSignature()), "tokens": Out(TokenSignature()),
                           "status": Out(StatusSignature()), **(signature_members or {})})
         self.cur = Signal(isa.INSN_BITS)      # the instruction being executed
         self.cur_pc = Signal(PC_BITS)
@@ -59,14 +61,14 @@ class Unit(wiring.Component):
     def issue(self, m, next_state: str, extra_ready=1) -> Signal:
         """Call inside the FSM's idle state: starts the head instruction when it can start."""
         q, t = self.queue, self.tokens
-        head = isa_flags(q.insn)
+        head = isa_flags(q.payload.insn.as_value())
         ready = (q.valid & (~head["pop_prev"] | t.can_pop_prev) & (~head["pop_next"] | t.can_pop_next)
                  & (~head["push_prev"] | t.room_prev) & (~head["push_next"] | t.room_next) & extra_ready)
         start = Signal()
         m.d.comb += [start.eq(ready), self.status.stall.eq(q.valid & ~ready)]
         with m.If(ready):
-            m.d.comb += [q.take.eq(1), t.pop_prev.eq(head["pop_prev"]), t.pop_next.eq(head["pop_next"])]
-            m.d.sync += [self.cur.eq(q.insn), self.cur_pc.eq(q.pc)]
+            m.d.comb += [q.ready.eq(1), t.pop_prev.eq(head["pop_prev"]), t.pop_next.eq(head["pop_next"])]
+            m.d.sync += [self.cur.eq(q.payload.insn), self.cur_pc.eq(q.payload.pc)]
             m.next = next_state
         return start
 

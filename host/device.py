@@ -1,7 +1,7 @@
 """The driver interface every device backend implements, and the in-process ISS backend.
 
 A `Device` is what a kernel driver would expose for a PCIe card: bulk access to device memory,
-32-bit CSR reads and writes (the map of hdl/isa.py `CSR`), start, wait for the interrupt, reset.
+32-bit CSR reads and writes (the map declared in hdl/csr_map.py), start, wait for the interrupt, reset.
 Everything above it (runtime, service) talks only to this interface, so a backend that runs the
 RTL in a simulator process reached over a local socket slots in without changing a caller.
 
@@ -20,13 +20,23 @@ import time
 import numpy as np
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS, ErrorCode
+from softnpu.hdl.csr_map import (
+    COUNTERS,
+    CSR,
+    CTRL_CLEAR,
+    CTRL_START,
+    STATUS_BUSY,
+    STATUS_DONE,
+    STATUS_ERROR,
+    counter_offset,
+    trace_offset,
+)
+from softnpu.hdl.isa import ErrorCode
 
 __all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceLost", "IssDevice", "BACKENDS", "open_device"]
 
-# CSR bit meanings (hdl/isa.py CSR comments)
-CTRL_START, CTRL_CLEAR = 1, 2
-STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 1, 2, 4
+# CSR bit meanings, from the declared map (re-exported for host/procdev.py)
+__all__ += ["CTRL_START", "CTRL_CLEAR", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR"]
 
 
 class DeviceError(RuntimeError):
@@ -140,11 +150,11 @@ class Device(abc.ABC):
                                 f"({count} instructions at {insn_addr:#x})")
 
     def read_counters(self) -> dict[str, int]:
-        """The 64-bit performance counters of the last run (hdl/isa.py COUNTERS)."""
+        """The 64-bit performance counters of the last run (hdl/csr_map.py COUNTERS)."""
         out = {}
         for i, name in enumerate(COUNTERS):
-            lo = self.read_csr(CSR.COUNTERS + 8 * i)
-            hi = self.read_csr(CSR.COUNTERS + 8 * i + 4)
+            lo = self.read_csr(counter_offset(i))
+            hi = self.read_csr(counter_offset(i, high=True))
             out[name] = lo | (hi << 32)
         return out
 
@@ -152,9 +162,8 @@ class Device(abc.ABC):
         """The marker snapshots of the last run: (marker id, low 32 bits of each counter)."""
         entries = []
         for e in range(self.read_csr(CSR.TRACE_COUNT)):
-            base = CSR.TRACE + 4 * TRACE_ENTRY_WORDS * e
-            marker = self.read_csr(base)
-            entries.append((marker, {name: self.read_csr(base + 4 * (1 + i))
+            marker = self.read_csr(trace_offset(e))
+            entries.append((marker, {name: self.read_csr(trace_offset(e, 1 + i))
                                      for i, name in enumerate(COUNTERS)}))
         return entries
 

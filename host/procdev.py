@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.hdl.isa import COUNTERS, CSR
+from softnpu.hdl.csr_map import COUNTERS, CSR
 from softnpu.host.device import CTRL_START, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Device, DeviceLost
 
 __all__ = ["ProcessDevice", "serve_device"]

@@ -16,7 +16,16 @@ import numpy as np
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.hdl.isa import COUNTERS, CSR, ErrorCode
+from softnpu.hdl.csr_map import (
+    COUNTERS,
+    CSR,
+    CTRL_CLEAR,
+    CTRL_START,
+    STATUS_ERROR,
+    counter_offset,
+    trace_offset,
+)
+from softnpu.hdl.isa import ErrorCode
 from softnpu.sim.dpi_mem import DpiMemory
 
 __all__ = ["RTLDevice", "RTLFault", "CycleBudgetExceeded", "RTLRun"]
@@ -130,17 +139,16 @@ class RTLDevice:
     async def counters(self) -> dict[str, int]:
         out = {}
         for i, name in enumerate(COUNTERS):
-            low = await self.read_csr(CSR.COUNTERS + 8 * i)
-            high = await self.read_csr(CSR.COUNTERS + 8 * i + 4)
+            low = await self.read_csr(counter_offset(i))
+            high = await self.read_csr(counter_offset(i, high=True))
             out[name] = low | (high << 32)
         return out
 
     async def trace(self) -> list[tuple[int, dict[str, int]]]:
         entries = []
         for e in range(await self.read_csr(CSR.TRACE_COUNT)):
-            base = CSR.TRACE + 64 * e
-            marker = await self.read_csr(base)
-            values = {name: await self.read_csr(base + 4 * (1 + i)) for i, name in enumerate(COUNTERS)}
+            marker = await self.read_csr(trace_offset(e))
+            values = {name: await self.read_csr(trace_offset(e, 1 + i)) for i, name in enumerate(COUNTERS)}
             entries.append((marker, values))
         return entries
 
@@ -161,7 +169,7 @@ class RTLDevice:
         await self.write_csr(CSR.INSN_ADDR, insn_addr)
         await self.write_csr(CSR.INSN_COUNT, insn_count)
         await self.write_csr(CSR.IRQ_ENABLE, 1)
-        await self.write_csr(CSR.CTRL, 0b11)          # clear the last run's done, then start
+        await self.write_csr(CSR.CTRL, CTRL_CLEAR | CTRL_START)     # clear the last run's done, start
 
     async def wait(self, max_cycles: int) -> RTLRun:
         """Sleep until the interrupt; raise RTLFault on an error, CycleBudgetExceeded on a hang."""
@@ -175,9 +183,9 @@ class RTLDevice:
         status = await self.read_csr(CSR.STATUS)
         counters = await self.counters()
         trace = await self.trace()
-        if status & 0b100:
+        if status & STATUS_ERROR:
             raise RTLFault(await self.read_csr(CSR.ERROR), await self.read_csr(CSR.ERROR_PC))
-        await self.write_csr(CSR.CTRL, 0b10)          # acknowledge: drop done and the interrupt
+        await self.write_csr(CSR.CTRL, CTRL_CLEAR)    # acknowledge: drop done and the interrupt
         return RTLRun(counters, trace)
 
     async def run(self, insn_addr: int, insn_count: int, max_cycles: int = 10_000_000) -> RTLRun:

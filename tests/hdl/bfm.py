@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from amaranth.hdl import Value
+
 from softnpu.hdl import isa
 
 ALWAYS = (1,)
@@ -126,12 +128,13 @@ class SyncReadPort:
 
     def __init__(self, port, entries: dict[int, int]):
         self.port, self.entries = port, entries
+        self.data = Value.cast(port.data)        # entries are ints, whatever the port's layout
 
     async def serve(self, ctx):
         while True:
             _, _, en, addr = await ctx.tick().sample(self.port.en, self.port.addr)
             if en:
-                ctx.set(self.port.data, self.entries.get(addr, 0))
+                ctx.set(self.data, self.entries.get(addr, 0))
 
 
 class WriteRecorder:
@@ -143,7 +146,8 @@ class WriteRecorder:
 
     async def watch(self, ctx):
         while True:
-            _, _, en, addr, data = await ctx.tick().sample(self.port.en, self.port.addr, self.port.data)
+            _, _, en, addr, data = await ctx.tick().sample(self.port.en, self.port.addr,
+                                                           Value.cast(self.port.data))
             if en:
                 self.writes.append((addr, data))
 
@@ -180,11 +184,11 @@ def all_tokens(ctx, tokens) -> None:
 async def issue(ctx, unit, insn: isa.Insn | int, pc: int = 0, max_cycles: int = 20_000) -> None:
     """Put one instruction at the head of a unit's queue until the unit takes it."""
     q = unit.queue
-    ctx.set(q.insn, insn if isinstance(insn, int) else insn.encode_int())
-    ctx.set(q.pc, pc)
+    ctx.set(Value.cast(q.payload.insn), insn if isinstance(insn, int) else insn.encode_int())
+    ctx.set(q.payload.pc, pc)
     ctx.set(q.valid, 1)
     for _ in range(max_cycles):
-        _, _, take = await ctx.tick().sample(q.take)
+        _, _, take = await ctx.tick().sample(q.ready)
         if take:
             ctx.set(q.valid, 0)
             return

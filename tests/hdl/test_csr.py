@@ -1,4 +1,4 @@
-"""hdl/csr.py on Amaranth's simulator: the register map of hdl/isa.py `CSR` over AXI4-Lite —
+"""hdl/csr.py on Amaranth's simulator: the register map of hdl/csr_map.py over AXI4-Lite —
 writable registers read back, CTRL writes as one-cycle start/clear strobes, status and error
 inputs, 64-bit counters as two words, the trace memory (one more cycle of latency) and its count."""
 
@@ -6,7 +6,7 @@ from amaranth import Module
 from amaranth.sim import Simulator
 
 from softnpu.hdl.csr import CSRBlock
-from softnpu.hdl.isa import COUNTERS, CSR, TRACE_ENTRY_WORDS
+from softnpu.hdl.csr_map import COUNTERS, CSR, TRACE_ENTRY_WORDS
 from tests.hdl.bfm import AXILiteMaster, Strobes
 
 TRACE_DEPTH = 8
@@ -21,7 +21,7 @@ class Bench:
         self.dut = CSRBlock(TRACE_DEPTH)
         self.axil = AXILiteMaster(self.dut.bus)
         self.trace = {e: [(e << 8) | w for w in range(ENTRY_WORDS)] for e in range(TRACE_DEPTH)}
-        self.strobes = Strobes(start=self.dut.start, clear=self.dut.clear)
+        self.strobes = Strobes(start=self.dut.ctrl.start, clear=self.dut.ctrl.clear)
 
     def entry(self, e) -> int:
         return sum(word << (32 * i) for i, word in enumerate(self.trace[e]))
@@ -50,7 +50,8 @@ def test_writable_registers_read_back():
         for reg, value in ((CSR.INSN_ADDR, 0xDEAD_BEE0), (CSR.INSN_COUNT, 12345), (CSR.IRQ_ENABLE, 1)):
             await tb.axil.write(ctx, reg, value)
             got[reg] = await tb.axil.read(ctx, reg)
-        got["ports"] = (ctx.get(tb.dut.insn_addr), ctx.get(tb.dut.insn_count), ctx.get(tb.dut.irq_enable))
+        got["ports"] = (ctx.get(tb.dut.insn_addr.addr), ctx.get(tb.dut.insn_count.count),
+                       ctx.get(tb.dut.irq_enable.enable))
         await tb.axil.write(ctx, CSR.IRQ_ENABLE, 0xFFFF_FFFE)        # only bit 0 is kept
         got["irq_off"] = await tb.axil.read(ctx, CSR.IRQ_ENABLE)
         got["unknown"] = await tb.axil.read(ctx, 0x3C)
@@ -88,12 +89,12 @@ def test_status_error_and_counters_come_from_the_inputs():
     async def body(ctx):
         d = tb.dut
         for running, done, error in ((1, 0, 0), (0, 1, 0), (0, 1, 1)):
-            ctx.set(d.running, running)
-            ctx.set(d.done, done)
-            ctx.set(d.error, error)
+            ctx.set(d.status.busy, running)
+            ctx.set(d.status.done, done)
+            ctx.set(d.status.error, error)
             got[(running, done, error)] = await tb.axil.read(ctx, CSR.STATUS)
-        ctx.set(d.error_code, 6)
-        ctx.set(d.error_pc, 0xABCDE)
+        ctx.set(d.error.code, 6)
+        ctx.set(d.error_pc.index, 0xABCDE)
         got["error"] = await tb.axil.read(ctx, CSR.ERROR)
         got["error_pc"] = await tb.axil.read(ctx, CSR.ERROR_PC)
         ctx.set(d.counters, sum(v << (64 * i) for i, v in enumerate(counters)))
@@ -114,7 +115,7 @@ def test_trace_reads_entries_below_the_count_and_zero_past_it():
     got = {}
 
     async def body(ctx):
-        ctx.set(tb.dut.trace_count, 3)
+        ctx.set(tb.dut.trace_count.count, 3)
         got["count"] = await tb.axil.read(ctx, CSR.TRACE_COUNT)
         got["entries"] = {}
         for e in (0, 2, 3, 7):
@@ -128,3 +129,23 @@ def test_trace_reads_entries_below_the_count_and_zero_past_it():
     for (e, w), value in got["entries"].items():
         want = tb.trace[e][w] if e < 3 and w < ENTRY_WORDS else 0
         assert value == want, f"trace entry {e} word {w}: {value:#x}, want {want:#x}"
+
+
+def test_every_register_follows_its_declared_access():
+    """All ones written to every plain register of the map: a read-write register reads back its
+    fields' bits, a read-only one ignores the write (its inputs are 0), a write-only one reads 0."""
+    from softnpu.hdl.csr import PLAIN_REGISTERS
+    tb = Bench()
+    got = {}
+
+    async def body(ctx):
+        for reg in PLAIN_REGISTERS:
+            if reg.name != "CTRL":             # CTRL would start; its read is checked below
+                await tb.axil.write(ctx, reg.offset, 0xFFFF_FFFF)
+            got[reg.name] = await tb.axil.read(ctx, reg.offset)
+
+    tb.run(body)
+    for reg in PLAIN_REGISTERS:
+        mask = sum(f.mask for f in reg.fields)
+        want = mask if reg.access == "RW" else 0
+        assert got[reg.name] == want, f"{reg.name} ({reg.access}): read {got[reg.name]:#x}, want {want:#x}"

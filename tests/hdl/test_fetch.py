@@ -5,6 +5,7 @@ faults with ILLEGAL_OPCODE / ILLEGAL_FIELD (the rules of hdl/isa.py) at the faul
 with DRAM_ALIGN / DRAM_RANGE for a bad program address."""
 
 import pytest
+from amaranth.hdl import Value
 
 from softnpu.hdl import isa
 from softnpu.hdl.config import preset
@@ -18,8 +19,8 @@ MASK = (1 << isa.INSN_BITS) - 1
 
 
 class QueueModel:
-    """One instruction queue's write side: takes an entry at every edge where en and ready are high;
-    `ready_at(cycle)` says when it has room."""
+    """One instruction queue's input stream: takes an entry at every edge where valid and ready are
+    high; `ready_at(cycle)` says when it has room."""
 
     def __init__(self, port, ready_at=lambda cycle: True):
         self.port, self.ready_at = port, ready_at
@@ -29,8 +30,9 @@ class QueueModel:
         cycle = 0
         while True:
             ctx.set(self.port.ready, int(self.ready_at(cycle)))
-            _, _, en, ready, data = await ctx.tick().sample(self.port.en, self.port.ready, self.port.data)
-            if en and ready:
+            _, _, valid, ready, data = await ctx.tick().sample(self.port.valid, self.port.ready,
+                                                               Value.cast(self.port.payload))
+            if valid and ready:
                 self.entries.append((cycle, data >> isa.INSN_BITS, data & MASK))
             cycle += 1
 

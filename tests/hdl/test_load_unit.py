@@ -6,6 +6,7 @@ out-of-range or misaligned loads fault with their ErrorCode before touching memo
 
 import numpy as np
 import pytest
+from amaranth.hdl import Value
 
 from softnpu.hdl import isa
 from softnpu.hdl.config import preset
@@ -126,16 +127,16 @@ def test_waits_for_its_token():
     insn = isa.Load(buffer=Buffer.PARAM, sram=0, dram=DATA, blocks=1, rows=1, cols=1, pop_next=True)
     dut = LoadUnit(CFG)
     memory = ReadMemory(dut.mem, CFG.dram_bus_bytes, _memory())
-    strobes = Strobes(stall=dut.status.stall, take=dut.queue.take, pop=dut.tokens.pop_next)
+    strobes = Strobes(stall=dut.status.stall, take=dut.queue.ready, pop=dut.tokens.pop_next)
 
     async def bench(ctx):
         ctx.set(dut.tokens.can_pop_next, 0)
-        ctx.set(dut.queue.insn, insn.encode_int())
+        ctx.set(Value.cast(dut.queue.payload.insn), insn.encode_int())
         ctx.set(dut.queue.valid, 1)
         for _ in range(10):
             await ctx.tick()
         ctx.set(dut.tokens.can_pop_next, 1)
-        await ctx.tick().until(dut.queue.take)
+        await ctx.tick().until(dut.queue.ready)
         ctx.set(dut.queue.valid, 0)
         await wait_idle(ctx, dut)
 

@@ -1,5 +1,6 @@
-"""hdl/mac_array.py: `rows` int8 dot products of `cols` lanes, against numpy (Amaranth simulator,
-combinational): random values, and the extremes where the sums are largest in magnitude."""
+"""hdl/mac_array.py: `rows` int8 dot products of `cols` lanes (typed ports: lists of lanes in,
+lanes out), against numpy (Amaranth simulator, combinational): random values, and the extremes
+where the sums are largest in magnitude."""
 
 import numpy as np
 import pytest
@@ -7,18 +8,6 @@ from amaranth.sim import Simulator
 
 from softnpu.hdl.config import preset
 from softnpu.hdl.mac_array import MACArray
-
-
-def _pack(values: np.ndarray, bits: int) -> int:
-    word = 0
-    for i, v in enumerate(values.reshape(-1)):
-        word |= (int(v) & ((1 << bits) - 1)) << (bits * i)
-    return word
-
-
-def _unpack_signed(word: int, bits: int, n: int) -> np.ndarray:
-    out = [(word >> (bits * i)) & ((1 << bits) - 1) for i in range(n)]
-    return np.array([v - (1 << bits) if v >> (bits - 1) else v for v in out], np.int64)
 
 
 def _vectors(rows, cols, n, seed):
@@ -49,9 +38,9 @@ def test_dots_match_numpy(name, n):
 
     async def bench(ctx):
         for x, w in cases:
-            ctx.set(dut.x, _pack(x, 8))
-            ctx.set(dut.w, _pack(w, 8))
-            got = _unpack_signed(ctx.get(dut.dots), 32, rows)
+            ctx.set(dut.x, [int(v) for v in x])
+            ctx.set(dut.w, [[int(v) for v in row] for row in w])
+            got = np.array(list(ctx.get(dut.dots)), np.int64)
             want = w.astype(np.int64) @ x.astype(np.int64)
             if not np.array_equal(got, want):
                 bad.append((x, w, got, want))

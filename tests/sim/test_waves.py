@@ -84,7 +84,8 @@ def test_layer_window_holds_every_unit_and_starts_at_its_marker(layer):
         assert all(n in present for n in names), f"{unit}: {[n for n in names if n not in present]}"
     assert f"{TOP}.dut.fetch.pc" in present and f"{TOP}.dut.compute.mac_active" in present
     first, last = waves.time_span(layer.waves)
-    sig = _values(layer.waves, {f"{TOP}.debug_marker", f"{TOP}.debug_marker_id", f"{TOP}.dut.count_cycles"})
+    sig = _values(layer.waves, {f"{TOP}.debug_marker", f"{TOP}.debug_marker_id",
+                                f"{TOP}.dut.perf.count_cycles"})
     # opens in the cycle MARKER 2 retires and ends with the cycle MARKER 3 retires
     assert sig[f"{TOP}.debug_marker"].value_at(first) == 1
     assert sig[f"{TOP}.debug_marker_id"].value_at(first) == 2
@@ -92,17 +93,17 @@ def test_layer_window_holds_every_unit_and_starts_at_its_marker(layer):
     assert sig[f"{TOP}.debug_marker_id"].value_at(last) == 3
     # the trace buffer's snapshots of markers 2 and 3 bound the window, to the cycle
     snapshots = {marker: values["cycles"] for marker, values in layer.results[0].trace}
-    assert sig[f"{TOP}.dut.count_cycles"].value_at(first) == snapshots[2]
-    assert sig[f"{TOP}.dut.count_cycles"].value_at(last) == snapshots[3]
+    assert sig[f"{TOP}.dut.perf.count_cycles"].value_at(first) == snapshots[2]
+    assert sig[f"{TOP}.dut.perf.count_cycles"].value_at(last) == snapshots[3]
 
 
 def test_cycle_window_is_bounded(window, whole):
     assert [r.counters is not None for r in window.results] == [True, True]
     first, last = waves.time_span(window.waves)
     assert last - first <= 200 * CYCLE_NS * PS
-    sig = _values(window.waves, {f"{TOP}.dut.count_cycles", f"{TOP}.dut.csr.insn_count"})
-    assert sig[f"{TOP}.dut.count_cycles"].value_at(first) == 300
-    assert sig[f"{TOP}.dut.count_cycles"].value_at(last) == 500
+    sig = _values(window.waves, {f"{TOP}.dut.perf.count_cycles", f"{TOP}.dut.csr.insn_count"})
+    assert sig[f"{TOP}.dut.perf.count_cycles"].value_at(first) == 300
+    assert sig[f"{TOP}.dut.perf.count_cycles"].value_at(last) == 500
     # it is job 1's run (the convolution program), not job 0's
     assert sig[f"{TOP}.dut.csr.insn_count"].value_at(first) == _conv_job().insn_count
     # a whole-run trace of the same program is many times larger
@@ -118,8 +119,8 @@ def test_gtkw_groups_signals_by_unit(layer):
     assert f'[dumpfile] "{layer.waves.resolve()}"' in text
     groups = waves.gtkw_signals(layer.gtkw)
     assert f"{TOP}.dut.fetch.pc" in groups["fetch"]
-    assert f"{TOP}.dut.load.row_addr" in groups["load"]
-    assert f"{TOP}.dut.store.row_addr" in groups["store"]
+    assert f"{TOP}.dut.load.burst.row_addr" in groups["load"]
+    assert f"{TOP}.dut.store.burst.row_addr" in groups["store"]
     assert f"{TOP}.axi_araddr" in groups["memory port"]
     assert f"{TOP}.s_axil_awaddr" in groups["CSR"]
     assert f"{TOP}.dut.fetch.pc[31:0]" in text          # vectors carry their range, as GTKWave names them

@@ -1,0 +1,155 @@
+"""The conv engine: CONV (hdl/isa.py `Conv`) on the MAC array, with hardware loops.
+
+A two-stage pipeline, one window tap per cycle.  Stage 0 walks the loop counters (outer block,
+output row, output column, then the taps: input block, kernel row, kernel column) and issues the
+synchronous reads of the input and weight entries (and, on an output's first tap, of the
+accumulator entry it may add to).  Stage 1, a cycle later when the reads have landed, multiplies
+on the array (MAC mode) or takes the input lanes (SUM and MAX window modes), folds the tap into a
+running value and, on an output's last tap, writes the accumulator entry (adding to, or taking
+the maximum with, the old entry when `accumulate`).
+
+`start` (one cycle, with `insn` valid) runs the instruction; the engine holds no copy of it, so
+`insn` must stay put until `done`, which is high for one cycle, the one after the last tap's
+stage 0 (the drain of stage 1).  `range_bad` says, from `insn` alone, that the instruction would
+address past a scratchpad (the unit faults SRAM_RANGE instead of starting it).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.wiring import In, Out
+
+from softnpu.hdl import isa, vector_lane
+from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.insn_layout import layout
+from softnpu.hdl.load_unit import ScratchpadWriteSignature
+from softnpu.hdl.mac_array import MACArray, activation_lanes, weight_rows
+from softnpu.hdl.store_unit import ScratchpadReadSignature
+
+__all__ = ["ConvEngine", "accumulator_lanes"]
+
+INT32_MIN = -(1 << 31)
+
+
+def accumulator_lanes(config: NPUConfig) -> data.ArrayLayout:
+    """An accumulator entry: `rows` int32 lanes."""
+    return data.ArrayLayout(signed(32), config.rows)
+
+
+class ConvEngine(wiring.Component):
+    class State(enum.Enum):
+        IDLE = 0
+        TAPS = 1      # stage 0 of one tap per cycle
+        DRAIN = 2     # stage 1 of the last tap
+
+    def __init__(self, config: NPUConfig):
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"config must be an NPUConfig, got {config!r}")
+        self.config = config
+        c = config
+        super().__init__({
+            "insn": In(layout(isa.Conv)),
+            "start": In(1),
+            "done": Out(1),
+            "range_bad": Out(1),
+            "mac_active": Out(1),          # a tap is issued this cycle
+            "inp": Out(ScratchpadReadSignature(c.inp_depth, activation_lanes(c))),
+            "wgt": Out(ScratchpadReadSignature(c.wgt_depth, weight_rows(c))),
+            "acc_r": Out(ScratchpadReadSignature(c.acc_depth, accumulator_lanes(c))),
+            "acc_w": Out(ScratchpadWriteSignature(c.acc_depth, accumulator_lanes(c))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        rows = c.rows
+        m.submodules.array = array = MACArray(c)
+        conv = self.insn
+
+        o0, oh, ow, tci, ki, kj = (Signal(16, name=n) for n in ("o0", "oh", "ow", "tci", "ki", "kj"))
+        window = conv.mode != isa.ConvMode.MAC
+        n_taps_ci = Mux(window, 1, conv.in_blocks)
+        ci = Mux(window, o0, tci)
+        first_tap = (tci == 0) & (ki == 0) & (kj == 0)
+        last_tap = (tci == n_taps_ci - 1) & (ki == conv.kh - 1) & (kj == conv.kw - 1)
+        last_out = (o0 == Mux(window, conv.in_blocks, conv.out_blocks) - 1) & (oh == conv.out_h - 1) & \
+            (ow == conv.out_w - 1)
+        inp_addr = conv.inp + ci * conv.inp_block + (oh * conv.stride_h + ki) * conv.inp_row + \
+            ow * conv.stride_w + kj
+        wgt_addr = conv.wgt + ((o0 * conv.in_blocks + tci) * conv.kh + ki) * conv.kw + kj
+        acc_addr = conv.acc + (o0 * conv.out_h + oh) * conv.out_w + ow
+        inp_last = conv.inp + (conv.in_blocks - 1) * conv.inp_block + \
+            ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row + \
+            (conv.out_w - 1) * conv.stride_w + conv.kw
+        n_acc = Mux(window, conv.in_blocks, conv.out_blocks) * conv.out_h * conv.out_w
+        n_wgt = conv.out_blocks * conv.in_blocks * conv.kh * conv.kw
+        m.d.comb += self.range_bad.eq((inp_last > c.inp_depth) | (conv.acc + n_acc > c.acc_depth)
+                                      | (~window & (conv.wgt + n_wgt > c.wgt_depth)))
+
+        # stage 1: fold the tap into the running value; on the last tap, into the old entry
+        s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
+        s1_acc = Signal(16)
+        running = Signal(accumulator_lanes(c))
+        old = Signal(accumulator_lanes(c))
+        m.d.comb += [array.x.eq(self.inp.data), array.w.eq(self.wgt.data)]
+        old_now = Signal(accumulator_lanes(c))
+        m.d.comb += old_now.eq(Mux(s1_first, self.acc_r.data.as_value(), old.as_value()))
+        is_max = conv.mode == isa.ConvMode.MAX
+        new_lanes = Signal(accumulator_lanes(c))
+        for r in range(rows):
+            tap = Mux(conv.mode == isa.ConvMode.MAC, array.dots[r], self.inp.data[r])
+            identity = Mux(is_max, INT32_MIN, 0)
+            base = Mux(s1_first, identity, running[r])
+            new = Mux(is_max, Mux(tap > base, tap, base), vector_lane.wrap32(base + tap))
+            combined = Mux(is_max, Mux(old_now[r] > new, old_now[r], new),
+                           vector_lane.wrap32(old_now[r] + new))
+            m.d.comb += [new_lanes[r].eq(new[:32]),
+                         self.acc_w.data[r].eq(Mux(conv.accumulate, combined, new)[:32])]
+        m.d.comb += self.acc_w.addr.eq(s1_acc)
+        with m.If(s1_valid):
+            m.d.sync += running.eq(new_lanes)
+            with m.If(s1_first):
+                m.d.sync += old.eq(self.acc_r.data)
+            m.d.comb += self.acc_w.en.eq(s1_last)
+
+        # stage 0: the loops
+        state = Signal(self.State)
+        with m.Switch(state):
+            with m.Case(self.State.IDLE):
+                with m.If(self.start):
+                    m.d.sync += [o0.eq(0), oh.eq(0), ow.eq(0), tci.eq(0), ki.eq(0), kj.eq(0),
+                                 s1_valid.eq(0), state.eq(self.State.TAPS)]
+            with m.Case(self.State.TAPS):
+                m.d.comb += [self.inp.addr.eq(inp_addr), self.inp.en.eq(1),
+                             self.wgt.addr.eq(wgt_addr), self.wgt.en.eq(1),
+                             self.acc_r.addr.eq(acc_addr), self.acc_r.en.eq(first_tap),
+                             self.mac_active.eq(1)]
+                m.d.sync += [s1_valid.eq(1), s1_first.eq(first_tap), s1_last.eq(last_tap),
+                             s1_acc.eq(acc_addr)]
+                with m.If(kj != conv.kw - 1):
+                    m.d.sync += kj.eq(kj + 1)
+                with m.Else():
+                    m.d.sync += kj.eq(0)
+                    with m.If(ki != conv.kh - 1):
+                        m.d.sync += ki.eq(ki + 1)
+                    with m.Else():
+                        m.d.sync += ki.eq(0)
+                        with m.If(tci != n_taps_ci - 1):
+                            m.d.sync += tci.eq(tci + 1)
+                        with m.Else():
+                            m.d.sync += tci.eq(0)
+                            with m.If(ow != conv.out_w - 1):
+                                m.d.sync += ow.eq(ow + 1)
+                            with m.Else():
+                                m.d.sync += ow.eq(0)
+                                with m.If(oh != conv.out_h - 1):
+                                    m.d.sync += oh.eq(oh + 1)
+                                with m.Else():
+                                    m.d.sync += [oh.eq(0), o0.eq(o0 + 1)]
+                with m.If(last_tap & last_out):
+                    m.d.sync += state.eq(self.State.DRAIN)
+            with m.Case(self.State.DRAIN):
+                m.d.sync += [s1_valid.eq(0), state.eq(self.State.IDLE)]
+                m.d.comb += self.done.eq(1)
+        return m

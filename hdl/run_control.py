@@ -1,0 +1,101 @@
+"""Run control: when a program runs, how it ends, and the interrupt.
+
+A start raises `running` and, through `reset`, clears every unit, queue, token counter and the
+arbiter (the top's ResetInserters).  The run ends when FINISH retires, when fetch has nothing left
+and every queue and unit is idle, or at the first fault: fetch's, a unit's (range/alignment), or a
+deadlock: no unit busy, fetch stuck, and every waiting queue head lacking a token, reported at the
+lowest waiting instruction.  When several fault in one cycle, fetch wins, then load, compute,
+store, deadlock.  The end sets `done` (and `error`, `error_code`, `error_pc` on a fault); the
+interrupt is `done` while enabled.  `ack` (CTRL.clear) drops done, error and the code.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from softnpu.hdl import isa
+from softnpu.hdl.unit import PC_BITS, StatusSignature
+
+__all__ = ["RunControl", "FetchStateSignature", "HeadSignature"]
+
+UNITS = ("load", "compute", "store")
+
+
+class FetchStateSignature(wiring.Signature):
+    """What run control sees of fetch (from fetch's side)."""
+
+    def __init__(self):
+        super().__init__({"exhausted": Out(1), "blocked": Out(1), "fault": Out(1), "fault_code": Out(4),
+                          "pc": Out(PC_BITS)})
+
+
+class HeadSignature(wiring.Signature):
+    """One instruction queue as run control sees it (from the queue's side): whether an
+    instruction waits at its head, and its index; `empty` when nothing at all is queued."""
+
+    def __init__(self):
+        super().__init__({"valid": Out(1), "pc": Out(PC_BITS), "empty": Out(1)})
+
+
+class RunControl(wiring.Component):
+    def __init__(self):
+        super().__init__({
+            "start": In(1), "ack": In(1), "irq_enable": In(1),      # from the CSR block
+            "fetch": In(FetchStateSignature()),
+            **{u: In(StatusSignature()) for u in UNITS},
+            **{f"{u}_head": In(HeadSignature()) for u in UNITS},
+            "finish": In(1),                                         # FINISH retires
+            "running": Out(1), "done": Out(1), "error": Out(1),
+            "error_code": Out(4), "error_pc": Out(PC_BITS),
+            "reset": Out(1),            # clear units, queues, token counters, arbiter
+            "starting": Out(1),         # a start while idle: zero the counters and trace
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        running, done, error = Signal(), Signal(), Signal()
+        error_code, error_pc = Signal(4), Signal(PC_BITS)
+        units = [getattr(self, u) for u in UNITS]
+        heads = [getattr(self, f"{u}_head") for u in UNITS]
+        fetch = self.fetch
+
+        all_idle = ~units[0].busy & ~units[1].busy & ~units[2].busy
+        queues_empty = heads[0].empty & heads[1].empty & heads[2].empty
+        any_waiting = heads[0].valid | heads[1].valid | heads[2].valid
+        all_heads_stuck = 1
+        for head, unit in zip(heads, units, strict=True):
+            all_heads_stuck = all_heads_stuck & (~head.valid | unit.stall)
+        deadlock = running & all_idle & any_waiting & all_heads_stuck & (fetch.blocked | fetch.exhausted)
+        deadlock_pc = Signal(PC_BITS)
+        # the lowest index among the waiting heads
+        pcs = [Mux(head.valid, head.pc, (1 << PC_BITS) - 1) for head in heads]
+        low01 = Mux(pcs[0] < pcs[1], pcs[0], pcs[1])
+        m.d.comb += deadlock_pc.eq(Mux(low01 < pcs[2], low01, pcs[2]))
+
+        faults = [(fetch.fault, fetch.fault_code, fetch.pc)] + \
+            [(u.fault, u.fault_code, u.pc) for u in units] + \
+            [(deadlock, isa.ErrorCode.DEADLOCK, deadlock_pc)]
+        any_fault = 0
+        for f, _, _ in faults:
+            any_fault = any_fault | f
+        finished = running & (self.finish | (fetch.exhausted & queues_empty & all_idle & ~fetch.blocked))
+
+        m.d.comb += [self.reset.eq(self.start | (running & any_fault)),
+                     self.starting.eq(self.start & ~running)]
+        with m.If(self.ack):
+            m.d.sync += [done.eq(0), error.eq(0), error_code.eq(0)]
+        with m.If(self.start & ~running):
+            m.d.sync += [running.eq(1), done.eq(0), error.eq(0), error_code.eq(0), error_pc.eq(0)]
+        with m.Elif(running & any_fault):
+            m.d.sync += [running.eq(0), done.eq(1), error.eq(1)]
+            for f, code, pc in reversed(faults):      # the first listed fault wins
+                with m.If(f):
+                    m.d.sync += [error_code.eq(code), error_pc.eq(pc)]
+        with m.Elif(finished):
+            m.d.sync += [running.eq(0), done.eq(1)]
+        m.d.comb += [self.irq.eq(done & self.irq_enable), self.running.eq(running), self.done.eq(done),
+                     self.error.eq(error), self.error_code.eq(error_code), self.error_pc.eq(error_pc)]
+        return m
