@@ -280,7 +280,8 @@ def _program(config, x: Activation, y: Activation, plan: DepthwisePlan, *, weigh
                                   dram=params + 3 * cb0 * 4 * b, blocks=1, rows=1, cols=3 * ncb))
             if plan.cols_per_tile:      # a column range: its own input columns, padding at the borders only
                 first_row, nin, ptop, pbot, skip = _input_band(x, oh0, nrows, stride, kh, pads[0])
-                first_col, in_cols, pleft, pright, skip_col = _input_span(x.w, ow0, ncols, stride, kw, pads[2])
+                first_col, in_cols, pleft, pright, skip_col = _input_span(x.w, ow0, ncols, stride, kw,
+                                                                          pads[2])
             else:
                 first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, stride, kh, pads[0])
                 first_col, in_cols, pleft, pright, skip, skip_col = 0, x.w, pads[2], pads[3], 0, 0
@@ -294,8 +295,9 @@ def _program(config, x: Activation, y: Activation, plan: DepthwisePlan, *, weigh
             count = nrows * ncols
             convs = [Conv(mode=ConvMode.MAC, out_blocks=1, in_blocks=1, kh=kh, kw=kw, stride_h=stride,
                           stride_w=stride, out_h=nrows, out_w=ncols, acc=acc_base + k * count,
-                          inp=inp_base + k * p * q + skip * q + skip_col, wgt=wgt_half * half["wgt"] + k * kh * kw,
-                          inp_row=q, inp_block=p * q) for k in range(ncb)]
+                          inp=inp_base + k * p * q + skip * q + skip_col,
+                          wgt=wgt_half * half["wgt"] + k * kh * kw, inp_row=q, inp_block=p * q)
+                     for k in range(ncb)]
             requant = Requant(out=out_base, acc=acc_base, param=wgt_half * half["param"], blocks=ncb,
                               count=count, zero_point=zero_point, act_min=act_min, act_max=act_max,
                               rounding=Rounding.FIXED)

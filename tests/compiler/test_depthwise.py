@@ -161,7 +161,8 @@ def test_depthwise_tiles_columns_when_a_band_of_rows_does_not_fit(case):
         pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
     else:
         oh, ow, pads = (case["h"] - k) // s + 1, (case["w"] - k) // s + 1, (0, 0, 0, 0)
-    plan = depthwise.plan_depthwise(cfg, Activation(0, case["h"], case["w"], case["c"]), oh, ow, k, k, s, pads)
+    x = Activation(0, case["h"], case["w"], case["c"])
+    plan = depthwise.plan_depthwise(cfg, x, oh, ow, k, k, s, pads)
     assert 0 < plan.cols_per_tile < ow
     bundle = assert_bit_exact(oracle.depthwise_conv2d(**case, seed=7), "tiny", inputs=2, seed=3)
     assert kinds(bundle) == ["DEPTHWISE_CONV_2D"]
