@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -37,8 +38,11 @@ from softnpu.compiler.emit import (
     LoweringError,
     _emit,
     _finish_layer,
+    _band_rows,
     _halves,
+    _input_band,
     _input_rows,
+    _input_span,
     _Step,
     _store_rows,
     _Tile,
@@ -165,10 +169,14 @@ def fold_depthwise_bias(bias, w: np.ndarray, zp_in: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class DepthwisePlan:
     """Channel blocks per tile and output rows per tile; tiles run block groups outside row tiles,
-    so a group's weights and parameters are loaded once."""
+    so a group's weights and parameters are loaded once.  cols_per_tile: when a band of input rows
+    does not fit half the input scratchpad, tiles are also cut into ranges of that many output
+    columns (each loads its own input columns, with SAME's left/right padding at the image borders
+    only); 0: whole rows."""
     blocks_per_tile: int
     rows_per_tile: int
     estimated_cycles: int
+    cols_per_tile: int = 0
 
 
 _REFINE = 4
@@ -189,27 +197,50 @@ def _plan(config, h, w, c, out_h, out_w, kh, kw, stride, pads) -> DepthwisePlan:
     b = config.cols
     half = _halves(config)
     nb = -(-c // b)
+
+    def plans(tw: int, q: int, cols_per_tile: int) -> list[DepthwisePlan]:
+        found = []
+        n_cols = -(-out_w // tw)
+        in_w = min(q, w)            # real (not padded) input columns a tile loads
+        for nbt in range(1, min(nb, 255) + 1):
+            if nbt * kh * kw > half["wgt"] or 3 * nbt > half["param"]:
+                break
+            th = min(out_h, half["acc"] // (nbt * tw), half["out"] // (nbt * tw))
+            # whole rows: the band the load takes is (th-1)*stride+kh rows (_input_rows); column
+            # tiles load with _input_band, which may take one row more (a band inside the padding)
+            rows = (lambda t: (t - 1) * stride + kh) if not cols_per_tile else \
+                (lambda t: _band_rows(t, stride, kh, pads))
+            while th >= 1 and nbt * rows(th) * q > half["inp"]:
+                th -= 1
+            if th < 1:
+                break
+            groups, row_tiles = -(-nb // nbt), -(-out_h // th)
+            in_rows = min((th - 1) * stride + kh, h)
+            load = dma_cycles(config, nbt * in_rows, in_w * b) + nbt * ((th - 1) * stride + kh) * (q - in_w)
+            mac = nbt * th * tw * kh * kw + config.mac_latency + 8 * nbt
+            wgt = dma_cycles(config, 1, nbt * kh * kw * b * b)
+            store = dma_cycles(config, nbt * th, tw * b) + nbt * th * tw
+            tiles = row_tiles * n_cols
+            cost = groups * (tiles * max(load, mac, store) + wgt) + load + store + 12 * groups * tiles
+            found.append(DepthwisePlan(nbt, th, int(cost), cols_per_tile))
+        return found
+
     q = pads[2] + w + pads[3]
-    candidates = []
-    for nbt in range(1, min(nb, 255) + 1):
-        if nbt * kh * kw > half["wgt"] or 3 * nbt > half["param"]:
-            break
-        th = min(out_h, half["acc"] // (nbt * out_w), half["out"] // (nbt * out_w))
-        while th >= 1 and nbt * ((th - 1) * stride + kh) * q > half["inp"]:
-            th -= 1
-        if th < 1:
-            break
-        groups, row_tiles = -(-nb // nbt), -(-out_h // th)
-        in_rows = min((th - 1) * stride + kh, h)
-        load = dma_cycles(config, nbt * in_rows, w * b) + nbt * ((th - 1) * stride + kh) * (q - w)
-        mac = nbt * th * out_w * kh * kw + config.mac_latency + 8 * nbt
-        wgt = dma_cycles(config, 1, nbt * kh * kw * b * b)
-        store = dma_cycles(config, nbt * th, out_w * b) + nbt * th * out_w
-        cost = groups * (row_tiles * max(load, mac, store) + wgt) + load + store + 12 * groups * row_tiles
-        candidates.append(DepthwisePlan(nbt, th, int(cost)))
+    candidates = plans(out_w, q, 0)
+    if not candidates:      # width tiling: the widest column range whose band (one block) fits
+        rows = _band_rows(1, stride, kh, pads)
+        tw = min(out_w - 1, half["acc"], half["out"])
+        while tw >= 1 and rows * _band_rows(tw, stride, kw, pads[2:]) > half["inp"]:
+            tw -= 1
+        if tw >= 1:
+            candidates = plans(tw, _band_rows(tw, stride, kw, pads[2:]), tw)
     if not candidates:
         raise LoweringError(f"{kh} input rows of {q} entries do not fit half the input scratchpad "
-                            f"({half['inp']} entries) of config {config.name!r}")
+                            f"({half['inp']} entries) of config {config.name!r}, nor do {kh} rows of the "
+                            f"{kw} input columns of one output column"
+                            if kh * kw <= half["wgt"] and half["param"] >= 3 else
+                            f"a {kh}x{kw} kernel's diagonal weights ({kh * kw} entries) do not fit half "
+                            f"the weight scratchpad ({half['wgt']} entries) of config {config.name!r}")
     candidates.sort(key=lambda p: p.estimated_cycles)
     if len(candidates) == 1:
         return candidates[0]
@@ -230,40 +261,48 @@ def _program(config, x: Activation, y: Activation, plan: DepthwisePlan, *, weigh
     b = config.cols
     half = _halves(config)
     nb = x.blocks(b)
-    q = pads[2] + x.w + pads[3]
     nbt, th = plan.blocks_per_tile, plan.rows_per_tile
+    tw = plan.cols_per_tile or y.w
     tiles = []
     wgt_half = 1
     for cb0 in range(0, nb, nbt):
         ncb = min(nbt, nb - cb0)
-        for oh0 in range(0, y.h, th):
-            nrows = min(th, y.h - oh0)
+        for oh0, ow0 in itertools.product(range(0, y.h, th), range(0, y.w, tw)):
+            nrows, ncols = min(th, y.h - oh0), min(tw, y.w - ow0)
             o = len(tiles)
             inp_base, acc_base, out_base = ((o % 2) * half[k] for k in ("inp", "acc", "out"))
             loads = []
-            if oh0 == 0:        # a new block group: its weights and parameters, into the other half
+            if oh0 == 0 and ow0 == 0:   # a new block group: its weights and parameters, into the other half
                 wgt_half ^= 1
                 loads.append(Load(buffer=Buffer.WGT, sram=wgt_half * half["wgt"],
                                   dram=weights + cb0 * kh * kw * b * b, blocks=1, rows=1, cols=ncb * kh * kw))
                 loads.append(Load(buffer=Buffer.PARAM, sram=wgt_half * half["param"],
                                   dram=params + 3 * cb0 * 4 * b, blocks=1, rows=1, cols=3 * ncb))
-            first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, stride, kh, pads[0])
+            if plan.cols_per_tile:      # a column range: its own input columns, padding at the borders only
+                first_row, nin, ptop, pbot, skip = _input_band(x, oh0, nrows, stride, kh, pads[0])
+                first_col, in_cols, pleft, pright, skip_col = _input_span(x.w, ow0, ncols, stride, kw,
+                                                                          pads[2])
+            else:
+                first_row, nin, ptop, pbot = _input_rows(x, oh0, nrows, stride, kh, pads[0])
+                first_col, in_cols, pleft, pright, skip, skip_col = 0, x.w, pads[2], pads[3], 0, 0
             p = ptop + nin + pbot
-            src = x.addr + cb0 * x.plane(b) + first_row * x.w * b
+            q = pleft + in_cols + pright
+            src = x.addr + cb0 * x.plane(b) + (first_row * x.w + first_col) * b
             loads.append(Load(buffer=Buffer.INP, sram=inp_base, dram=src,
-                              blocks=ncb, rows=nin, cols=x.w, row_stride=x.w * b, block_stride=x.plane(b),
-                              pad_top=ptop, pad_bottom=pbot, pad_left=pads[2], pad_right=pads[3],
+                              blocks=ncb, rows=nin, cols=in_cols, row_stride=x.w * b, block_stride=x.plane(b),
+                              pad_top=ptop, pad_bottom=pbot, pad_left=pleft, pad_right=pright,
                               pad_value=pad_value))
-            count = nrows * y.w
+            count = nrows * ncols
             convs = [Conv(mode=ConvMode.MAC, out_blocks=1, in_blocks=1, kh=kh, kw=kw, stride_h=stride,
-                          stride_w=stride, out_h=nrows, out_w=y.w, acc=acc_base + k * count,
-                          inp=inp_base + k * p * q, wgt=wgt_half * half["wgt"] + k * kh * kw, inp_row=q,
-                          inp_block=p * q) for k in range(ncb)]
+                          stride_w=stride, out_h=nrows, out_w=ncols, acc=acc_base + k * count,
+                          inp=inp_base + k * p * q + skip * q + skip_col,
+                          wgt=wgt_half * half["wgt"] + k * kh * kw, inp_row=q, inp_block=p * q)
+                     for k in range(ncb)]
             requant = Requant(out=out_base, acc=acc_base, param=wgt_half * half["param"], blocks=ncb,
                               count=count, zero_point=zero_point, act_min=act_min, act_max=act_max,
                               rounding=Rounding.FIXED)
             tiles.append(_Tile([_Step(loads, convs)], [requant],
-                               [_store_rows(config, y, out_base, cb0, ncb, oh0, nrows)]))
+                               [_store_rows(config, y, out_base, cb0, ncb, oh0, nrows, ow0, ncols)]))
     return _finish_layer(_emit(tiles), layer_id, first, config)
 
 

@@ -138,3 +138,41 @@ def test_depthwise_bit_exact_on_rtl_tiny():
     model = oracle.depthwise_conv2d(h=7, w=7, c=5, k=5, stride=1, padding="same", relu=False, seed=5)
     report = verify_bundle(compile_tflite(model, "tiny", name="depthwise5"), "rtl", inputs=1, seed=2)
     assert report.equal
+
+
+WIDE = [
+    dict(h=4, w=300, c=5, k=3, stride=1, padding="same", relu="relu6"),
+    # 5x5 VALID needs 5 input rows for one output row: 7 rows give two
+    dict(h=7, w=300, c=5, k=5, stride=2, padding="valid", relu="relu6"),
+    # asymmetric SAME padding at stride 2 (right/bottom only): the last column range pads, the others not
+    dict(h=4, w=300, c=5, k=5, stride=2, padding="same", relu="relu6"),
+]
+
+
+@pytest.mark.parametrize("case", WIDE, ids=_case_id)
+def test_depthwise_tiles_columns_when_a_band_of_rows_does_not_fit(case):
+    """Rows wider than half tiny's input scratchpad: the output is cut into column ranges, each
+    loading its own input columns (SAME's left/right padding at the image borders only)."""
+    cfg = preset("tiny")
+    k, s = case["k"], case["stride"]
+    if case["padding"] == "same":
+        oh, ow = -(-case["h"] // s), -(-case["w"] // s)
+        ph, pw = max((oh - 1) * s + k - case["h"], 0), max((ow - 1) * s + k - case["w"], 0)
+        pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    else:
+        oh, ow, pads = (case["h"] - k) // s + 1, (case["w"] - k) // s + 1, (0, 0, 0, 0)
+    x = Activation(0, case["h"], case["w"], case["c"])
+    plan = depthwise.plan_depthwise(cfg, x, oh, ow, k, k, s, pads)
+    assert 0 < plan.cols_per_tile < ow
+    bundle = assert_bit_exact(oracle.depthwise_conv2d(**case, seed=7), "tiny", inputs=2, seed=3)
+    assert kinds(bundle) == ["DEPTHWISE_CONV_2D"]
+    assert tuple(bundle.manifest.outputs[0].shape[1:3]) == (oh, ow)
+
+
+def test_depthwise_too_large_for_any_column_range_is_a_clear_error():
+    """A 15x15 kernel's band of one output pixel (15x15 entries) is half tiny's input scratchpad
+    or less, but its diagonal weights are not: the error names the scratchpad that does not fit."""
+    cfg = preset("tiny")
+    x = Activation(0, 20, 600, 5)
+    with pytest.raises(depthwise.LoweringError, match="scratchpad"):
+        depthwise.plan_depthwise(cfg, x, 6, 586, 15, 15, 1, (0, 0, 0, 0))
