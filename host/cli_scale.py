@@ -69,6 +69,8 @@ def cmd_sweep(args) -> int:
         raise UsageError(str(exc)) from None
     print(f"sweep {spec_path}: {len(spec.points)} points ({len({p.config for p in spec.points})} configs x "
           f"{len(spec.models)} networks) -> {out}/")
+    for reason in spec.skipped:
+        print(f"skipped (not a valid config): {reason}")
     try:
         table = run_sweep(spec, out, address=args.ray_address, workers=args.workers)
     except ScaleOutError as exc:

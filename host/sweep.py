@@ -12,7 +12,8 @@ The SPEC (JSON or YAML) gives lists per NPUConfig field over a `base` preset, an
     verify: iss                   # optional: iss or rtl (the --verify option overrides it)
 
 Every other key must be an NPUConfig field (hdl/config.py); a scalar is a list of one.  The points
-are the cross product.  Each point compiles the network for its config (compiler/compile.py) and
+are the cross product, less the combinations that are not a valid config (a bus wider than the
+array, rows != cols), which are listed as skipped.  Each point compiles the network for its config (compiler/compile.py) and
 reads the cycle model's figures from the manifest: cycles, latency at clock_mhz, MAC utilization,
 DRAM bytes, and cycles and utilization per layer kind; `verify` also runs the bundle on the ISS
 or the RTL against the TFLite interpreter, bit for bit, with the measured cycles.
@@ -43,7 +44,8 @@ __all__ = ["SpecError", "SweepSpec", "Point", "load_spec", "run_sweep", "compute
 
 _RESERVED = ("base", "models", "input_size", "verify")
 _FIELDS = {f.name: f for f in dataclasses.fields(NPUConfig) if f.name != "name"}
-# fault injection for the tests: "INDEX:TIMES" kills the worker of point INDEX on its first TIMES attempts
+# fault injection for the tests: "INDEX:TIMES[,...]" kills the worker of the INDEX-th point to compute
+# on its first TIMES attempts (SIGKILL, as the OOM killer or a lost node would)
 KILL_ENV = "SOFTNPU_SWEEP_KILL"
 
 
@@ -76,6 +78,7 @@ class SweepSpec:
     path: str
     points: list[Point]
     models: list[str]
+    skipped: list[str] = dataclasses.field(default_factory=list)   # combinations that are no config
 
 
 def _read(path: Path) -> dict:
@@ -136,13 +139,14 @@ def load_spec(path: str | os.PathLike, verify: str | None = None) -> SweepSpec:
                             f"cols), {', '.join(sorted(_FIELDS))}")
         values = _values(path, key, value)
         for v in values:
-            try:                              # each value alone on the base: names the bad one
-                changes = {"rows": v, "cols": v} if key == "array" else {key: v}
-                _config(base, changes)
+            try:                              # each value alone, on a base wide enough for any bus
+                changes = {"rows": v, "cols": v} if key in ("array", "rows", "cols") else {key: v}
+                _config(base.replace(rows=256, cols=256) if key not in ("array", "rows", "cols") else base,
+                        changes)
             except (TypeError, ValueError) as exc:
                 raise SpecError(f"sweep spec {path}: {key}: value {v!r} is not valid: {exc}") from None
         grid.append((key, values))
-    points = []
+    points, skipped = [], []
     for combo in itertools.product(*(values for _, values in grid)):
         varied = tuple(zip((k for k, _ in grid), combo, strict=True))
         changes = {}
@@ -150,11 +154,14 @@ def load_spec(path: str | os.PathLike, verify: str | None = None) -> SweepSpec:
             changes.update({"rows": v, "cols": v} if key == "array" else {key: v})
         try:
             cfg = _config(base, changes, name=_name(base_name, varied))
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"sweep spec {path}: the point {dict(varied)} is not a valid config: {exc}") from None
+        except (TypeError, ValueError) as exc:     # fields valid alone, not together: skipped
+            skipped.append(f"{dict(varied)}: {exc}")
+            continue
         for model, size in itertools.product(models, sizes):
             points.append(Point(cfg, model, size or zoo.default_input_size(model), verify, varied))
-    return SweepSpec(str(path), points, models)
+    if not points:
+        raise SpecError(f"sweep spec {path}: no combination is a valid config; " + "; ".join(skipped[:3]))
+    return SweepSpec(str(path), points, models, skipped)
 
 
 def _config(base: NPUConfig, changes: dict, name: str | None = None) -> NPUConfig:
@@ -173,14 +180,15 @@ def _name(base: str, varied) -> str:
 def _maybe_killed(index: int, kill: str | None, attempts_dir: str | None) -> None:
     if not kill or attempts_dir is None:
         return
-    target, _, times = kill.partition(":")
-    if int(target) != index:
-        return
-    marker = Path(attempts_dir) / f"attempts-{index}"
-    attempt = int(marker.read_text()) + 1 if marker.exists() else 1
-    marker.write_text(str(attempt))
-    if attempt <= int(times or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    for item in kill.split(","):
+        target, _, times = item.partition(":")
+        if int(target) != index:
+            continue
+        marker = Path(attempts_dir) / f"attempts-{index}"
+        attempt = int(marker.read_text()) + 1 if marker.exists() else 1
+        marker.write_text(str(attempt))
+        if attempt <= int(times or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def compute_point(point: Point, tflite: bytes, index: int = 0, kill: str | None = None,
@@ -257,7 +265,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, address: str | Non
             log(f"converting {p.model} at {p.input_size}x{p.input_size} to int8 TFLite (cached)")
             tflites[key] = zoo_tflite(p.model, p.input_size, progress=False)
     kill = os.environ.get(KILL_ENV)
-    attempts = str(out / "points") if kill else None
+    attempts = None
+    if kill:
+        attempts = out / ".attempts"
+        attempts.mkdir(exist_ok=True)
+        attempts = str(attempts)
     args = [(p, tflites[(p.model, p.input_size)], i, kill, attempts) for i, p in enumerate(todo)]
     where = f"the Ray cluster at {address}" if address else "Ray (embedded)"
     if todo:
