@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     print(f"{what}: {plan.iss_cycles:,} ISS cycles; ISS preparation of {args.shards} shards (each shard's "
           f"memory image): {prep_s:.1f} s")
     rtl_harness.build(bundle.manifest.npu_config)
-    mono_cycles, mono_act, mono_s = shards.run_monolithic(bundle, plan)
+    mono, mono_act, mono_s = shards.run_monolithic(bundle, plan)
+    mono_cycles = mono["cycles"]
     print(f"1 process : {mono_s:8.1f} s  {mono_cycles:,} cycles")
     run = shards.run_sharded(bundle, inputs, args.shards, use_ray=not args.no_ray, plan=plan,
                              log=lambda m: None)

@@ -270,9 +270,9 @@ def run_sharded(bundle: Bundle, inputs: dict[str, np.ndarray], count: int, *, us
                       time.perf_counter() - t0, time.perf_counter() - t_rtl)
 
 
-def run_monolithic(bundle: Bundle, plan: ShardPlan) -> tuple[int, bytes, float]:
+def run_monolithic(bundle: Bundle, plan: ShardPlan) -> tuple[dict[str, int], bytes, float]:
     """The whole (prefix of the) program in one RTL simulator from the first shard's image (the
-    benchmark's and the tests' reference): (cycles, activation region after it, wall seconds)."""
+    benchmark's and the tests' reference): (counters, activation region after it, wall seconds)."""
     from softnpu.sim.rtl_jobs import Job, run_jobs
 
     mm = bundle.manifest.memory_map
@@ -282,4 +282,4 @@ def run_monolithic(bundle: Bundle, plan: ShardPlan) -> tuple[int, bytes, float]:
     res = run_jobs(bundle.manifest.npu_config, [job])[0]
     if res.fault or res.error:
         raise ShardError(f"the monolithic RTL run failed: {res.fault or res.error}")
-    return res.counters["cycles"], res.regions[0], time.perf_counter() - t0
+    return res.counters, res.regions[0], time.perf_counter() - t0
