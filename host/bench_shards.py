@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     plan = shards.prepare_shards(bundle, inputs, args.shards, args.layers)
     prep_s = time.perf_counter() - t
-    what = f"the first {args.layers} of {len(bundle.manifest.layers)} layers" if args.layers else "the whole network"
+    n = len(bundle.manifest.layers)
+    what = f"the first {args.layers} of {n} layers" if args.layers else "the whole network"
     print(f"{what}: {plan.iss_cycles:,} ISS cycles; ISS preparation of {args.shards} shards (each shard's "
           f"memory image): {prep_s:.1f} s")
     rtl_harness.build(bundle.manifest.npu_config)

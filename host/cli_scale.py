@@ -112,8 +112,10 @@ def run_shards(bundle, inputs, args):
     config = bundle.manifest.npu_config
     macs = sum(int(layer.get("macs", 0)) for layer in bundle.manifest.layers)
     stats = Stats(cycles=run.cycles, utilization=utilization(run.counters, macs, config.macs_per_cycle),
-                  latency_s=config.cycles_to_seconds(run.cycles), dram_read_bytes=run.counters["dram_read_bytes"],
-                  dram_write_bytes=run.counters["dram_write_bytes"], wall_s=run.wall_s, device_s=run.rtl_wall_s,
+                  latency_s=config.cycles_to_seconds(run.cycles),
+                  dram_read_bytes=run.counters["dram_read_bytes"],
+                  dram_write_bytes=run.counters["dram_write_bytes"], wall_s=run.wall_s,
+                  device_s=run.rtl_wall_s,
                   counters=run.counters, layers=run.layers)
     return run.outputs, stats
 
@@ -127,18 +129,21 @@ def add_commands(sub) -> None:
     p.add_argument("--config", default="default",
                    help="NPU config: a preset (tiny, default, large) or a JSON file (default: default)")
     p.add_argument("--target", choices=["ecp5", "xilinx"], required=True,
-                   help="ecp5: synthesis, place and route on an LFE5UM-85F; xilinx: UltraScale+ synthesis only")
+                   help="ecp5: synthesis, place and route on an LFE5UM-85F; "
+                        "xilinx: UltraScale+ synthesis only")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default build/synth/CONFIG-TARGET)")
     p.add_argument("--model", default="resnet50",
                    help="zoo network whose cycles give the latency (default resnet50; `none`: no latency)")
     p.add_argument("--input-size", type=positive_int, help="its input side (default: the network's)")
-    p.add_argument("--cycles", type=positive_int, help="cycles of one inference, instead of compiling --model")
+    p.add_argument("--cycles", type=positive_int,
+                   help="cycles of one inference, instead of compiling --model")
     p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("sweep", help="design-space exploration over NPU configs x networks on Ray",
                        description="Compile networks for every config of a SPEC (JSON or YAML: lists per "
-                                   "NPUConfig field over a `base` preset, `models`, `input_size`) as Ray tasks; "
+                                   "NPUConfig field over a `base` preset, `models`, `input_size`) as "
+                                   "Ray tasks; "
                                    "cycles, MAC utilization, DRAM bytes and latency from the cycle model, "
                                    "optionally verified on the ISS or RTL.  Writes results.csv/.json and "
                                    "plots; resumable (finished points are kept).")

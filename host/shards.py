@@ -33,7 +33,8 @@ from softnpu.compiler.layout import to_blocked
 from softnpu.hdl import isa
 from softnpu.hdl.config import NPUConfig
 
-__all__ = ["ShardError", "Shard", "ShardPlan", "ShardedRun", "drained_boundaries", "plan_shards", "shard_program",
+__all__ = ["ShardError", "Shard", "ShardPlan", "ShardedRun", "drained_boundaries", "plan_shards",
+           "shard_program",
            "prepare_shards", "run_sharded"]
 
 
@@ -112,7 +113,8 @@ def plan_shards(program: list[isa.Insn], count: int, layer_cycles: dict[int, int
     for k, w in enumerate(weights[:-1]):
         acc += w
         # cut after layer k once this shard holds its share, keeping a layer for every later shard
-        if len(cuts) < count and acc >= total * len(cuts) / count and len(bounds) - (k + 1) >= count - len(cuts):
+        later_room = len(bounds) - (k + 1) >= count - len(cuts)
+        if len(cuts) < count and acc >= total * len(cuts) / count and later_room:
             cuts.append(k + 1)
     while len(cuts) < count:                     # few, very unequal layers: cut the last ones
         cuts.append(next(k for k in range(len(bounds) - 1, 0, -1) if k not in cuts))
@@ -245,7 +247,8 @@ def run_sharded(bundle: Bundle, inputs: dict[str, np.ndarray], count: int, *, us
     results = [None] * len(shards)
     for i, outcome in run_tasks(_run_shard, args, use_ray=use_ray, address=address, workers=workers or count):
         if not outcome.ok:
-            raise ShardError(f"shard {i} (layers {shards[i].layers[0]}..{shards[i].layers[-1]}): {outcome.error}")
+            layers = shards[i].layers
+            raise ShardError(f"shard {i} (layers {layers[0]}..{layers[-1]}): {outcome.error}")
         results[i] = outcome.value
     counters: dict[str, int] = {}
     layers: list[dict] = []
@@ -265,7 +268,8 @@ def run_sharded(bundle: Bundle, inputs: dict[str, np.ndarray], count: int, *, us
         layers += [dict(span, shard=shard.index) for span in layer_spans(manifest, res.trace, res.counters)]
     activations = results[-1].regions[0]
     outputs = _outputs(manifest, np.frombuffer(activations, np.uint8))
-    return ShardedRun(plan, shards, counters["cycles"], counters, layers, outputs, activations, [r.counters["cycles"] for r in results],
+    return ShardedRun(plan, shards, counters["cycles"], counters, layers, outputs, activations,
+                      [r.counters["cycles"] for r in results],
                       [r.wall_s for r in results], iss_cycles, sum(s.iss_cycles for s in shards),
                       time.perf_counter() - t0, time.perf_counter() - t_rtl)
 

@@ -13,9 +13,9 @@ The SPEC (JSON or YAML) gives lists per NPUConfig field over a `base` preset, an
 
 Every other key must be an NPUConfig field (hdl/config.py); a scalar is a list of one.  The points
 are the cross product, less the combinations that are not a valid config (a bus wider than the
-array, rows != cols), which are listed as skipped.  Each point compiles the network for its config (compiler/compile.py) and
-reads the cycle model's figures from the manifest: cycles, latency at clock_mhz, MAC utilization,
-DRAM bytes, and cycles and utilization per layer kind; `verify` also runs the bundle on the ISS
+array, rows != cols), which are listed as skipped.  Each point compiles the network for its config
+(compiler/compile.py) and reads the cycle model's figures from the manifest: cycles, latency at
+clock_mhz, MAC utilization, DRAM bytes, and cycles and utilization per layer kind; `verify` also runs the bundle on the ISS
 or the RTL against the TFLite interpreter, bit for bit, with the measured cycles.
 
 Results go to OUT: `points/<id>.json` per finished point (the sweep is resumable: a point whose
@@ -97,7 +97,8 @@ def _read(path: Path) -> dict:
         raise SpecError(f"sweep spec {path}: not valid {path.suffix[1:].upper() or 'JSON'}: "
                         f"{str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"sweep spec {path}: expected a mapping of fields to lists, got {type(data).__name__}")
+        raise SpecError(f"sweep spec {path}: expected a mapping of fields to lists, "
+                        f"got {type(data).__name__}")
     return data
 
 
@@ -117,12 +118,14 @@ def load_spec(path: str | os.PathLike, verify: str | None = None) -> SweepSpec:
     data = _read(path)
     base_name = data.get("base", "default")
     if base_name not in PRESETS:
-        raise SpecError(f"sweep spec {path}: base {base_name!r} is not a preset ({', '.join(sorted(PRESETS))})")
+        raise SpecError(f"sweep spec {path}: base {base_name!r} is not a preset "
+                        f"({', '.join(sorted(PRESETS))})")
     base = PRESETS[base_name]
     models = _values(path, "models", data.get("models", ["resnet50"]))
     for m in models:
         if m not in zoo.NETWORKS:
-            raise SpecError(f"sweep spec {path}: models: {m!r} is not a zoo network ({', '.join(zoo.NETWORKS)})")
+            raise SpecError(f"sweep spec {path}: models: {m!r} is not a zoo network "
+                            f"({', '.join(zoo.NETWORKS)})")
     sizes = _values(path, "input_size", data.get("input_size", [None]))
     for s in sizes:
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1):

@@ -123,7 +123,8 @@ def ray_cluster(monkeypatch):
                 assert time.monotonic() < deadline, "the Ray head node did not start in 90 s"
                 assert nodes[0].poll() is None, "ray start --head exited"
                 time.sleep(0.5)
-        nodes.append(subprocess.Popen([ray_bin, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
+        nodes.append(subprocess.Popen([ray_bin, "start", f"--address={address}",
+                                       "--node-ip-address=127.0.0.1",
                                        *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
         yield address

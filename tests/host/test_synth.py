@@ -35,7 +35,8 @@ def test_nextpnr_report_gives_resources_and_the_slowest_clock(tmp_path):
     report.write_text(json.dumps({
         "utilization": {"TRELLIS_COMB": {"used": 20000, "available": 83640},
                         "TRELLIS_FF": {"used": 6000, "available": 83640},
-                        "MULT18X18D": {"used": 103, "available": 156}, "DP16KD": {"used": 27, "available": 208},
+                        "MULT18X18D": {"used": 103, "available": 156},
+                        "DP16KD": {"used": 27, "available": 208},
                         "TRELLIS_RAMW": {"used": 77, "available": 10455}},
         "fmax": {"clk": {"achieved": 61.5, "constraint": 100.0}, "other": {"achieved": 90.0}}}))
     assert synth._pnr_figures(report) == (dict(luts=20000, ffs=6000, dsps=103, brams=27, lutram=77), 61.5)
@@ -63,7 +64,8 @@ def test_synth_command_errors(tmp_path, capsys):
 @pytest.mark.skipif(os.environ.get("SOFTNPU_SYNTH") != "1",
                     reason="minutes of synthesis and place and route: SOFTNPU_SYNTH=1 or nox -s synth")
 def test_tiny_places_and_routes_on_ecp5(tmp_path):
-    report = synth.synthesize(synth_config(), "ecp5", tmp_path, cycles=1_000_000, workload="w", log=lambda m: None)
+    report = synth.synthesize(synth_config(), "ecp5", tmp_path, cycles=1_000_000, workload="w",
+                              log=lambda m: None)
     r = report.resources
     assert r["luts"] > 1000 and r["ffs"] > 1000 and r["dsps"] > 0 and r["brams"] > 0
     assert report.fmax_mhz and report.fmax_mhz > 1
