@@ -15,8 +15,8 @@ Every other key must be an NPUConfig field (hdl/config.py); a scalar is a list o
 are the cross product, less the combinations that are not a valid config (a bus wider than the
 array, rows != cols), which are listed as skipped.  Each point compiles the network for its config
 (compiler/compile.py) and reads the cycle model's figures from the manifest: cycles, latency at
-clock_mhz, MAC utilization, DRAM bytes, and cycles and utilization per layer kind; `verify` also runs the bundle on the ISS
-or the RTL against the TFLite interpreter, bit for bit, with the measured cycles.
+clock_mhz, MAC utilization, DRAM bytes, and cycles and utilization per layer kind; `verify` also
+runs the bundle on the ISS or the RTL against the TFLite interpreter, bit for bit, with the measured cycles.
 
 Results go to OUT: `points/<id>.json` per finished point (the sweep is resumable: a point whose
 file exists is not computed again), `results.csv` and `results.json` (the table, failed points
