@@ -130,8 +130,11 @@ def _tool(module: str, function: str, argv: list[str], cwd: Path, log: Path, tim
 def _stat_cells(path: Path) -> dict[str, int]:
     """Cell counts of the top module from `stat -json`."""
     data = json.loads(path.read_text())
+    # "design" sums the hierarchy under the top; it also lists each submodule instance: left out
     design = data.get("design") or next(iter(data["modules"].values()))
-    return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items() if not k.startswith("$scope")}
+    modules = {name.lstrip("\\") for name in data.get("modules", {})}
+    return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()
+            if not k.startswith("$scope") and k not in modules}
 
 
 def resources_from_cells(target: str, cells: dict[str, int]) -> dict[str, int]:
@@ -148,7 +151,7 @@ def resources_from_cells(target: str, cells: dict[str, int]) -> dict[str, int]:
     if target == "xilinx":
         return dict(luts=total(r"LUT[1-6]"), ffs=total(r"FD[CPRS]E(_1)?"), dsps=total(r"DSP48E2"),
                     brams=total(r"RAMB36E2") + (total(r"RAMB18E2") + 1) // 2,
-                    lutram=total(r"RAM(32|64|128|256)[MXS].*"), carry=total(r"CARRY8"))
+                    lutram=total(r"RAM(32|64|128|256)[MXS].*"), carry=total(r"CARRY[48]"))
     raise ValueError(f"unknown synthesis target {target!r}; expected one of {', '.join(TARGETS)}")
 
 

@@ -77,3 +77,12 @@ def synth_config():
     from softnpu.hdl.config import preset
 
     return preset("tiny")
+
+
+def test_stat_counts_the_whole_hierarchy_without_the_instances(tmp_path):
+    stat = tmp_path / "stat.json"
+    stat.write_text(json.dumps({
+        "modules": {"\\npu": {"num_cells_by_type": {"FDRE": 3, "npu.compute": 1}},
+                    "\\npu.compute": {"num_cells_by_type": {"FDRE": 4, "DSP48E2": 2}}},
+        "design": {"num_cells_by_type": {"FDRE": 7, "DSP48E2": 2, "npu.compute": 1, "$scopeinfo": 2}}}))
+    assert synth._stat_cells(stat) == {"FDRE": 7, "DSP48E2": 2}
