@@ -244,8 +244,10 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, address: str | Non
     """Run every point not already in `out_dir/points/`; returns the table (every point of the spec,
     finished, resumed or failed) and writes results.csv, results.json and the plots."""
     from softnpu.compiler.compile import zoo_tflite
-    from softnpu.host.scaleout import run_tasks
+    from softnpu.host.scaleout import check_address, run_tasks
 
+    if address:
+        check_address(address)               # before minutes of conversion
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
