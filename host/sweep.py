@@ -350,8 +350,13 @@ def best_points(table: list[dict], count: int = 5) -> str:
                        key=lambda r: r["latency_ms"])
         lines.append(f"{model} at {size}x{size}: the {min(count, len(group))} fastest of {len(group)} points")
         for r in group[:count]:
+            checked = ""
+            if "verified" in r:
+                checked = (f"  {r['verify']}: {'bit-exact' if r['verified'] else 'MISMATCH'}, "
+                           f"{r['measured_cycles']:,} cycles")
             lines.append(f"  {r['config']:<36s} {r['latency_ms']:9.3f} ms {r['cycles']:>12,} cycles  "
-                         f"MAC util {r['utilization']:6.1%}  DRAM {r['dram_bytes'] / 2**20:8.1f} MiB")
+                         f"MAC util {r['utilization']:6.1%}  DRAM {r['dram_bytes'] / 2**20:8.2f} MiB"
+                         + checked)
     front = pareto_front(ok)
     if front:
         lines.append("Pareto front (MACs per cycle vs latency): " + ", ".join(

@@ -96,3 +96,17 @@ def test_sweep_killed_worker_retry_failure_and_resume(tmp_path, monkeypatch):
     front = pareto_front(table2)
     assert front[0]["macs_per_cycle"] == 16
     assert front[-1]["latency_ms"] == min(r["latency_ms"] for r in table2)
+
+
+def test_point_verified_on_the_iss_matches_the_interpreter(tmp_path):
+    from softnpu.compiler.compile import zoo_tflite
+    from softnpu.host.sweep import compute_point
+
+    spec = load_spec(_spec(tmp_path, dict(SPEC, array=[4], dram_latency=[8], verify="iss")))
+    (point,) = spec.points
+    row = compute_point(point, zoo_tflite("digits", 8, progress=False))
+    assert row["verify"] == "iss" and row["verified"] is True
+    assert row["measured_cycles"] == row["cycles"]          # the ISS runs the compiler's cycle model
+    assert load_spec(_spec(tmp_path, SPEC), verify="rtl").points[0].verify == "rtl"
+    with pytest.raises(SpecError, match="verify: 'fpga'; expected iss or rtl"):
+        load_spec(_spec(tmp_path, dict(SPEC, verify="fpga")))
