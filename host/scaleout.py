@@ -141,7 +141,17 @@ def _run_ray(fn, args_list, address, workers, num_cpus_per_task):
     with ray_session(address, num_cpus=None if address else workers) as ray:
         remote = ray.remote(max_retries=WORKER_RETRIES, retry_exceptions=False,
                             num_cpus=num_cpus_per_task)(fn)
-        pending = {remote.remote(*args): i for i, args in enumerate(args_list)}
+        # a large argument shared by many tasks (a network's .tflite) goes to the object store once
+        shared: dict[int, object] = {}
+
+        def by_ref(arg):
+            if isinstance(arg, (bytes, bytearray)) and len(arg) > 1 << 20:
+                if id(arg) not in shared:
+                    shared[id(arg)] = ray.put(arg)
+                return shared[id(arg)]
+            return arg
+
+        pending = {remote.remote(*map(by_ref, args)): i for i, args in enumerate(args_list)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
