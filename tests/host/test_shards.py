@@ -133,7 +133,7 @@ def ray_cluster(monkeypatch):
             os.killpg(node.pid, signal.SIGTERM)
         for node in nodes:
             try:
-                node.wait(timeout=30)
+                node.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
