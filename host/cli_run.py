@@ -2,7 +2,7 @@
 figures, per-layer profile, report (JSON, CSV, Markdown, plots), Perfetto timeline and waveforms.
 
     softnpu run BUNDLE [--backend iss|rtl] [--image PATH | --random] [--report DIR] [--trace T.json]
-                       [--waves W.fst --window layer:N|cycles:A:B]
+                       [--waves W.fst --window layer:N|cycles:A:B] [--shards N [--ray-address A | --no-ray]]
     softnpu profile BUNDLE [--backend iss|rtl] [--format table|json|csv] [--wide]
 """
 
@@ -67,6 +67,11 @@ def _run(args):
     inputs = _inputs(bundle, args)
     quiet = getattr(args, "quiet", False)
     waves = getattr(args, "waves", None)
+    if getattr(args, "shards", None):
+        from softnpu.host.cli_scale import run_shards
+
+        outputs, stats = run_shards(bundle, inputs, args)
+        return bundle, outputs, stats
     try:
         if waves:
             if args.backend != "rtl":
@@ -192,6 +197,12 @@ def add_commands(sub) -> None:
     p.add_argument("--window", help="what the waveform records: layer:N or cycles:START:END "
                                     "(default: the whole run)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--shards", type=positive_int, metavar="N",
+                   help="split the network at drained layer boundaries into N RTL simulations run in "
+                        "parallel, each checked bit for bit against the ISS (needs --backend rtl)")
+    p.add_argument("--ray-address", metavar="HOST:PORT", help="run the shards on this Ray cluster "
+                                                              "(default: Ray embedded in this process)")
+    p.add_argument("--no-ray", action="store_true", help="run the shards in a process pool, without Ray")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("profile", help="per-layer cycles, MACs and DRAM traffic of one inference",

