@@ -36,9 +36,9 @@ from softnpu.compiler import layout
 from softnpu.compiler.emit import (
     Activation,
     LoweringError,
+    _band_rows,
     _emit,
     _finish_layer,
-    _band_rows,
     _halves,
     _input_band,
     _input_rows,

