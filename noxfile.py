@@ -39,14 +39,14 @@ def docs(session):
 def demo(session):
     """The main job: ResNet-50 compiled, served over gRPC on the RTL-simulated NPU, a photo scored."""
     _install(session)
-    session.run("python", "-m", "softnpu.host.demo", *session.posargs)
+    session.run("python", "-m", "softnpu.host.cli.demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench_iss(session):
     """ISS speed on a 3x3, 256->256 channel convolution at 56x56 (default config)."""
     _install(session)
-    session.run("python", "-m", "softnpu.host.bench_iss", *session.posargs)
+    session.run("python", "-m", "softnpu.host.bench.iss", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -54,7 +54,7 @@ def bench_serve(session):
     """Serving latency (p50/p99), throughput and service overhead on the ISS, 1 and 2 workers, also
     while 50 unauthenticated stalled calls are kept open (`-- --stalls N`)."""
     _install(session)
-    session.run("python", "-m", "softnpu.host.bench_serve", *session.posargs)
+    session.run("python", "-m", "softnpu.host.serving.bench_serve", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -97,7 +97,7 @@ def bench_compiler(session):
     ResNet-50 image next to the interpreter's (XNNPACK, one thread)."""
     _install(session)
     session.run("python", "-m", "softnpu.compiler.bench", *session.posargs)
-    session.run("python", "-m", "softnpu.host.bench_inference")
+    session.run("python", "-m", "softnpu.host.bench.inference")
 
 
 @nox.session(python=PYTHON)
@@ -105,7 +105,7 @@ def bench_models(session):
     """The ISS's wall time per image for ResNet-50, ResNet-152, VGG-16 and DenseNet-121 at 224x224
     next to the interpreter's (XNNPACK), one thread each, same run (`-- --images N`, `-- --size S`)."""
     _install(session)
-    session.run("python", "-m", "softnpu.host.bench_inference", "--all", *session.posargs,
+    session.run("python", "-m", "softnpu.host.bench.inference", "--all", *session.posargs,
                 env={"OPENBLAS_NUM_THREADS": "1"})
 
 
@@ -124,7 +124,7 @@ def rtl_regress(session):
 def bench_rtl(session):
     """RTL simulation speed (cycles/s, MACs/s) and Verilator build time (`-- --config tiny`)."""
     _install(session)
-    session.run("python", "-m", "softnpu.sim.bench_rtl", *session.posargs)
+    session.run("python", "-m", "softnpu.sim.rtl.bench", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -132,7 +132,7 @@ def waves(session):
     """An example windowed waveform: layer 2 of a small convolution program on the RTL, FST plus a
     GTKWave save file grouped by unit, into out/waves/ (`-- --cycles START LENGTH` for cycles)."""
     _install(session)
-    session.run("python", "-m", "softnpu.sim.waves", "-o", "out/waves", *session.posargs)
+    session.run("python", "-m", "softnpu.sim.rtl.waves", "-o", "out/waves", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -140,7 +140,7 @@ def bench_depthwise(session):
     """EfficientNet-Lite0's depthwise layers measured on the RTL (`-- --backend iss` for the ISS): MAC
     utilization per layer, and the whole network's cycles and utilization next to ResNet-50's."""
     _install(session)
-    session.run("python", "-m", "softnpu.host.bench_depthwise", *session.posargs)
+    session.run("python", "-m", "softnpu.host.bench.depthwise", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -180,4 +180,4 @@ def bench_shards(session):
     """Sharded RTL simulation: ResNet-50 (224, `default`) in 2 shards vs one simulator process, wall
     time side by side (`-- --layers L` for the first L layers only)."""
     _install(session)
-    session.run("python", "-m", "softnpu.host.bench_shards", *session.posargs)
+    session.run("python", "-m", "softnpu.host.scale.bench_shards", *session.posargs)

@@ -1,8 +1,8 @@
 """The programmer's model of the NPU's AXI4-Lite slave, declared once: every register with its
 offset, access and meaning, and its bit fields.
 
-The HDL's CSR block (hdl/csr.py) decodes it, the RTL device (sim/rtl_device.py) and the host
-driver (host/device.py) program the NPU with it, and docs/isa.md is generated from it
+The HDL's CSR block (hdl/csr.py) decodes it, the RTL device (sim/rtl/device.py) and the host
+driver (host/devices/device.py) program the NPU with it, and docs/isa.md is generated from it
 (hdl/isa_doc.py).  hdl/isa.py re-exports `CSR`, `COUNTERS` and `TRACE_ENTRY_WORDS` from here.
 Imports no Amaranth, so the ISS and the host read it without the HDL.
 

@@ -213,7 +213,7 @@ class Preprocessor:
 
     def __call__(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Encoded image -> int8 [1, H, W, C] ready for the NPU.  The service holds an image to
-        `pixel_budget(height, width)` from its header before it gets here (host/limits.py)."""
+        `pixel_budget(height, width)` from its header before it gets here (host/serving/limits.py)."""
         pixels = decode_image(data, self.spec.shape[3], self.target_size(), max_pixels)
         pixels = _resize(pixels, self.height, self.width, self.resize)
         return quantize(normalize(pixels, self.mode), self.spec.scale, self.spec.zero_point)[None]

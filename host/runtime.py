@@ -19,7 +19,7 @@ import numpy as np
 
 from softnpu.compiler.bundle import Bundle, Manifest, TensorSpec
 from softnpu.compiler.layout import from_blocked, to_blocked
-from softnpu.host.device import Device, DeviceError, DeviceLost, DeviceTimeout
+from softnpu.host.devices.device import Device, DeviceError, DeviceLost, DeviceTimeout
 from softnpu.host.pipeline import InputError
 
 __all__ = ["Runtime", "Result", "Stats", "layer_spans", "tensor_hwc"]
@@ -63,7 +63,7 @@ def tensor_hwc(spec: TensorSpec) -> tuple[int, int, int]:
 
 def utilization(counters: dict[str, int], macs: int, peak_macs_per_cycle: int) -> dict[str, float]:
     """Busy fraction of load/compute/store; `mac`: MAC utilization (useful MACs over the array's
-    peak in these cycles); `mac_active`: cycles with the array active over cycles (host/profile.py
+    peak in these cycles); `mac_active`: cycles with the array active over cycles (host/bench/profile.py
     names the two metrics)."""
     cycles = max(counters.get("cycles", 0), 1)
     util = {unit: counters.get(f"{unit}_busy", 0) / cycles for unit in ("load", "compute", "store")}
@@ -111,7 +111,7 @@ class Runtime:
     @classmethod
     def open(cls, bundle: Bundle | str | Path, backend: str = "iss", **kw) -> Runtime:
         """A runtime on a new device of `backend` configured as the bundle requires."""
-        from softnpu.host.device import open_device
+        from softnpu.host.devices.device import open_device
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         return cls(bundle, open_device(backend, bundle.manifest.npu_config), **kw)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from softnpu.host.tfs_api import api
+from softnpu.host.serving.tfs_api import api
 
 tensor_pb2, tensor_shape_pb2, types_pb2 = api.tensor_pb2, api.tensor_shape_pb2, api.types_pb2
 

@@ -83,7 +83,7 @@ def random_inputs(manifest: Manifest, count: int, seed: int) -> list[dict[str, n
 
 
 def _open_runtime(bundle: Bundle, backend: str):
-    from softnpu.host.device import BACKENDS
+    from softnpu.host.devices.device import BACKENDS
     from softnpu.host.runtime import Runtime
 
     if backend not in BACKENDS:
@@ -99,7 +99,7 @@ def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: i
 
     `waves` (a file path; backend rtl): the first input set runs on the RTL's waves build and
     records `window` (a sim.waves.Window; default the whole run) into that file
-    (host/waves_run.py); the report's `recording` says what was written."""
+    (host/bench/waves_run.py); the report's `recording` says what was written."""
     if waves is not None and backend != "rtl":
         raise BackendUnavailable(f"waveforms need the rtl backend, not {backend!r}")
     if bundle.tflite is None:
@@ -125,8 +125,8 @@ def verify_bundle(bundle: Bundle, backend: str = "iss", inputs: int = 1, seed: i
     try:
         for k, feeds in enumerate(random_inputs(manifest, inputs, seed)):
             if k == 0 and waves is not None:
+                from softnpu.host.bench.waves_run import record_inference
                 from softnpu.host.runtime import Result
-                from softnpu.host.waves_run import record_inference
 
                 outputs, stats, report.recording = record_inference(bundle, feeds, waves, window)
                 result = Result(outputs, stats)

@@ -2,7 +2,7 @@
 
 import sys
 
-from softnpu.host.cli import main
+from softnpu.host.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

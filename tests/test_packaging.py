@@ -54,8 +54,9 @@ def test_wheel_holds_one_namespace_and_the_harness_sources(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"softnpu"}, tops
     for member in ("softnpu/__main__.py", "softnpu/hdl/isa.py", "softnpu/sim/rtl/axi_mem.sv",
-                   "softnpu/sim/dpi_mem.sv", "softnpu/sim/dpi_mem.cpp", "softnpu/sim/dpi_trace.cpp",
-                   "softnpu/host/tfs_api.desc"):
+                   "softnpu/sim/rtl/dpi_mem.sv", "softnpu/sim/rtl/dpi_mem.cpp",
+                   "softnpu/sim/rtl/dpi_trace.cpp",
+                   "softnpu/host/serving/tfs_api.desc"):
         assert member in names, member
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from softnpu.compiler.compile import compile_tflite
-from softnpu.host.device import open_device
+from softnpu.host.devices.device import open_device
 from softnpu.host.runtime import Runtime
 from softnpu.host.verify import random_inputs, reference_interpreter
 from tests.compiler.test_generality import ACCEPTANCE, _keras_model

@@ -294,7 +294,7 @@ def test_digits_accuracy_through_iss_equals_interpreter(tflite_model):
 # CLI
 # ----------------------------------------------------------------------------------------------
 def test_cli_compile_and_verify(tmp_path, capsys, tflite_model):
-    from softnpu.host.cli import main
+    from softnpu.host.cli.commands import main
 
     tflite_model("digits", 8)                                # the zoo cache holds it now
     out = tmp_path / "digits.npu"
@@ -307,7 +307,7 @@ def test_cli_compile_and_verify(tmp_path, capsys, tflite_model):
     assert main(["verify", str(out), "--inputs", "2", "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert text.count("]: bit-exact") == 2 and "PASS" in text
-    from softnpu.host.device import BACKENDS
+    from softnpu.host.devices.device import BACKENDS
 
     if "rtl" not in BACKENDS:
         with pytest.raises(SystemExit, match="not available yet"):

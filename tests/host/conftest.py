@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 
-from softnpu.host.device import IssDevice
-from softnpu.host.repository import ModelRepository
+from softnpu.host.devices.device import IssDevice
 from softnpu.host.sample import build_sample
+from softnpu.host.serving.repository import ModelRepository
 
 API_KEY = "test-key-0123"
 
@@ -94,7 +94,7 @@ class Gate:
 @pytest.fixture()
 def serve(repo):
     """serve(**server_kwargs) -> a started host.service.Server on a free port (stopped after)."""
-    from softnpu.host.service import Server
+    from softnpu.host.serving.service import Server
 
     servers = []
 

@@ -1,5 +1,5 @@
 """`softnpu serve` and `softnpu score` as a user runs them: separate processes, a real port,
-SIGTERM to stop; both start without TensorFlow's runtime (host/lightproto.py)."""
+SIGTERM to stop; both start without TensorFlow's runtime (host/serving/lightproto.py)."""
 
 import os
 import re
@@ -17,7 +17,7 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 @pytest.fixture()
 def server_process(repo):
-    cmd = [sys.executable, "-m", "softnpu.host.cli", "serve", "--model-dir", str(repo.root), "--port", "0",
+    cmd = [sys.executable, "-m", "softnpu", "serve", "--model-dir", str(repo.root), "--port", "0",
            "--api-key", API_KEY, "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     watchdog = threading.Timer(60, proc.kill)           # a server that never prints must not hang us
@@ -44,13 +44,13 @@ def test_serve_and_score_processes(server_process, tmp_path):
     assert any("sample:2" in line for line in lines) and any("broken:1" in line for line in lines)
     image = tmp_path / "photo.png"
     image.write_bytes(png_bytes(seed=11))
-    run = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", str(image), "--address", address,
+    run = subprocess.run([sys.executable, "-m", "softnpu", "score", str(image), "--address", address,
                           "--model", "sample", "--top", "2", "--api-key", API_KEY],
                          capture_output=True, text=True, timeout=60, env=ENV)
     assert run.returncode == 0, run.stderr
     out = run.stdout.splitlines()
     assert out[0].startswith(" 1. class_") and out[1].startswith(" 2. class_") and "cycles" in out[2]
-    run = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", str(image), "--address", address,
+    run = subprocess.run([sys.executable, "-m", "softnpu", "score", str(image), "--address", address,
                           "--model", "sample"], capture_output=True, text=True, timeout=60, env=ENV)
     assert run.returncode != 0 and "UNAUTHENTICATED" in run.stderr
     proc.send_signal(signal.SIGTERM)
@@ -59,10 +59,10 @@ def test_serve_and_score_processes(server_process, tmp_path):
 
 
 def test_lightproto_loads_the_serving_protos_without_tensorflow():
-    code = ("import sys; from softnpu.host import lightproto; assert lightproto.preload(); "
+    code = ("import sys; from softnpu.host.serving import lightproto; assert lightproto.preload(); "
             "from softnpu.host.tensors import to_proto, from_proto; import numpy as np; "
             "x = np.arange(6, dtype=np.int8).reshape(2, 3); assert (from_proto(to_proto(x)) == x).all(); "
-            "from softnpu.host.client import PredictionClient; "
+            "from softnpu.host.serving.client import PredictionClient; "
             "assert 'tensorflow.python' not in sys.modules, 'TensorFlow runtime was imported'; "
             "import tensorflow as tf\n"
             "try:\n    tf.constant\nexcept AttributeError as e:\n    print(e)")
@@ -88,7 +88,7 @@ sys.meta_path[:] = [_LightPathFinder if f is importlib.machinery.PathFinder else
 
 def test_score_works_from_the_light_client_install(server_process, tmp_path):
     """`pip install 'softnpu[client]'` has no TensorFlow, TF Serving API, Amaranth or cocotb: a
-    sitecustomize makes them unimportable, and `softnpu score` still scores (host/tfs_api.py's
+    sitecustomize makes them unimportable, and `softnpu score` still scores (host/serving/tfs_api.py's
     vendored messages)."""
     proc, address, _ = server_process
     site = tmp_path / "site"
@@ -113,10 +113,10 @@ def test_score_works_from_the_light_client_install(server_process, tmp_path):
 
 
 def test_the_vendored_serving_protos_are_current():
-    from softnpu.host import tfs_api
+    from softnpu.host.serving import tfs_api
 
     assert tfs_api.DESCRIPTOR_SET.read_bytes() == tfs_api.descriptor_set(), \
-        "host/tfs_api.desc is stale: python -m softnpu.host.tfs_api --write"
+        "host/serving/tfs_api.desc is stale: python -m softnpu.host.serving.tfs_api --write"
     light = tfs_api.vendored()
     request = light.predict_pb2.PredictRequest()
     request.model_spec.name = "m"

@@ -1,5 +1,5 @@
 """Every user mistake gets one line naming the argument or file and what is allowed, never a
-traceback; exit code 2 for usage errors, 1 for failures (host/cli.py `main`)."""
+traceback; exit code 2 for usage errors, 1 for failures (host/cli/commands.py `main`)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from softnpu.host.client import PredictionClient, ScoreError
+from softnpu.host.serving.client import PredictionClient, ScoreError
 from softnpu.host.tensors import TensorError, from_proto, to_proto
 from tests.host.conftest import png_bytes
 

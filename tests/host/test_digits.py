@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 
-from softnpu.host.client import PredictionClient
 from softnpu.host.pipeline import Preprocessor
 from softnpu.host.runtime import Runtime
+from softnpu.host.serving.client import PredictionClient
 
 COUNT = 64
 

@@ -18,9 +18,9 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from softnpu.host.auth import CallGuard, env_api_keys, peer_host
-from softnpu.host.client import PredictionClient, ScoreError
-from softnpu.host.repository import ModelRepository
+from softnpu.host.serving.auth import CallGuard, env_api_keys, peer_host
+from softnpu.host.serving.client import PredictionClient, ScoreError
+from softnpu.host.serving.repository import ModelRepository
 from tests.host.conftest import API_KEY
 
 SC = grpc.StatusCode
@@ -144,7 +144,7 @@ def test_keys_from_the_environment_and_peer_hosts():
 # ----------------------------------------------------------------------------------------------
 class ServeProcess:
     def __init__(self, root, *args, env=None):
-        cmd = [sys.executable, "-m", "softnpu.host.cli", "serve", "--model-dir", str(root), "--port", "0",
+        cmd = [sys.executable, "-m", "softnpu", "serve", "--model-dir", str(root), "--port", "0",
                *args]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -283,7 +283,7 @@ def test_stalled_calls_leave_a_served_process_working(served, sample):
 
 
 def test_in_flight_bytes_are_bounded_and_released(serve, sample):
-    from softnpu.host.limits import Limits
+    from softnpu.host.serving.limits import Limits
     from tests.host.conftest import Gate
 
     gate = Gate()
@@ -479,7 +479,7 @@ def test_sigterm_drains_queued_and_running_requests(serve, sample):
 # TF Serving's status codes; messages that give nothing away
 # ----------------------------------------------------------------------------------------------
 def test_status_codes_are_tf_servings_and_messages_name_no_path_or_other_model(serve, repo, sample):
-    from softnpu.host.client import PredictionClient as Client
+    from softnpu.host.serving.client import PredictionClient as Client
 
     server = serve()
     x = {"input": x_int8(sample)}

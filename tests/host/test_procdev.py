@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from softnpu.hdl.config import preset
-from softnpu.host.client import PredictionClient
-from softnpu.host.device import DeviceLost, open_device
-from softnpu.host.procdev import ProcessDevice
+from softnpu.host.devices.device import DeviceLost, open_device
+from softnpu.host.devices.process import ProcessDevice
 from softnpu.host.runtime import Runtime
+from softnpu.host.serving.client import PredictionClient
 
 
 @pytest.fixture()
@@ -80,7 +80,7 @@ def test_service_on_process_devices_survives_a_crash(serve, sample):
         (child,) = worker.devices.values()
         os.kill(child.proc.pid, signal.SIGKILL)
         child.proc.wait(5)
-        from softnpu.host.client import ScoreError
+        from softnpu.host.serving.client import ScoreError
         with pytest.raises(ScoreError) as info:
             client.predict({"input": _x()}, "logits_int8")
         assert info.value.code.name == "UNAVAILABLE" and "restarted" in info.value.message

@@ -3,8 +3,8 @@
 import pytest
 
 from softnpu.compiler.bundle import BundleError
-from softnpu.host.cli import main
-from softnpu.host.repository import BUNDLE_FILE, ModelRepository, RepositoryError
+from softnpu.host.cli.commands import main
+from softnpu.host.serving.repository import BUNDLE_FILE, ModelRepository, RepositoryError
 
 
 def test_register_list_latest_and_remove(tmp_path, bundle_path):

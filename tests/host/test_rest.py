@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from softnpu.host.client import PredictionClient, ScoreError
+from softnpu.host.serving.client import PredictionClient, ScoreError
 from tests.host.conftest import API_KEY, png_bytes
 
 TIMEOUT = 20
@@ -132,7 +132,7 @@ def test_metrics_count_requests_by_model_version_and_status(rest, sample):
 
 
 def test_idle_connections_are_bounded_and_time_out(serve, sample):
-    from softnpu.host.rest import RestServer
+    from softnpu.host.serving.rest import RestServer
 
     server = serve()
     rest = RestServer(server, port=0, read_timeout_s=1.0, max_connections=4).start()

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from softnpu.host.device import DeviceLost, DeviceTimeout, open_device
+from softnpu.host.devices.device import DeviceLost, DeviceTimeout, open_device
 from softnpu.host.runtime import Runtime
 from softnpu.host.sample import build_sample
 

@@ -1,4 +1,4 @@
-"""`softnpu run` and `softnpu profile` (host/cli_run.py): the outputs and figures of one inference,
+"""`softnpu run` and `softnpu profile` (host/cli/run.py): the outputs and figures of one inference,
 the report (JSON, CSV, Markdown, three plots as PNG and SVG), the Perfetto timeline (Chrome trace
 JSON whose spans add up to the counters), and an RTL waveform bounded to one layer."""
 
@@ -15,9 +15,9 @@ from softnpu.compiler.bundle import Bundle
 from softnpu.compiler.compile import compile_tflite
 from softnpu.compiler.cycles import estimate
 from softnpu.hdl import isa
-from softnpu.host.cli import main
+from softnpu.host.bench.timeline import MEASURED_PID, MODEL_PID, UNIT_TRACKS, validate
+from softnpu.host.cli.commands import main
 from softnpu.host.runtime import Runtime
-from softnpu.host.timeline import MEASURED_PID, MODEL_PID, UNIT_TRACKS, validate
 from tests import oracle
 
 
@@ -96,7 +96,7 @@ def test_profile_formats_agree_and_the_table_fits_80_columns(bundle_path, capsys
 
 def test_run_on_rtl_records_one_layer(bundle_path, tmp_path, capsys):
     pywellen = pytest.importorskip("pywellen")
-    from softnpu.sim import waves
+    from softnpu.sim.rtl import waves
 
     report = tmp_path / "report"
     assert main(["run", str(bundle_path), "--backend", "rtl", "--waves", str(tmp_path / "w.fst"),
@@ -113,8 +113,8 @@ def test_run_on_rtl_records_one_layer(bundle_path, tmp_path, capsys):
 
 
 def test_recorded_inference_computes_what_the_iss_computes(bundle_path, tmp_path):
-    from softnpu.host.waves_run import record_inference
-    from softnpu.sim.waves import Window
+    from softnpu.host.bench.waves_run import record_inference
+    from softnpu.sim.rtl.waves import Window
 
     bundle = Bundle.load(bundle_path)
     spec = bundle.manifest.inputs[0]

@@ -8,7 +8,7 @@ from softnpu.compiler import layout
 from softnpu.hdl import numerics
 from softnpu.hdl.config import preset
 from softnpu.hdl.isa import CSR, ErrorCode
-from softnpu.host.device import DeviceError, IssDevice, open_device
+from softnpu.host.devices.device import DeviceError, IssDevice, open_device
 from softnpu.host.pipeline import InputError
 from softnpu.host.runtime import Runtime
 from softnpu.host.sample import build_sample

@@ -19,9 +19,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from softnpu.host.client import PredictionClient, ScoreError
 from softnpu.host.pipeline import Preprocessor, dequantize, quantize, softmax
 from softnpu.host.runtime import Runtime
+from softnpu.host.serving.client import PredictionClient, ScoreError
 from tests.host.conftest import API_KEY, Gate, joined, png_bytes
 
 TIMEOUT = 20
@@ -203,7 +203,7 @@ def test_oversize_message_is_resource_exhausted(serve):
 def test_api_keys(serve, sample, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text(f"# service keys\n{API_KEY}\n\nother-key\n")
-    from softnpu.host.service import load_api_keys
+    from softnpu.host.serving.service import load_api_keys
 
     server = serve(api_keys=load_api_keys(keys))
     x = {"input": x_int8(sample, 0)}
@@ -263,7 +263,7 @@ def test_tls_with_a_private_ca(serve, sample, tls_files, tmp_path):
             plaintext.metadata()
         assert info.value.code == SC.UNAVAILABLE
     # the CLI's client side: `softnpu score --tls-ca`
-    from softnpu.host.cli import main
+    from softnpu.host.cli.commands import main
 
     assert main(["score", str(_write(tmp_path, png_bytes())), "--address", address, "--tls-ca", str(ca),
                  "--api-key", API_KEY, "--model", "sample", "--top", "2", "--timeout", "20"]) == 0
@@ -388,7 +388,7 @@ def test_a_model_registered_while_serving_is_found(serve, repo, bundle_path, sam
 
 
 def test_score_cli_prints_labels_and_probabilities(serve, tmp_path, capsys):
-    from softnpu.host.cli import main
+    from softnpu.host.cli.commands import main
 
     server = serve(api_keys=[API_KEY])
     path = _write(tmp_path, png_bytes(seed=7), "photo.png")
@@ -405,7 +405,7 @@ def test_score_cli_prints_labels_and_probabilities(serve, tmp_path, capsys):
 def test_a_port_in_use_is_a_clear_error(repo):
     import socket
 
-    from softnpu.host.service import Server
+    from softnpu.host.serving.service import Server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

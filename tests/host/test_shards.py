@@ -1,4 +1,4 @@
-"""Sharded RTL simulation (host/shards.py): drained boundaries, shards bit-exact against the ISS,
+"""Sharded RTL simulation (host/scale/shards.py): drained boundaries, shards bit-exact against the ISS,
 cycles and counters summed against one simulator run of the same program; then a 2-node local Ray
 cluster (`ray start --head` + a worker node joined by address) running the same shards and a 4-point
 sweep by address, with results equal to the local runs."""
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from softnpu.hdl import isa
-from softnpu.host import shards
+from softnpu.host.scale import shards
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def ray_cluster(monkeypatch):
 def test_two_node_cluster_runs_shards_and_a_sweep_by_address(digits, local_run, ray_cluster, tmp_path):
     import ray
 
-    from softnpu.host.sweep import compute_point, load_spec, run_sweep
+    from softnpu.host.scale.sweep import compute_point, load_spec, run_sweep
 
     ray.init(address=ray_cluster, include_dashboard=False, log_to_driver=False)
     try:

@@ -92,7 +92,7 @@ def test_stock_client_gets_the_four_detection_outputs(ssd_repo, serve, ssd_bundl
 
 
 def test_detector_signature_and_unfiltered_predict(ssd_repo, serve):
-    from softnpu.host.client import PredictionClient
+    from softnpu.host.serving.client import PredictionClient
 
     server = serve(root=ssd_repo.root)
     with PredictionClient(server.address, model="tiny_ssd") as client:
@@ -121,7 +121,7 @@ def test_malformed_inputs_are_invalid_argument(ssd_repo, serve, ssd_bundle, inpu
 
 
 def test_python_client_returns_detections(ssd_repo, serve):
-    from softnpu.host.client import PredictionClient
+    from softnpu.host.serving.client import PredictionClient
 
     server = serve(root=ssd_repo.root)
     image = png_bytes(48, 64, seed=4)
@@ -144,7 +144,7 @@ def test_cli_score_detect_draws_boxes(ssd_repo, serve, tmp_path):
     image = tmp_path / "in.png"
     image.write_bytes(png_bytes(60, 80, seed=6))
     out = tmp_path / "boxes.png"
-    run = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", "--detect", str(image),
+    run = subprocess.run([sys.executable, "-m", "softnpu", "score", "--detect", str(image),
                           "-o", str(out), "--min-score", "0", "--address", server.address,
                           "--model", "tiny_ssd"],
                          capture_output=True, text=True, timeout=120)
@@ -153,12 +153,12 @@ def test_cli_score_detect_draws_boxes(ssd_repo, serve, tmp_path):
     with Image.open(out) as drawn, Image.open(image) as original:
         assert drawn.size == original.size
         assert np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original.convert("RGB")))
-    voc = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", "--detect", str(image),
+    voc = subprocess.run([sys.executable, "-m", "softnpu", "score", "--detect", str(image),
                           "--labels", "voc", "--min-score", "0", "--address", server.address],
                          capture_output=True, text=True, timeout=120)
     assert voc.returncode == 0, voc.stderr
     assert "class_" not in voc.stdout and {"aeroplane", "bicycle", "bird", "boat"} & set(voc.stdout.split())
-    bad = subprocess.run([sys.executable, "-m", "softnpu.host.cli", "score", str(image), "-o", str(out),
+    bad = subprocess.run([sys.executable, "-m", "softnpu", "score", str(image), "-o", str(out),
                           "--address", server.address], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "needs --detect" in bad.stderr
 

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from softnpu.host.scaleout import ScaleOutError, check_address
-from softnpu.host.sweep import KILL_ENV, SpecError, load_spec, pareto_front, run_sweep
+from softnpu.host.scale.scaleout import ScaleOutError, check_address
+from softnpu.host.scale.sweep import KILL_ENV, SpecError, load_spec, pareto_front, run_sweep
 
 SPEC = {"base": "tiny", "models": ["digits"], "array": [4, 8], "dram_latency": [8, 32]}
 
@@ -100,7 +100,7 @@ def test_sweep_killed_worker_retry_failure_and_resume(tmp_path, monkeypatch):
 
 def test_point_verified_on_the_iss_matches_the_interpreter(tmp_path):
     from softnpu.compiler.compile import zoo_tflite
-    from softnpu.host.sweep import compute_point
+    from softnpu.host.scale.sweep import compute_point
 
     spec = load_spec(_spec(tmp_path, dict(SPEC, array=[4], dram_latency=[8], verify="iss")))
     (point,) = spec.points

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from softnpu.host import synth
-from softnpu.host.cli import main
+from softnpu.host.cli.commands import main
+from softnpu.host.scale import synth
 
 
 def test_ecp5_resources_count_carry_cells_as_two_luts():

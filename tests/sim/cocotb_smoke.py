@@ -22,7 +22,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 
-from softnpu.sim.dpi_mem import DpiMemory, MemoryFault
+from softnpu.sim.rtl.dpi_mem import DpiMemory, MemoryFault
 
 LANES = 16  # bytes per bus word, as in smoke_top.sv
 CLOCK_NS = 10

@@ -14,7 +14,7 @@ from softnpu.compiler import emit, layout
 from softnpu.hdl import isa, numerics
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import Add, ConvMode, Mul, Rounding
-from softnpu.sim.rtl_jobs import Job
+from softnpu.sim.rtl.jobs import Job
 
 PROGRAM_AT = 0x0
 REGION = 0x40000            # bytes of device memory per layer (inputs, weights, params, outputs)

@@ -2,7 +2,7 @@
 
 ``AffineEngine`` reads ``count`` bus words of int8 lanes from ``src``, computes per lane
 ``y = saturate_int8(x * scale + bias)`` and writes them to ``dst``, one word per cycle, then
-raises ``irq``. The harness ``smoke_top.sv`` wires it to ``softnpu_dpi_mem`` (sim/dpi_mem.sv).
+raises ``irq``. The harness ``smoke_top.sv`` wires it to ``softnpu_dpi_mem`` (sim/rtl/dpi_mem.sv).
 """
 
 from __future__ import annotations

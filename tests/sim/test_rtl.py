@@ -3,7 +3,7 @@ every instruction kind, dependency tokens, memory back-pressure, seeded random p
 memory images), error paths (codes and interrupt, never a hang), and the cycle model's deviation per
 program.
 
-All jobs run in one simulator process (sim/rtl_jobs.py); the build is cached by its hash.
+All jobs run in one simulator process (sim/rtl/jobs.py); the build is cached by its hash.
 SOFTNPU_RTL_PROGRAMS sets how many random programs run (default 24; `nox -s rtl_regress` runs more),
 SOFTNPU_RTL_CONFIG the NPU preset (default `tiny`; `nox -s rtl_regress` also runs `default`).
 """
@@ -17,7 +17,7 @@ from softnpu.hdl import isa
 from softnpu.hdl.config import preset
 from softnpu.hdl.isa import Buffer, ErrorCode
 from softnpu.sim.iss import ISS, NPUFault
-from softnpu.sim.rtl_jobs import Job, run_jobs
+from softnpu.sim.rtl.jobs import Job, run_jobs
 from tests.sim.programs import PROGRAM_AT, random_program
 
 CFG = preset(os.environ.get("SOFTNPU_RTL_CONFIG", "tiny"))

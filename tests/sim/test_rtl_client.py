@@ -1,4 +1,4 @@
-"""sim/rtl_client.py: the RTL simulation as a device in its own process, over a local socket:
+"""sim/rtl/client.py: the RTL simulation as a device in its own process, over a local socket:
 results equal the ISS's, faults come back as codes, a hung or killed simulator is detected and
 restarted."""
 
@@ -11,7 +11,7 @@ import pytest
 from softnpu.hdl import isa
 from softnpu.hdl.config import preset
 from softnpu.sim.iss import ISS
-from softnpu.sim.rtl_client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
+from softnpu.sim.rtl.client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
 from tests.sim.programs import random_program
 
 CFG = preset("tiny")

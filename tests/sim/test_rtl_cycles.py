@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from softnpu.hdl.config import preset
-from softnpu.sim.rtl_jobs import run_jobs
+from softnpu.sim.rtl.jobs import run_jobs
 from tests.sim.programs import random_program
 from tests.sim.test_rtl import KINDS, _error_jobs
 

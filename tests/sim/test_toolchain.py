@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from softnpu.sim import rtl_build, toolchain
+from softnpu.sim.rtl import build as rtl_build
+from softnpu.sim.rtl import toolchain
 from tests.sim import smoke_design
 
 SMOKE_TESTS = "tests.sim.cocotb_smoke"

@@ -1,4 +1,4 @@
-"""Waveforms of RTL runs (sim/waves.py) at the `tiny` config: a layer window and a cycle window are
+"""Waveforms of RTL runs (sim/rtl/waves.py) at the `tiny` config: a layer window and a cycle window are
 recorded, hold the signals of every unit named in the GTKWave save file, and are bounded to the
 window (first and last time steps, size against a whole-run trace); one job of a batch; a window
 that never opens; the VCD format.
@@ -10,9 +10,9 @@ import warnings
 import pytest
 
 from softnpu.hdl.config import preset
-from softnpu.sim import waves
-from softnpu.sim.bench_rtl import conv_program
-from softnpu.sim.waves import Window
+from softnpu.sim.rtl import waves
+from softnpu.sim.rtl.bench import conv_program
+from softnpu.sim.rtl.waves import Window
 
 pywellen = pytest.importorskip("pywellen")
 
@@ -153,7 +153,7 @@ def test_vcd_when_asked(out, monkeypatch):
 def test_widths_from_the_verilog_match_the_trace(layer):
     """Without an FST reader the save file is written from the build's Verilog: same names, same
     widths as the trace holds."""
-    from softnpu.sim import rtl_harness
+    from softnpu.sim.rtl import harness as rtl_harness
 
     from_verilog = waves.design_widths(rtl_harness.build(CFG, waves=True), CFG)
     in_trace = waves.read_signals(layer.waves)

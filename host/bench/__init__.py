@@ -1,0 +1,1 @@
+"""The researcher's bench: profiles, plots, timelines, waveform runs, benchmarks."""

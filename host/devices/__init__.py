@@ -1,0 +1,1 @@
+"""Device backends behind one driver interface: iss, iss-process, rtl."""

@@ -1,0 +1,1 @@
+"""Scale-out and FPGA figures: Ray tasks, sweeps, RTL shards, synthesis."""

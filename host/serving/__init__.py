@@ -1,0 +1,1 @@
+"""Serving: the gRPC/REST service, model store, workers, limits, auth, client."""

@@ -1,0 +1,1 @@
+"""The RTL simulator: Verilator toolchain, cached builds, harness, device, jobs, waves."""
