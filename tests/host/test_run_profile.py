@@ -106,7 +106,7 @@ def test_run_on_rtl_records_one_layer(bundle_path, tmp_path, capsys):
     layers = json.loads((report / "profile.json").read_text())["layers"]
     first, last = waves.time_span(path)
     wave = pywellen.Waveform(str(path))
-    (count,) = [v.signal for v in wave.all_vars() if v.full_name == f"{waves.TOP}.dut.count_cycles"]
+    (count,) = [v.signal for v in wave.all_vars() if v.full_name == f"{waves.TOP}.dut.perf.count_cycles"]
     # the recorded time range is layer 1: from its marker's snapshot to layer 2's
     assert count.value_at(first) == layers[1]["start"]
     assert count.value_at(last) == layers[2]["start"]
