@@ -31,9 +31,14 @@ class RtlDevice(Device):
         self._last: dict | None = None
 
     def _device(self) -> RTLProcess:
-        if self._proc is None or not self._proc.alive:
-            if self._proc is not None:
-                self._proc.kill()
+        if self._proc is not None and not self._proc.alive:
+            # died between calls: this call fails (its caller's memory is gone with the process) and
+            # the next one starts a new simulator, which the runtime fills again
+            self._proc.kill()
+            self._proc = None
+            self.resident = None
+            raise DeviceLost("rtl device: the simulator process died; a new one starts on next use")
+        if self._proc is None:
             self.resident = None                     # a new simulator has empty memory
             self._proc = RTLProcess(self.config)
             try:
@@ -57,6 +62,9 @@ class RtlDevice(Device):
             return fn(*args, **kwargs)
         except (SimulatorCrashed, SimulatorHung) as exc:
             self.resident = None
+            if self._proc is not None:              # gone: the next call starts a new simulator
+                self._proc.kill()
+                self._proc = None
             raise DeviceLost(f"rtl device: {exc}") from None
 
     # -- the driver interface ---------------------------------------------------------------

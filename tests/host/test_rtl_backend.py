@@ -56,3 +56,18 @@ def test_hung_run_is_cut_off_at_the_deadline(sample, rtl_runtime):
     with pytest.raises(DeviceTimeout):
         rtl_runtime.infer(_inputs(sample, 2), timeout_s=0.001)
     rtl_runtime.infer(_inputs(sample, 2))
+
+
+def test_a_simulator_that_died_while_idle_fails_one_request_then_recovers(sample, rtl_runtime):
+    """The death is seen before the request reaches the socket: the request still fails (its
+    memory died with the process) rather than run on a new, empty simulator."""
+    rtl_runtime.infer(_inputs(sample, 0))
+    proc = rtl_runtime.device._proc.process
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    with pytest.raises(DeviceLost):
+        rtl_runtime.infer(_inputs(sample, 3))
+    result = rtl_runtime.infer(_inputs(sample, 3))
+    iss = Runtime(sample.bundle, open_device("iss", sample.bundle.manifest.npu_config))
+    for name, value in iss.infer(_inputs(sample, 3)).outputs.items():
+        np.testing.assert_array_equal(result.outputs[name], value)
