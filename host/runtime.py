@@ -61,6 +61,24 @@ def tensor_hwc(spec: TensorSpec) -> tuple[int, int, int]:
     raise ValueError(f"tensor {spec.name!r}: shape {shape} has no device layout (batch must be 1)")
 
 
+def blocked_bytes(spec: TensorSpec, block: int) -> int:
+    """Bytes the tensor occupies on the device in the blocked layout (compiler/layout.py)."""
+    h, w, c = tensor_hwc(spec)
+    return -(-c // block) * h * w * block
+
+
+def to_device(spec: TensorSpec, x: np.ndarray, block: int) -> np.ndarray:
+    """An int8 tensor in the manifest's shape -> its blocked device image."""
+    return to_blocked(np.asarray(x, dtype=np.int8).reshape(tensor_hwc(spec)), block)
+
+
+def from_device(spec: TensorSpec, raw, block: int) -> np.ndarray:
+    """The blocked device image of a tensor (bytes or uint8/int8 array) -> int8 in the manifest's shape."""
+    h, w, c = tensor_hwc(spec)
+    blocked = np.frombuffer(raw, np.int8) if isinstance(raw, bytes | bytearray) else raw.view(np.int8)
+    return from_blocked(blocked.reshape(-(-c // block), h, w, block), c).reshape(spec.shape)
+
+
 def utilization(counters: dict[str, int], macs: int, peak_macs_per_cycle: int) -> dict[str, float]:
     """Busy fraction of load/compute/store; `mac`: MAC utilization (useful MACs over the array's
     peak in these cycles); `mac_active`: cycles with the array active over cycles (host/bench/profile.py
@@ -153,8 +171,7 @@ class Runtime:
         inputs = self.check_inputs(inputs)
         b = self.device.config.cols
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        blocked = {name: to_blocked(inputs[name].reshape(tensor_hwc(spec)), b)
-                   for name, spec in self.inputs.items()}
+        blocked = {name: to_device(spec, inputs[name], b) for name, spec in self.inputs.items()}
         mm = self.manifest.memory_map
         with self.device.lock:
             try:
@@ -167,9 +184,7 @@ class Runtime:
                 device_s = time.perf_counter() - t1
                 raw = {}
                 for name, spec in self.outputs.items():
-                    h, w, c = tensor_hwc(spec)
-                    cb = -(-c // b)
-                    raw[name] = self.device.read_memory(spec.dram, cb * h * w * b).view(np.int8)
+                    raw[name] = self.device.read_memory(spec.dram, blocked_bytes(spec, b))
                 counters = self.device.read_counters()
                 trace_entries = self.device.read_trace() if trace else None
             except (DeviceError, DeviceTimeout, DeviceLost):
@@ -179,8 +194,7 @@ class Runtime:
                 raise
         outputs = {}
         for name, spec in self.outputs.items():
-            h, w, c = tensor_hwc(spec)
-            outputs[name] = from_blocked(raw[name].reshape(-(-c // b), h, w, b), c).reshape(spec.shape)
+            outputs[name] = from_device(spec, raw[name], b)
         config = self.device.config
         macs = sum(int(layer.get("macs", 0)) for layer in self.manifest.layers)
         util = utilization(counters, macs, config.macs_per_cycle)

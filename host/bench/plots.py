@@ -28,6 +28,22 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
+def _finish_per_layer(fig, ax, ylabel: str, title: str, labels: list[str], out_dir: Path,
+                      name: str) -> list[Path]:
+    """Axis labels, legend and layer ticks of a per-layer bar chart; saved and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("layer (id)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    if len(labels) <= 60:
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    paths = _save(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
 def write_plots(profile: Profile, out_dir: str | Path) -> list[Path]:
     """Write the three plots into `out_dir` (created); returns the files written."""
     import matplotlib
@@ -58,14 +74,8 @@ def write_plots(profile: Profile, out_dir: str | Path) -> list[Path]:
                                 (rest, "compute idle: no instruction (fetch, full queues)", "#bbbbbb")):
         ax.bar(x, values, bottom=bottom, label=name, color=color, width=0.85)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xlabel("layer (id)")
-    ax.set_ylabel("cycles")
-    ax.set_title(f"cycles per layer by cause: {title}")
-    ax.legend(fontsize=8)
-    if len(layers) <= 60:
-        ax.set_xticks(x, labels, fontsize=7)
-    written += _save(fig, out_dir, "cycles")
-    plt.close(fig)
+    written += _finish_per_layer(fig, ax, "cycles", f"cycles per layer by cause: {title}", labels, out_dir,
+                                 "cycles")
 
     # 2. utilization per layer
     fig, ax = plt.subplots(figsize=(width, 3.5))
@@ -76,14 +86,8 @@ def write_plots(profile: Profile, out_dir: str | Path) -> list[Path]:
     ax.axhline(profile.mac_utilization * 100, color="#264653", linestyle="--", linewidth=1,
                label=f"whole network: {profile.mac_utilization:.1%}")
     ax.set_ylim(0, 105)
-    ax.set_xlabel("layer (id)")
-    ax.set_ylabel("%")
-    ax.set_title(f"MAC utilization per layer: {title}")
-    ax.legend(fontsize=8)
-    if len(layers) <= 60:
-        ax.set_xticks(x, labels, fontsize=7)
-    written += _save(fig, out_dir, "utilization")
-    plt.close(fig)
+    written += _finish_per_layer(fig, ax, "%", f"MAC utilization per layer: {title}", labels, out_dir,
+                                 "utilization")
 
     # 3. roofline
     peak = profile.peak_macs_per_cycle

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from softnpu.compiler.bundle import Bundle
-from softnpu.compiler.layout import from_blocked, to_blocked
 from softnpu.host.devices.device import DeviceError
-from softnpu.host.runtime import Stats, layer_spans, tensor_hwc, utilization
+from softnpu.host.runtime import Stats, blocked_bytes, from_device, layer_spans, to_device, utilization
 
 __all__ = ["record_inference"]
 
@@ -36,12 +35,10 @@ def record_inference(bundle: Bundle, inputs: dict[str, np.ndarray], path: str | 
     mm = manifest.memory_map
     image = [(mm["weights"], bundle.weights), (mm["program"], bundle.program)]
     for spec in manifest.inputs:
-        x = np.asarray(inputs[spec.name], dtype=np.int8).reshape(tensor_hwc(spec))
-        image.append((spec.dram, to_blocked(x, b).tobytes()))
+        image.append((spec.dram, to_device(spec, inputs[spec.name], b).tobytes()))
     regions = []
     for spec in manifest.outputs:
-        h, w, c = tensor_hwc(spec)
-        regions.append((spec.dram, -(-c // b) * h * w * b))
+        regions.append((spec.dram, blocked_bytes(spec, b)))
     job = Job(manifest.model, image, mm["program"], manifest.program_instructions, regions,
               max_cycles=max_cycles)
     window = window or Window()
@@ -59,9 +56,7 @@ def record_inference(bundle: Bundle, inputs: dict[str, np.ndarray], path: str | 
         raise RuntimeError(f"{manifest.model} on the RTL: {result.error}")
     outputs = {}
     for spec, raw in zip(manifest.outputs, result.regions, strict=True):
-        h, w, c = tensor_hwc(spec)
-        blocked = np.frombuffer(raw, np.int8).reshape(-(-c // b), h, w, b)
-        outputs[spec.name] = from_blocked(blocked, c).reshape(spec.shape)
+        outputs[spec.name] = from_device(spec, raw, b)
     counters = result.counters
     macs = sum(int(layer.get("macs", 0)) for layer in manifest.layers)
     stats = Stats(cycles=counters["cycles"], utilization=utilization(counters, macs, config.macs_per_cycle),
