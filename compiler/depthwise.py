@@ -47,6 +47,7 @@ from softnpu.compiler.emit import (
     _store_rows,
     _Tile,
 )
+from softnpu.compiler.tiling import widest_column_range
 from softnpu.hdl import numerics
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import Buffer, Conv, ConvMode, Insn, Load, Requant, Rounding
@@ -228,10 +229,7 @@ def _plan(config, h, w, c, out_h, out_w, kh, kw, stride, pads) -> DepthwisePlan:
     q = pads[2] + w + pads[3]
     candidates = plans(out_w, q, 0)
     if not candidates:      # width tiling: the widest column range whose band (one block) fits
-        rows = _band_rows(1, stride, kh, pads)
-        tw = min(out_w - 1, half["acc"], half["out"])
-        while tw >= 1 and rows * _band_rows(tw, stride, kw, pads[2:]) > half["inp"]:
-            tw -= 1
+        tw = widest_column_range(out_w, (stride, stride), (kh, kw), pads, half)
         if tw >= 1:
             candidates = plans(tw, _band_rows(tw, stride, kw, pads[2:]), tw)
     if not candidates:

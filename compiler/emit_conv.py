@@ -24,6 +24,7 @@ from softnpu.compiler.tiling import (
     _store_rows,
     _Tile,
     tap_groups,
+    widest_column_range,
 )
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import Buffer, Conv, ConvMode, Insn, Load, Requant, Rounding
@@ -122,10 +123,7 @@ def _plan_conv(config: NPUConfig, h: int, w: int, c: int, out_h: int, out_w: int
 
     candidates = plans(out_w, q, 0)
     if not candidates:          # width tiling: the widest column range whose band and results fit
-        rows = _band_rows(1, sh, ekh, pads)
-        tw = min(out_w - 1, half["acc"], half["out"])
-        while tw >= 1 and rows * _band_rows(tw, sw, ekw, pads[2:]) > half["inp"]:
-            tw -= 1
+        tw = widest_column_range(out_w, (sh, sw), (ekh, ekw), pads, half)
         if tw >= 1:
             candidates = plans(tw, _band_rows(tw, sw, ekw, pads[2:]), tw)
     if not candidates:

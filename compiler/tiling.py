@@ -193,6 +193,17 @@ def _band_rows(th: int, stride: int, kh: int, pads) -> int:
     return (th - 1) * stride + kh + (1 if max(pads[0], pads[1]) >= kh else 0)
 
 
+
+def widest_column_range(out_w: int, strides: tuple[int, int], kernel: tuple[int, int], pads, half) -> int:
+    """Width tiling: the most output columns (fewer than `out_w`) whose one-row input band fits half
+    the input scratchpad and whose results fit half the accumulator and output scratchpads; 0 if
+    not even one column does.  kernel: the (dilated) extent; pads: (top, bottom, left, right)."""
+    rows = _band_rows(1, strides[0], kernel[0], pads)
+    tw = min(out_w - 1, half["acc"], half["out"])
+    while tw >= 1 and rows * _band_rows(tw, strides[1], kernel[1], pads[2:]) > half["inp"]:
+        tw -= 1
+    return max(tw, 0)
+
 def _pair(v, name: str = "stride") -> tuple[int, int]:
     """(vertical, horizontal) from an int or a pair."""
     pair = (int(v), int(v)) if isinstance(v, int) else tuple(int(e) for e in v)
