@@ -57,7 +57,7 @@ def _cache_key(name: str, size: int) -> str:
             h.update(f"{dist}={metadata.version(dist)}".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{dist}=none".encode())
-    for src in ("zoo.py", "ssd.py", "convert.py", "efficientnet.py", "torch_legacy.py"):
+    for src in ("zoo.py", "ssd.py", "convert.py", "efficientnet.py", "torch_legacy.py", "eval_crop.py"):
         h.update((_HERE / src).read_bytes())
     return h.hexdigest()[:16]
 
@@ -193,6 +193,10 @@ def compile_model(model: str | Path, config: str | NPUConfig = "default", input_
         # a detector sees the whole image (its boxes are fractions of it): stretch, never crop
         preprocess = {"size": size, "mode": ZOO_PREPROCESS[name],
                       "resize": "stretch" if name in ("digits", "ssd_vgg16") else "center_crop"}
+        if name == "efficientnet_lite0":
+            from softnpu.compiler import efficientnet
+
+            preprocess["interpolation"] = efficientnet.INTERPOLATION
         # class names only where the weights are trained: random ImageNet-shaped weights get
         # "class_<i>" rather than names that would look like answers
         trained = name in zoo.PRETRAINED_NETWORKS or weights is not None

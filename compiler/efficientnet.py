@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BLOCKS", "MEAN", "STD", "weights_path", "state_dict", "build_keras", "preprocess",
-           "center_crop", "photos", "calibration_images"]
+__all__ = ["BLOCKS", "MEAN", "STD", "INTERPOLATION", "weights_path", "state_dict", "build_keras",
+           "preprocess", "center_crop", "photos", "calibration_images"]
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage: EfficientNet-B0 (width and
 # depth multipliers 1.0 for Lite0)
@@ -33,6 +33,7 @@ BLOCKS = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80)
 STEM, HEAD, CLASSES = 32, 1280, 1000
 BN_EPSILON = 1e-3
 MEAN, STD = 127.0, 128.0
+INTERPOLATION = "bicubic"     # the resize of TF's reference evaluation (and training) preprocessing
 
 
 def weights_path() -> Path:
@@ -117,16 +118,11 @@ def preprocess(images) -> np.ndarray:
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The ImageNet evaluation crop: resize (bilinear) the short side to size / 0.875, crop the centre
-    size x size (host/pipeline.py's `center_crop`).  uint8 RGB in, float32 0..255 out."""
-    from PIL import Image
+    """The evaluation crop of TensorFlow's reference EfficientNet (compiler/eval_crop.py, bicubic), as the
+    host pipeline applies it to a served image.  uint8 RGB in, float32 0..255 out."""
+    from softnpu.compiler import eval_crop
 
-    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    scale = size / 0.875 / min(img.width, img.height)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
-                     Image.Resampling.BILINEAR)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return eval_crop.center_crop(image, size, size, INTERPOLATION).astype(np.float32)
 
 
 def _photo_sources() -> dict:

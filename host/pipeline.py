@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from softnpu.compiler import eval_crop
 from softnpu.compiler.bundle import Manifest, TensorSpec
 
 __all__ = ["InputError", "MODES", "decode_image", "image_size", "pixel_budget", "normalize", "quantize",
@@ -105,24 +106,13 @@ def decode_image(data: bytes, channels: int = 3, size: tuple[int, int] | None = 
                          f"{', ' + fmt if fmt else ''}): {kind}") from None
 
 
-def _resize(pixels: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
+def _resize(pixels: np.ndarray, height: int, width: int, method: str,
+            interpolation: str = "bilinear") -> np.ndarray:
     if method == "center_crop":
-        # resize the short side to size/0.875, then crop the centre (the ImageNet eval recipe)
-        scale = max(height, width) / 0.875 / min(img.width, img.height)
-        img = img.resize((max(width, round(img.width * scale)), max(height, round(img.height * scale))),
-                         Image.Resampling.BILINEAR)
-        left, top = (img.width - width) // 2, (img.height - height) // 2
-        img = img.crop((left, top, left + width, top + height))
-    elif method == "stretch":
-        if (img.height, img.width) != (height, width):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-    else:
-        raise ValueError(f"preprocess resize {method!r} is not one of 'stretch', 'center_crop'")
-    out = np.asarray(img, dtype=np.uint8)
-    return out[..., None] if out.ndim == 2 else out
+        return eval_crop.center_crop(pixels, height, width, interpolation)
+    if method == "stretch":
+        return eval_crop.resize_stretch(pixels, height, width, interpolation)
+    raise ValueError(f"preprocess resize {method!r} is not one of 'stretch', 'center_crop'")
 
 
 def normalize(x: np.ndarray, mode: str) -> np.ndarray:
@@ -188,6 +178,7 @@ class Preprocessor:
     height: int = 0
     width: int = 0
     resize: str = "stretch"
+    interpolation: str = "bilinear"
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, index: int = 0) -> Preprocessor:
@@ -202,12 +193,16 @@ class Preprocessor:
         mode = pre.get("mode", "raw")
         if mode not in MODES:
             raise ValueError(f"unknown preprocess mode {mode!r}; expected one of {MODES}")
-        return cls(spec, mode, height, width, pre.get("resize", "stretch"))
+        interpolation = pre.get("interpolation", "bilinear")
+        if interpolation not in eval_crop.INTERPOLATIONS:
+            raise ValueError(f"unknown preprocess interpolation {interpolation!r}; expected one of "
+                             f"{eval_crop.INTERPOLATIONS}")
+        return cls(spec, mode, height, width, pre.get("resize", "stretch"), interpolation)
 
     def target_size(self) -> tuple[int, int]:
         """(height, width) an image is resized to before cropping (what a JPEG is drafted to)."""
         if self.resize == "center_crop":
-            side = max(self.height, self.width) / 0.875
+            side = max(self.height, self.width) / eval_crop.CROP_FRACTION
             return (int(np.ceil(side)), int(np.ceil(side)))
         return (self.height, self.width)
 
@@ -215,7 +210,7 @@ class Preprocessor:
         """Encoded image -> int8 [1, H, W, C] ready for the NPU.  The service holds an image to
         `pixel_budget(height, width)` from its header before it gets here (host/serving/limits.py)."""
         pixels = decode_image(data, self.spec.shape[3], self.target_size(), max_pixels)
-        pixels = _resize(pixels, self.height, self.width, self.resize)
+        pixels = _resize(pixels, self.height, self.width, self.resize, self.interpolation)
         return quantize(normalize(pixels, self.mode), self.spec.scale, self.spec.zero_point)[None]
 
 
