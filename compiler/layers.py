@@ -374,6 +374,34 @@ class LayerBuilders:
             return insns, 0
         return self._layer(op, "PAD", [x], build)
 
+    def _slice(self, op: Op) -> Layer:
+        """STRIDED_SLICE / SLICE (a crop, a subsampling, a channel range): a CONV that copies, with
+        one-hot weights (output channel j <- input channel c0 + j*sc) and identity requantization.
+        Output pixel (y, x) reads input (h0 + y*sh, w0 + x*sw): the stride is the CONV's, the offset a
+        second tap at dilation h0 (w0), the only tap with a weight, so no tap reads outside the input."""
+        x = self.operand(op, op.inputs[0])
+        h, w, c = self.dims(x, op)
+        (h0, w0, c0), (sh, sw, sc) = op.params["begin"], op.params["slice_stride"]
+        _, oh, ow, oc = self.t(op.outputs[0]).shape
+        if max(sh, sw) > 15:
+            raise fail(self.g, op, f"spatial strides {sh}x{sw}: a slice takes strides up to 15")
+        kh, kw = (2 if h0 else 1), (2 if w0 else 1)
+        one_hot = np.zeros((oc, kh, kw, c), np.int8)
+        one_hot[np.arange(oc), kh - 1, kw - 1, c0 + sc * np.arange(oc)] = 1
+        dilation = (max(h0, 1), max(w0, 1))
+
+        def build(ctx: Context, layer_id: int, first: bool):
+            b = ctx.config.cols
+            wa = ctx.blob.add(layout.pack_conv_weights(one_hot, b, emit.tap_groups(kh, kw, dilation)))
+            # bias 0, multiplier 2**30 with shift 1: MultiplyByQuantizedMultiplier is the identity
+            pa = ctx.blob.add(layout.pack_requant_params(np.zeros(oc, np.int64), 1 << 30, 1, b))
+            insns = emit.conv2d(ctx.config, ctx.act(x), ctx.act(op.outputs[0]), weights=wa, params=pa,
+                                kh=kh, kw=kw, stride=(sh, sw), dilation=dilation, pads=(0, 0, 0, 0),
+                                pad_value=0, zero_point=0, layer_id=layer_id, first=first,
+                                name=f"op {op.index} {op.kind}")
+            return insns, 0
+        return self._layer(op, op.kind, [x], build)
+
     def _copy_layer(self, op: Op, i: int, k: int, block: int) -> Layer:
         src, out = self.operand(op, i), op.outputs[0]
 

@@ -327,7 +327,8 @@ class _Lowering(LayerBuilders, DepthwiseBuilders):
                   "AVERAGE_POOL_2D": self._pool, "MEAN": self._mean, "ADD": self._binary,
                   "MUL": self._binary, "DEPTHWISE_CONV_2D": self._depthwise, "RELU": self._relu,
                   "RELU6": self._relu, "RELU_N1_TO_1": self._relu, "RELU_0_TO_1": self._relu,
-                  "MINIMUM": self._clamp, "MAXIMUM": self._clamp}.get(kind)
+                  "MINIMUM": self._clamp, "MAXIMUM": self._clamp, "STRIDED_SLICE": self._slice,
+                  "SLICE": self._slice}.get(kind)
         if method is None:
             raise fail(self.g, op, "no NPU lowering for this op")
         layers = method(op)

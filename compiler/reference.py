@@ -168,6 +168,13 @@ def _k_pad(g: Graph, op: Op, args):
     return np.pad(args[0], pads, constant_values=np.int8(op.params["pad_value"]))
 
 
+def _k_slice(g: Graph, op: Op, args):
+    (h0, w0, c0), (sh, sw, sc) = op.params["begin"], op.params["slice_stride"]
+    _, oh, ow, oc = g.tensors[op.outputs[0]].shape
+    return args[0][:, h0:h0 + (oh - 1) * sh + 1:sh, w0:w0 + (ow - 1) * sw + 1:sw,
+                   c0:c0 + (oc - 1) * sc + 1:sc]
+
+
 def _k_pool(g: Graph, op: Op, args):
     return pool2d(args[0], op)
 
@@ -228,6 +235,7 @@ def _k_l2norm(g: Graph, op: Op, args):
 
 KERNELS = {
     "CONV_2D": _k_conv, "FULLY_CONNECTED": _k_fc, "ADD": _k_add, "MUL": _k_mul, "PAD": _k_pad,
+    "STRIDED_SLICE": _k_slice, "SLICE": _k_slice,
     "MAX_POOL_2D": _k_pool, "AVERAGE_POOL_2D": _k_pool, "MEAN": _k_mean, "CONCATENATION": _k_concat,
     "RESHAPE": _k_reshape, "RELU": _k_relu, "RELU6": _k_relu, "RELU_N1_TO_1": _k_relu,
     "RELU_0_TO_1": _k_relu, "MINIMUM": _k_min_max, "MAXIMUM": _k_min_max, "SOFTMAX": _k_softmax,

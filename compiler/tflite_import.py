@@ -226,6 +226,12 @@ def _options(fop, kind: str, schema) -> dict:
     if kind == "SOFTMAX":
         o = opts(schema.SoftmaxOptions)
         return dict(beta=float(o.Beta()) if table is not None else 1.0)
+    if kind == "STRIDED_SLICE":
+        o = opts(schema.StridedSliceOptions)
+        return dict(begin_mask=int(o.BeginMask()), end_mask=int(o.EndMask()),
+                    ellipsis_mask=int(o.EllipsisMask()), new_axis_mask=int(o.NewAxisMask()),
+                    shrink_axis_mask=int(o.ShrinkAxisMask()),
+                    offset=bool(o.Offset()) if hasattr(o, "Offset") else False)
     if kind == "RESHAPE":
         if table is None:
             return {}
@@ -237,6 +243,47 @@ def _options(fop, kind: str, schema) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Parameters derived at Prepare time
 # ----------------------------------------------------------------------------------------------
+def _derive_slice(op: Op, tensors: list[Tensor]) -> None:
+    """STRIDED_SLICE / SLICE of a 4-D NHWC tensor (a crop, a subsampling, a channel range): ``begin``
+    (h, w, c) and ``slice_stride`` (h, w, c), as TFLite's strided_slice StartForAxis resolves them; the
+    output shape gives the counts.  The int8 kernels copy bytes, so input and output quantization must
+    agree (the converter makes them equal)."""
+    inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
+    _require_int8(op, tensors, inp.index, out.index)
+    if len(inp.shape) != 4 or len(out.shape) != 4:
+        _fail(op, tensors, f"input {list(inp.shape)} -> output {list(out.shape)}: the NPU slices 4-D NHWC "
+                           "tensors into 4-D tensors")
+    if inp.qscale != out.qscale or inp.qzero != out.qzero:
+        _fail(op, tensors, "input and output quantization differ")
+    consts = [tensors[i] for i in op.inputs[1:]]
+    if any(t.data is None for t in consts):
+        _fail(op, tensors, "begin/end/size/strides are not constant tensors")
+    begin = np.asarray(consts[0].data, np.int64).reshape(-1)
+    dims = [int(d) for d in inp.shape]
+    if op.kind == "SLICE":
+        strides = np.ones(4, np.int64)
+    else:
+        o = op.options
+        if o["ellipsis_mask"] or o["new_axis_mask"] or o["shrink_axis_mask"]:
+            _fail(op, tensors, "ellipsis, new-axis or shrink-axis masks (the NPU keeps NHWC)")
+        strides = np.asarray(consts[2].data, np.int64).reshape(-1)
+        if (strides <= 0).any():
+            _fail(op, tensors, f"strides {strides.tolist()}: only positive strides")
+        begin = np.array([0 if o["begin_mask"] >> a & 1 else int(begin[a]) for a in range(4)], np.int64)
+    begin = np.where(begin < 0, begin + np.asarray(dims), begin)
+    begin = np.clip(begin, 0, np.asarray(dims))
+    for a in range(4):
+        n = int(out.shape[a])
+        if n < 1 or begin[a] + (n - 1) * strides[a] >= dims[a]:
+            _fail(op, tensors, f"axis {a}: {n} elements from {int(begin[a])} by {int(strides[a])} leave the "
+                               f"input's {dims[a]}")
+    if begin[0] != 0 or out.shape[0] != 1:
+        _fail(op, tensors, "a slice of the batch dimension (the NPU runs batch 1)")
+    op.params["begin"] = tuple(int(v) for v in begin[1:])
+    op.params["slice_stride"] = tuple(int(v) for v in strides[1:])
+    op.params["act_min"], op.params["act_max"] = -128, 127
+
+
 def _fail(op: Op, tensors: list[Tensor], reason: str):
     out = tensors[op.outputs[0]].name if op.outputs else "?"
     raise UnsupportedOp(op.kind, out, reason, index=op.index, inputs=_activation_names(op.inputs, tensors))
@@ -298,6 +345,8 @@ def _derive(op: Op, tensors: list[Tensor]) -> None:
         p["paddings"] = np.asarray(pads.data, dtype=np.int64).reshape(-1, 2)
         p["pad_value"] = out.qzero
         p["act_min"], p["act_max"] = -128, 127
+    elif kind in ("STRIDED_SLICE", "SLICE"):
+        _derive_slice(op, tensors)
     elif kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         inp, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
         _require_int8(op, tensors, inp.index, out.index)

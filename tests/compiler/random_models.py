@@ -4,8 +4,9 @@ checked bit-exact on the ISS against the TFLite interpreter (reference kernels).
 `random_model(seed)` builds a small CNN from the seed alone: a random input size and channel count,
 then a few blocks drawn from `BLOCKS` (convolutions with random kernel, stride pair, dilation,
 padding, channel count and fused ReLU/ReLU6; max and average pooling; residual ADDs; concatenations
-of branches; standalone activations; zero padding), then a head (global average pooling or flatten,
-then a dense layer, or none).  `check_seed(seed)` converts, compiles for an NPU config and verifies.
+of branches; standalone activations; zero padding; depthwise convolutions; crops), then a head
+(global average pooling or flatten, then a dense layer, or none).  `check_seed(seed)` converts,
+compiles for an NPU config and verifies.
 
     python -m tests.compiler.random_models N [--first S] [--config tiny] [--out DIR]
 
@@ -135,6 +136,18 @@ def _zero_pad(rng, layers, t, name):
     return layers.ZeroPadding2D(pads, name=name)(t)
 
 
+def _crop(rng, layers, t, name):
+    """A Cropping2D (STRIDED_SLICE), at least one row and column left."""
+    h, w = _hw(t)
+    top, bottom = (int(v) for v in rng.integers(0, max(1, min(3, (h - 1) // 2)) + 1, 2))
+    left, right = (int(v) for v in rng.integers(0, max(1, min(3, (w - 1) // 2)) + 1, 2))
+    if top + bottom >= h:
+        top, bottom = 0, 0
+    if left + right >= w:
+        left, right = 0, 0
+    return layers.Cropping2D(((top, bottom), (left, right)), name=name)(t)
+
+
 # The block kinds the generator draws from, with their weights.
 BLOCKS: list[tuple[str, float, Callable]] = [
     ("conv", 4.0, _conv),
@@ -144,6 +157,7 @@ BLOCKS: list[tuple[str, float, Callable]] = [
     ("activation", 0.5, _activation),
     ("zero_pad", 0.5, _zero_pad),
     ("depthwise", 1.0, _depthwise),
+    ("crop", 0.5, _crop),
 ]
 
 

@@ -1,7 +1,8 @@
 """Compiler generality: shapes outside the zoo networks' habits, each bit-exact with the TFLite
 interpreter (reference kernels) on the ISS: unequal stride pairs, dilated convolutions, kernels
 larger than one CONV, concatenations at any channel offset, SAME average pooling (a divisor per
-window), standalone activations, and clear errors for what the NPU cannot run."""
+window), slices and crops (STRIDED_SLICE, SLICE), standalone activations, and clear errors for what
+the NPU cannot run."""
 
 from __future__ import annotations
 
@@ -49,8 +50,23 @@ def same_avg_pool_model():
     return _keras_model(build, (7, 6, 5), seed=4)
 
 
+def slice_model():
+    """Keras Cropping2D (NASNet's) and strided slices of rows, columns and a channel range (STRIDED_SLICE
+    and SLICE): one-hot CONVs on the NPU."""
+    def build(layers, x):
+        x = layers.Conv2D(20, 3, padding="same", activation="relu", name="conv")(x)
+        crop = layers.Cropping2D(((1, 2), (3, 0)), name="crop")(x)
+        sub = layers.Lambda(lambda t: t[:, 2::3, 1:-1:2, 3:17:2], name="strided")(x)
+        part = layers.Lambda(lambda t: t[:, 4:9, :5, 16:], name="part")(x)
+        return layers.Concatenate(name="cat")([layers.Conv2D(4, 1, name="c1")(crop)[:, :5, :5],
+                                               layers.Conv2D(3, 1, name="c2")(sub)[:, :5, :5],
+                                               part])
+    return _keras_model(build, (16, 13, 5), seed=5)
+
+
 ACCEPTANCE = {"stride_1x3": stride_1x3_model, "dilation_2": dilated_model,
-              "unaligned_concat": unaligned_concat_model, "same_avg_pool_3x3": same_avg_pool_model}
+              "unaligned_concat": unaligned_concat_model, "same_avg_pool_3x3": same_avg_pool_model,
+              "slices": slice_model}
 
 
 @pytest.mark.parametrize("config", ["tiny", "default"])
