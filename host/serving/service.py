@@ -235,7 +235,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.limits.admit(model, None, context, examples=listed)
         examples = []
         for i, example in enumerate(listed):
-            examples += model.examples(_example_tensors(model, example, i))
+            tensors = _example_tensors(model, example, i)
+            try:
+                examples += model.examples(tensors)
+            except InputError as exc:
+                raise InputError(f"example {i}: {exc}") from None
         if not examples:
             raise InputError("no examples in input.example_list")
         results = self._run(model, examples, context)
