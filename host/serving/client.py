@@ -207,6 +207,32 @@ class PredictionClient:
             found.append(Detection(label, score, tuple(float(v) for v in out["detection_boxes"][0, k]), cid))
         return found
 
+    def classify(self, examples: list[dict], model: str | None = None, version: int | None = None,
+                 timeout: float | None = None) -> list[list[tuple[str, float]]]:
+        """TF Serving's Classify: (label, score) of the top classes for each example.  An example
+        is a dict of features: bytes (an encoded image, as `images`), a list of bytes, or an array
+        of numbers (floats: float_list in the model's float domain; integers: int64_list)."""
+        request = api.classification_pb2.ClassificationRequest()
+        self._spec(request, model, version)
+        for features in examples:
+            example = request.input.example_list.examples.add()
+            for key, value in features.items():
+                feature = example.features.feature[key]
+                if isinstance(value, (bytes, bytearray)):
+                    feature.bytes_list.value.append(bytes(value))
+                elif isinstance(value, (list, tuple)) and value and isinstance(value[0], (bytes, bytearray)):
+                    feature.bytes_list.value.extend(bytes(v) for v in value)
+                else:
+                    x = np.asarray(value).reshape(-1)
+                    if x.dtype.kind in "iu":
+                        feature.int64_list.value.extend(int(v) for v in x)
+                    elif x.dtype.kind == "f":
+                        feature.float_list.value.extend(float(v) for v in x)
+                    else:
+                        raise TypeError(f"feature {key!r}: bytes, a list of bytes or numbers, got {x.dtype}")
+        response = self._call(self._predict.Classify, request, timeout)
+        return [[(c.label, c.score) for c in row.classes] for row in response.result.classifications]
+
     def metadata(self, model: str | None = None, version: int | None = None,
                  timeout: float | None = None) -> dict:
         """{'model', 'version', 'inputs', 'outputs'}: aliases -> (dtype name, shape)."""

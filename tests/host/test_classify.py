@@ -92,6 +92,23 @@ def test_classify_images_and_tensors_answers_as_predict(server, sample):
     same(classify(server.address, [tensor_example(x)]), predicted(server, {"input": x}))
 
 
+def test_python_client_and_the_vendored_messages(server, sample):
+    from softnpu.host.serving import tfs_api
+
+    a = png_bytes(seed=9)
+    x = floats(sample, 10)
+    with PredictionClient(server.address, model="sample", timeout=TIMEOUT) as client:
+        got = client.classify([{"images": a}, {"input": x}])
+    same(got, classify(server.address, [image_example(a), tensor_example(x)]))
+    light = tfs_api.vendored()          # what the client install (no TensorFlow) sends
+    request = light.classification_pb2.ClassificationRequest()
+    request.model_spec.name = "sample"
+    request.input.example_list.examples.add().features.feature["images"].bytes_list.value.append(a)
+    with grpc.insecure_channel(server.address) as channel:
+        response = light.PredictionServiceStub(channel).Classify(request, timeout=TIMEOUT)
+    same([[(c.label, c.score) for c in response.result.classifications[0].classes]], got[:1])
+
+
 def test_a_context_gives_every_example_its_features(server):
     a, b = png_bytes(seed=3), png_bytes(seed=4)
     own = image_example(b)                   # an example's own feature wins over the context's
