@@ -107,6 +107,7 @@ class ModelStore:
         self._loading = threading.Lock()        # one validation at a time
         self._config_text: str | None = None    # the config file's text in force
         self._config_error: str | None = None   # the last reload's error (logged once)
+        self._failed: tuple | None = None       # (text, error) of the last reload that failed
         self._unlisted: set[str] = set()        # models whose folder could not be listed (logged once)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -164,23 +165,27 @@ class ModelStore:
 
     def reload_config(self) -> bool:
         """Re-read the config file; apply it when its text changed and it checks out (True).
-        A file that does not is logged (once per error) and the config in force stays."""
+        A file that does not is logged (once per error) and the config in force stays.  A file
+        read while it is being written does not parse: an error is logged only when the same
+        text fails twice in a row (two polls), so a write in progress is never reported."""
         if self.config_file is None:
             return False
+        text = None
         try:
             text = self.config_file.read_text()
             if text == self._config_text:
-                self._config_error = None
+                self._config_error = self._failed = None
                 return False
             models = parse_model_config(text, self.config_file)
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             error = str(exc) if isinstance(exc, ConfigError) else \
                 f"model config file {self.config_file}: cannot read it ({exc})"
-            if error != self._config_error:
+            seen, self._failed = self._failed, (text, error)
+            if seen == (text, error) and error != self._config_error:
                 log.error("%s; keeping the model config in force (%d model(s))", error, len(self.sources()))
                 self._config_error = error
             return False
-        self._config_text, self._config_error = text, None
+        self._config_text, self._config_error, self._failed = text, None, None
         log.info("model config file %s changed: applying it", self.config_file)
         self.configure(models)
         return True

@@ -201,6 +201,25 @@ def test_a_version_leaving_the_policy_is_unloaded(tmp_path, bundle_path):
     assert sorted(unloaded) == [1, 2, 3]
 
 
+def test_a_bad_file_while_serving_is_logged_once_and_a_write_in_progress_never(tmp_path, bundle_path, caplog):
+    layout(tmp_path, bundle_path, versions=(1, 2))
+    path = tmp_path / "models.config"
+    store = store_of(tmp_path, ("sample", "sample", "", {}))
+    good = config_text(("sample", "sample", "all {}", {"stable": 1}))
+    with caplog.at_level(logging.ERROR, logger="softnpu.serve"):
+        write(path, good[:len(good) // 2])          # a poll that reads a file half written...
+        assert not store.reload_config()
+        write(path, good)                           # ...and the next one, the whole file
+        assert store.reload_config() and store.get("sample", label="stable").version == 1
+        assert not caplog.records
+        write(path, good.replace("all {}", "all {} bogus: 1"))
+        assert [store.reload_config() for _ in range(4)] == [False] * 4
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and 'no field named "bogus"' in errors[0] and str(path) in errors[0], errors
+    assert "keeping the model config in force (1 model(s))" in errors[0]
+    assert store.get("sample", label="stable").version == 1 and store.get("sample").version == 2
+
+
 # ----------------------------------------------------------------------------------------------
 # Served: gRPC and REST, reloaded while serving
 # ----------------------------------------------------------------------------------------------
