@@ -307,7 +307,8 @@ def test_served_labels_policies_and_a_reloaded_config(serve, tmp_path, bundle_pa
     assert predict(a, sample, name="extra") == (SC.OK, 1)
     assert model_status(a, "sample") == [(2, "AVAILABLE"), (3, "AVAILABLE")]
     assert predict(a, sample, version=1)[0] == SC.NOT_FOUND
-    assert sorted((m.name, m.version) for m in store.loaded()) == [("extra", 1), ("sample", 2), ("sample", 3)]
+    wait_until(lambda: sorted((m.name, m.version) for m in store.loaded()) == [
+        ("extra", 1), ("sample", 2), ("sample", 3)], what="sample:1 unloaded")
 
     # a bad file: logged once, the config in force kept, the server keeps serving
     with caplog.at_level(logging.ERROR, logger="softnpu.serve"):
