@@ -283,12 +283,12 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--model-dir", default=None,
                    help="model repository: every folder a model, every version servable (default: "
                         f"$SOFTNPU_MODEL_DIR or ~/.softnpu/models, now {default_root()})")
-    p.add_argument("--model-config-file", "--model_config_file", dest="model_config_file",
+    p.add_argument("--model-config-file", "--model_config_file", dest="model_config_file", metavar="FILE",
                    help="TF Serving's model config file (ModelServerConfig in text format, or JSON for "
                         "*.json): models, their base_path, version policy (latest N, all, specific) "
                         "and version labels; instead of --model-dir")
     p.add_argument("--model-config-file-poll-wait-seconds", "--model_config_file_poll_wait_seconds",
-                   dest="model_config_file_poll_wait_seconds", type=float, default=10.0,
+                   dest="model_config_file_poll_wait_seconds", type=float, default=10.0, metavar="S",
                    help="re-read the model config file this often and apply it when it changed; a bad "
                         "one is logged and the config in force stays (default 10; 0: read it once)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
@@ -302,8 +302,9 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="device workers, one device each (default 1)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    p.add_argument("--tls-client-ca", help="PEM CA certificate(s): mutual TLS, every client (gRPC and "
-                   "REST) must present a certificate signed by one of them")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="PEM CA certificate(s): mutual TLS, every client (gRPC and REST) must present a "
+                        "certificate signed by one of them")
     p.add_argument("--api-keys-file", help="require one of the keys in this file (one per line, "
                    "'#' comments); keys in $SOFTNPU_API_KEYS (comma-separated) are required too")
     p.add_argument("--api-key", help="require this key; visible to every user in `ps`: prefer "
@@ -348,9 +349,10 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--api-key", help="API key (default: $SOFTNPU_API_KEY)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="use TLS, trusting this PEM root certificate")
-    p.add_argument("--tls-client-cert", help="PEM client certificate, for a server that requires one "
-                   "(mutual TLS); with --tls-client-key")
-    p.add_argument("--tls-client-key", help="PEM private key of --tls-client-cert")
+    p.add_argument("--tls-client-cert", metavar="PEM",
+                   help="PEM client certificate, for a server that requires one (mutual TLS); with "
+                        "--tls-client-key")
+    p.add_argument("--tls-client-key", metavar="PEM", help="PEM private key of --tls-client-cert")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds, retries included (default 30)")
     p.set_defaults(func=cmd_score)
 
