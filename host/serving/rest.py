@@ -284,13 +284,12 @@ class RestServer:
         request.model_spec.signature_name = str(payload.get("signature_name", ""))
         try:
             model = self.server.store.get(name, version or None, label=label)
-        except LookupError as exc:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from None
-        except ValueError as exc:           # an unknown label
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        inputs, rows = _inputs(payload, model)
-        for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(to_proto(value))
+        except (LookupError, ValueError):   # the servicer refuses the request with its code (and logs it)
+            model = None
+        if model is not None:
+            inputs, rows = _inputs(payload, model)
+            for alias, value in inputs.items():
+                request.inputs[alias].CopyFrom(to_proto(value))
         response = self.server.predictions.Predict(request, context)
         outputs = {alias: from_proto(t) for alias, t in response.outputs.items()}
         if not rows:

@@ -114,7 +114,8 @@ def _access(method: str, request, context, code: grpc.StatusCode, start: float) 
     if not access_log.isEnabledFor(logging.INFO):
         return
     spec = getattr(request, "model_spec", None)
-    model = f"{spec.name}:{spec.version.value or 'latest'}" if spec is not None and spec.name else "-"
+    model = f"{spec.name}:{spec.version.value or spec.version_label or 'latest'}" \
+        if spec is not None and spec.name else "-"
     access_log.info("%s %s %s %s %.1fms", context.peer(), method, model, code.name,
                     (time.perf_counter() - start) * 1e3)
 
