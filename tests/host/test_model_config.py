@@ -281,6 +281,8 @@ def test_served_labels_policies_and_a_reloaded_config(serve, tmp_path, bundle_pa
     assert predict(a, sample, label="stable") == (SC.OK, 1)
     assert predict(a, sample, label="canary") == (SC.OK, 3)
     assert predict(a, sample) == (SC.OK, 3)
+    first = store.get("sample", 1).key
+    assert any(first in w.runtimes for w in server.pool._all)        # placed on the device
     code, message = predict(a, sample, label="beta")
     assert code == SC.INVALID_ARGUMENT and "Unrecognized servable version label: beta" in message
     code, message = predict(a, sample, version=2)                   # outside the policy
@@ -309,6 +311,8 @@ def test_served_labels_policies_and_a_reloaded_config(serve, tmp_path, bundle_pa
     assert predict(a, sample, version=1)[0] == SC.NOT_FOUND
     wait_until(lambda: sorted((m.name, m.version) for m in store.loaded()) == [
         ("extra", 1), ("sample", 2), ("sample", 3)], what="sample:1 unloaded")
+    wait_until(lambda: not any(first in w.runtimes for w in server.pool._all),   # weights dropped
+               what="sample:1's runtime dropped")
 
     # a bad file: logged once, the config in force kept, the server keeps serving
     with caplog.at_level(logging.ERROR, logger="softnpu.serve"):
