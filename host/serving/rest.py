@@ -300,7 +300,6 @@ class RestServer:
         n = len(next(iter(columns.values())))
         return {"predictions": [{alias: column[i] for alias, column in columns.items()} for i in range(n)]}
 
-
     def _classify(self, name, version, label, body: bytes, context):
         payload = _body(body)
         examples = payload.get("examples")

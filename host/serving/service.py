@@ -38,6 +38,7 @@ import logging
 import signal
 import threading
 import time
+import types
 from concurrent import futures
 from pathlib import Path
 
@@ -232,8 +233,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             what = "a detector" if model.detector is not None else \
                 f"not a classifier (its output is {model.manifest.outputs[0].shape})"
             raise InputError(f"{model.name}:{model.version} is {what}; use Predict")
-        listed = _input_examples(request.input)
-        self.limits.admit(model, None, context, examples=listed)
+        listed = _input_examples(request.input, model, self.limits.max_batch)
+        self.limits.admit(model, None, context, examples=listed)       # before anything is decoded
         examples = []
         for i, example in enumerate(listed):
             tensors = _example_tensors(model, example, i)
@@ -286,21 +287,27 @@ def _check_aliases(model: ServedModel, wanted: list[str]):
                          f"{model.name}:{model.version} (outputs: {list(model.aliases)})")
 
 
-def _input_examples(request_input) -> list:
-    """The tf.Examples of a ClassificationRequest's input: example_list's, or
-    example_list_with_context's with the context's features added to each (an example's own
-    feature wins)."""
-    if not request_input.HasField("example_list_with_context"):
-        return list(request_input.example_list.examples)
-    listed = request_input.example_list_with_context
-    out = []
-    for example in listed.examples:
-        merged = type(example)()
-        merged.CopyFrom(listed.context)
-        for key, feature in example.features.feature.items():
-            merged.features.feature[key].CopyFrom(feature)
-        out.append(merged)
-    return out
+class _WithContext:
+    """An example with its context's features: a view of both messages' features (an example's
+    own feature wins); nothing is copied, so a large context costs its bytes once until the
+    request is priced (each example then decodes its own copy, and is priced so)."""
+
+    def __init__(self, feature: dict):
+        self.features = types.SimpleNamespace(feature=feature)
+
+
+def _input_examples(request_input, model: ServedModel, max_count: int):
+    """The examples of a ClassificationRequest's input (example_list's, or example_list_with_context's
+    with the context's features), their number checked before anything is built from them."""
+    with_context = request_input.HasField("example_list_with_context")
+    listed = request_input.example_list_with_context if with_context else request_input.example_list
+    if len(listed.examples) > max_count:
+        raise InputError(f"{len(listed.examples)} examples; {model.name} takes at most {max_count} "
+                         "per request")
+    if not with_context:
+        return listed.examples
+    shared = dict(listed.context.features.feature)
+    return [_WithContext({**shared, **dict(e.features.feature)}) for e in listed.examples]
 
 
 def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.ndarray]:

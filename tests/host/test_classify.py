@@ -116,6 +116,19 @@ def test_a_context_gives_every_example_its_features(server):
     same(got, predicted(server, {"images": [a, b]}))
 
 
+def test_a_context_is_priced_once_per_example_before_it_is_copied(serve):
+    from softnpu.host.serving.limits import Limits
+
+    server = serve(limits=Limits(max_request_bytes=1 << 20))
+    big = png_bytes(128, 128, seed=5)                   # ~49 KB: fits once, not 40 times
+    assert len(classify(server.address, [example_pb2.Example()], context=image_example(big))) == 1
+    for count, fragment in ((40, f"limit of {1 << 20} bytes per request"), (65, "65 examples")):
+        with pytest.raises(grpc.RpcError) as info:
+            classify(server.address, [example_pb2.Example()] * count, context=image_example(big))
+        assert info.value.code() == SC.INVALID_ARGUMENT and fragment in info.value.details(), info.value
+    assert server.limits.inflight_bytes == 0
+
+
 def test_bad_examples_are_invalid_argument(server, sample):
     both = tensor_example(floats(sample, 0))
     both.features.feature["images"].CopyFrom(image_example(png_bytes()).features.feature["images"])
