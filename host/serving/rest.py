@@ -307,7 +307,8 @@ class RestServer:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, '"examples" must be a non-empty list of objects')
         limit = self.server.limits.max_batch
         if len(examples) > limit:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(examples)} examples; at most {limit} per request")
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"{len(examples)} examples; at most {limit} per request")
         request = classification_pb2.ClassificationRequest()
         _spec(request, name, version, label)
         request.model_spec.signature_name = str(payload.get("signature_name", ""))
