@@ -196,6 +196,7 @@ def test_rest_classify_as_tf_serving_answers(server, sample):
     same([[tuple(c) for c in answer["result"][0]]], [got[0]])
     for body, code, fragment in (({"examples": [{"images": [True]}]}, 400, "must be a number"),
                                  ({"examples": []}, 400, "non-empty list"),
+                                 ({"examples": [{}] * 65}, 400, "65 examples; at most 64"),
                                  ({"examples": [{"images": {"b64": "***"}}]}, 400, "not base64")):
         status, answer = rest(server, "/v1/models/sample:classify", body)
         assert status == code and fragment in answer["error"], (body, answer)
