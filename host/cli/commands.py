@@ -103,8 +103,9 @@ def cmd_serve(args) -> int:
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
     from softnpu.host.serving.auth import env_api_keys, load_api_keys
     from softnpu.host.serving.limits import Limits, MiB
+    from softnpu.host.serving.model_config import ConfigError
     from softnpu.host.serving.models import describe
-    from softnpu.host.serving.repository import ModelRepository
+    from softnpu.host.serving.repository import ModelRepository, default_root
     from softnpu.host.serving.service import Server
     from softnpu.host.serving.store import ModelStore
 
@@ -116,12 +117,32 @@ def cmd_serve(args) -> int:
             keys += load_api_keys(args.api_keys_file)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"softnpu serve: {exc}") from None
-    repository = ModelRepository(args.model_dir)
-    store = ModelStore(repository, top_k=args.top_k)
-    status = store.preload()
-    if not status:
-        print(f"softnpu serve: no models in {repository.root} yet (register one with "
-              "`softnpu models register BUNDLE --name NAME`); serving what appears there")
+    if args.model_config_file:
+        if args.model_dir is not None:
+            raise SystemExit("softnpu serve: give --model-dir or --model-config-file, not both (the config "
+                             "file's base_path says where each model is)")
+        poll = args.model_config_file_poll_wait_seconds
+        if poll < 0:
+            raise SystemExit(f"softnpu serve: --model-config-file-poll-wait-seconds must be >= 0, got {poll}")
+        try:
+            store = ModelStore.from_config_file(args.model_config_file, poll, top_k=args.top_k)
+        except ConfigError as exc:
+            raise SystemExit(f"softnpu serve: {exc}") from None
+        status = store.preload()
+        sources = store.sources()
+        print(f"softnpu serve: {len(sources)} model(s) from {args.model_config_file}, "
+              + (f"re-read every {poll:g} s" if poll else "read once"))
+        for name, source in sources.items():
+            labels = "".join(f", {k} -> {v}" for k, v in sorted(source.labels.items()))
+            print(f"  {name}: versions {source.policy}{labels}"
+                  + ("" if name in status else f"; none under {source.base_path} yet"))
+    else:
+        repository = ModelRepository(args.model_dir if args.model_dir is not None else default_root())
+        store = ModelStore(repository, top_k=args.top_k)
+        status = store.preload()
+        if not status:
+            print(f"softnpu serve: no models in {repository.root} yet (register one with "
+                  "`softnpu models register BUNDLE --name NAME`); serving what appears there")
     for name, versions in status.items():
         for version, error in versions:
             print(f"  {describe(store.get(name, version))}" if error is None else f"  {name}:{version} "
@@ -129,6 +150,7 @@ def cmd_serve(args) -> int:
     try:
         server = Server(store, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
                         api_keys=keys or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        tls_client_ca=args.tls_client_ca,
                         max_queue=args.max_queue, max_message_mb=args.max_message_mb,
                         request_timeout_s=args.request_timeout,
                         max_calls_per_peer=args.max_calls_per_peer, rest_port=args.rest_port,
@@ -138,7 +160,8 @@ def cmd_serve(args) -> int:
     server.start()
     if server.rest is not None:
         print(f"softnpu serve: REST and metrics on http://{server.rest.address}", flush=True)
-    print(f"softnpu serve: {'TLS' if server.tls else 'plaintext'} gRPC on {server.address}, backend "
+    tls = "mutual-TLS" if server.mutual_tls else "TLS" if server.tls else "plaintext"
+    print(f"softnpu serve: {tls} gRPC on {server.address}, backend "
           f"{args.backend}, {args.workers} worker(s), queue {args.max_queue}, "
           f"{'API keys required' if keys else 'no authentication'}", flush=True)
     server.run_until_signal(args.grace_period)
@@ -193,8 +216,16 @@ def cmd_score(args) -> int:
     tls = args.tls_ca if args.tls_ca else bool(args.tls)
     if args.output and not args.detect:
         raise SystemExit("softnpu score: -o/--output draws detections: it needs --detect")
+    if (args.tls_client_cert is None) != (args.tls_client_key is None):
+        raise SystemExit("softnpu score: --tls-client-cert and --tls-client-key go together")
+    if args.tls_client_cert and not tls:
+        raise SystemExit("softnpu score: a client certificate needs TLS: add --tls-ca CA.pem (or --tls)")
+    client_cert = None
+    if args.tls_client_cert:
+        client_cert = (input_file(args.tls_client_cert, "client certificate"),
+                       input_file(args.tls_client_key, "client key"))
     with PredictionClient(args.address, api_key=api_key, tls=tls, timeout=args.timeout, model=args.model,
-                          version=args.version) as client:
+                          version=args.version, client_cert=client_cert) as client:
         try:
             if args.detect:
                 return _detect(client, path, args)
@@ -245,11 +276,21 @@ def _add_serving_commands(sub) -> None:
     from softnpu.host.serving.repository import default_root
 
     p = sub.add_parser("serve", help="serve models over TensorFlow Serving's gRPC API",
-                       description="Serve the models of a repository (ROOT/MODEL/VERSION/model.npu) over "
-                                   "TensorFlow Serving's gRPC Predict API, with health checking and "
-                                   "reflection.  Stop with Ctrl-C or SIGTERM.")
-    p.add_argument("--model-dir", default=str(default_root()),
-                   help="model repository (default: $SOFTNPU_MODEL_DIR or ~/.softnpu/models)")
+                       description="Serve the models of a repository (ROOT/MODEL/VERSION/model.npu), or "
+                                   "those of a TF Serving model config file, over TensorFlow Serving's "
+                                   "gRPC API (and its REST API with --rest-port), with health checking "
+                                   "and reflection.  Stop with Ctrl-C or SIGTERM.")
+    p.add_argument("--model-dir", default=None,
+                   help="model repository: every folder a model, every version servable (default: "
+                        f"$SOFTNPU_MODEL_DIR or ~/.softnpu/models, now {default_root()})")
+    p.add_argument("--model-config-file", "--model_config_file", dest="model_config_file", metavar="FILE",
+                   help="TF Serving's model config file (ModelServerConfig in text format, or JSON for "
+                        "*.json): models, their base_path, version policy (latest N, all, specific) "
+                        "and version labels; instead of --model-dir")
+    p.add_argument("--model-config-file-poll-wait-seconds", "--model_config_file_poll_wait_seconds",
+                   dest="model_config_file_poll_wait_seconds", type=float, default=10.0, metavar="S",
+                   help="re-read the model config file this often and apply it when it changed; a bad "
+                        "one is logged and the config in force stays (default 10; 0: read it once)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, TF Serving's; 0: any)")
     p.add_argument("--rest-port", type=int, default=None,
@@ -261,6 +302,9 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="device workers, one device each (default 1)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="PEM CA certificate(s): mutual TLS, every client (gRPC and REST) must present a "
+                        "certificate signed by one of them")
     p.add_argument("--api-keys-file", help="require one of the keys in this file (one per line, "
                    "'#' comments); keys in $SOFTNPU_API_KEYS (comma-separated) are required too")
     p.add_argument("--api-key", help="require this key; visible to every user in `ps`: prefer "
@@ -305,6 +349,10 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--api-key", help="API key (default: $SOFTNPU_API_KEY)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-ca", help="use TLS, trusting this PEM root certificate")
+    p.add_argument("--tls-client-cert", metavar="PEM",
+                   help="PEM client certificate, for a server that requires one (mutual TLS); with "
+                        "--tls-client-key")
+    p.add_argument("--tls-client-key", metavar="PEM", help="PEM private key of --tls-client-cert")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds, retries included (default 30)")
     p.set_defaults(func=cmd_score)
 

@@ -1,6 +1,8 @@
 """A Python client for `softnpu serve` (or any TensorFlow Serving endpoint), Brainwave-style:
 
     client = PredictionClient("localhost:8500", api_key=KEY, tls="ca.pem")
+    # a server with mutual TLS (`serve --tls-client-ca`) wants a client certificate too:
+    client = PredictionClient("localhost:8500", tls="ca.pem", client_cert=("client.pem", "client.key"))
     probabilities = client.score_file("cat.jpg", input_name="images", outputs="probabilities")
 
 The API key goes out as `authorization: Bearer <key>` metadata on every call (an interceptor on
@@ -80,14 +82,16 @@ class PredictionClient:
     """Predict / metadata / status / health calls to one server.
 
     address: HOST:PORT.  api_key: sent on every call.  tls: False (plain), True (system roots) or
-    the path of a PEM root certificate (a private CA).  timeout: seconds per call, retries
-    included.  model/version: the defaults for calls that do not name one (an empty model name
-    asks the server for its only model)."""
+    the path of a PEM root certificate (a private CA).  client_cert: (certificate chain, private
+    key) PEM files, presented to a server that requires client certificates (mutual TLS); needs
+    tls.  timeout: seconds per call, retries included.  model/version: the defaults for calls
+    that do not name one (an empty model name asks the server for its only model)."""
 
     def __init__(self, address: str = "localhost:8500", api_key: str | None = None,
                  tls: bool | str | Path = False, timeout: float = 30.0, model: str = "",
                  version: int | None = None, retries: int = 4, backoff_s: float = 0.1,
-                 max_message_mb: float = 64, server_name: str | None = None):
+                 max_message_mb: float = 64, server_name: str | None = None,
+                 client_cert: tuple[str | Path, str | Path] | None = None):
         self.address, self.timeout, self.model, self.version = address, timeout, model, version
         self.retries, self.backoff_s = retries, backoff_s
         size = int(max_message_mb * 1024 * 1024)
@@ -97,10 +101,15 @@ class PredictionClient:
                    ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
+        if client_cert is not None and not tls:
+            raise ValueError("a client certificate needs TLS: pass tls (True or the server's CA file)")
         if tls:
             roots = None if tls is True else Path(tls).read_bytes()
-            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots),
-                                          options)
+            cert, key = (Path(client_cert[0]).read_bytes(), Path(client_cert[1]).read_bytes()) \
+                if client_cert is not None else (None, None)
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key,
+                                                       certificate_chain=cert)
+            channel = grpc.secure_channel(address, credentials, options)
         else:
             channel = grpc.insecure_channel(address, options)
         self._raw_channel = channel
@@ -197,6 +206,32 @@ class PredictionClient:
                 label = str(out["detection_labels"][0, k])
             found.append(Detection(label, score, tuple(float(v) for v in out["detection_boxes"][0, k]), cid))
         return found
+
+    def classify(self, examples: list[dict], model: str | None = None, version: int | None = None,
+                 timeout: float | None = None) -> list[list[tuple[str, float]]]:
+        """TF Serving's Classify: (label, score) of the top classes for each example.  An example
+        is a dict of features: bytes (an encoded image, as `images`), a list of bytes, or an array
+        of numbers (floats: float_list in the model's float domain; integers: int64_list)."""
+        request = api.classification_pb2.ClassificationRequest()
+        self._spec(request, model, version)
+        for features in examples:
+            example = request.input.example_list.examples.add()
+            for key, value in features.items():
+                feature = example.features.feature[key]
+                if isinstance(value, (bytes, bytearray)):
+                    feature.bytes_list.value.append(bytes(value))
+                elif isinstance(value, (list, tuple)) and value and isinstance(value[0], (bytes, bytearray)):
+                    feature.bytes_list.value.extend(bytes(v) for v in value)
+                else:
+                    x = np.asarray(value).reshape(-1)
+                    if x.dtype.kind in "iu":
+                        feature.int64_list.value.extend(int(v) for v in x)
+                    elif x.dtype.kind == "f":
+                        feature.float_list.value.extend(float(v) for v in x)
+                    else:
+                        raise TypeError(f"feature {key!r}: bytes, a list of bytes or numbers, got {x.dtype}")
+        response = self._call(self._predict.Classify, request, timeout)
+        return [[(c.label, c.score) for c in row.classes] for row in response.result.classifications]
 
     def metadata(self, model: str | None = None, version: int | None = None,
                  timeout: float | None = None) -> dict:

@@ -39,8 +39,8 @@ from softnpu.host.host_graph import HostGraph
 from softnpu.host.pipeline import InputError
 from softnpu.host.runtime import Result
 
-__all__ = ["ServedModel", "ModelNotFound", "ModelLoadError", "IMAGES", "LAYER_CYCLES",
-           "SIGNATURE", "MAX_BATCH", "describe"]
+__all__ = ["ServedModel", "ModelNotFound", "ModelLoadError", "UnknownLabel", "Unsupported", "IMAGES",
+           "LAYER_CYCLES", "SIGNATURE", "MAX_BATCH", "describe"]
 
 IMAGES = "images"
 LAYER_CYCLES = "npu_layer_cycles"
@@ -54,6 +54,14 @@ class ModelNotFound(LookupError):
 
 class ModelLoadError(RuntimeError):
     """A request the model cannot serve: an unknown signature (gRPC FAILED_PRECONDITION)."""
+
+
+class UnknownLabel(InputError):
+    """A version label the model does not have (gRPC INVALID_ARGUMENT, as TF Serving)."""
+
+
+class Unsupported(NotImplementedError):
+    """A method or a form of request this server does not implement (gRPC UNIMPLEMENTED)."""
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from softnpu.compiler.bundle import Bundle
 
-__all__ = ["BUNDLE_FILE", "ModelRepository", "RepositoryError", "default_root"]
+__all__ = ["BUNDLE_FILE", "ModelRepository", "RepositoryError", "default_root", "list_versions"]
 
 BUNDLE_FILE = "model.npu"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -36,6 +36,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def list_versions(model_dir: Path) -> list[int]:
+    """The versions (ascending) of one model's folder: positive integer folders holding a bundle."""
+    return sorted(int(v.name) for v in model_dir.iterdir()
+                  if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / BUNDLE_FILE).is_file())
+
+
 class ModelRepository:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
@@ -48,9 +54,7 @@ class ModelRepository:
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or not _NAME.match(model_dir.name):
                 continue
-            versions = sorted(int(v.name) for v in model_dir.iterdir()
-                              if v.is_dir() and v.name.isdigit() and int(v.name) > 0
-                              and (v / BUNDLE_FILE).is_file())
+            versions = list_versions(model_dir)
             if versions:
                 out[model_dir.name] = versions
         return out

@@ -1,20 +1,27 @@
 """TensorFlow Serving's REST API on a second port, in front of the same servicers as gRPC.
 
-  GET  /v1/models/{m}[/versions/{v}]             model status (GetModelStatus as JSON)
-  GET  /v1/models/{m}[/versions/{v}]/metadata    signature (GetModelMetadata as JSON)
-  POST /v1/models/{m}[/versions/{v}]:predict     {"instances": [...]} (row format) or
-                                                 {"inputs": ...} (columnar), "signature_name"
-  GET  /monitoring/prometheus/metrics            Prometheus metrics (host/serving/metrics.py), no key
+  GET  /v1/models/{m}[/versions/{v}|/labels/{l}]            model status (GetModelStatus as JSON)
+  GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata   signature (GetModelMetadata as JSON)
+  POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict    {"instances": [...]} (row format) or
+                                                            {"inputs": ...} (columnar), "signature_name"
+  POST /v1/models/{m}[/versions/{v}|/labels/{l}]:classify   {"examples": [{feature: value}], "context"}
+                                                            (Classify: classifiers)
+  POST /v1/models/{m}[...]:regress                          UNIMPLEMENTED (501), as gRPC's Regress
+  GET  /monitoring/prometheus/metrics                       Prometheus metrics (host/serving/metrics.py)
 
 Values as TF Serving reads them: {"b64": "..."} is an encoded image (DT_STRING), JSON integers
 are the signature's int8, other numbers the model's float input domain.  Answers: row format
 {"predictions": [...]} (one value per example when one output is present, else one object per
-example), columnar {"outputs": {...}}; strings decode as UTF-8.  Errors are {"error": message}
+example), columnar {"outputs": {...}}; strings decode as UTF-8; :classify answers {"result":
+[[[label, score], ...] per example]}, its feature values being TF Serving's: numbers (integers:
+int64_list, the signature's int8; others: float_list, the model's float domain), strings and
+{"b64": ...} (bytes_list: an encoded image under `images`).  Errors are {"error": message}
 with the HTTP status of the gRPC code.  A request is the gRPC request translated: the same API
 keys (`Authorization: Bearer <key>`), per-peer limit, size limits and queue apply, and the body
 must declare its length (at most `max_body_bytes`) and arrive within `read_timeout_s`; at most
 `max_connections` connections are open at once.  With
-TLS configured for gRPC, REST uses the same certificate.
+TLS configured for gRPC, REST uses the same certificate, and with a client CA it requires client
+certificates signed by it too (mutual TLS).
 """
 
 from __future__ import annotations
@@ -25,13 +32,21 @@ import json
 import logging
 import re
 import ssl
+import sys
 import threading
 import time
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
 from softnpu.host.serving.auth import peer_host
 from softnpu.host.serving.metrics import CONTENT_TYPE, METRICS_PATH
@@ -50,8 +65,10 @@ HTTP_STATUS = {
     grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-_MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
-                         r"(?P<rest>/metadata|:predict)?$")
+_MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
+                         r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                         r"(?P<rest>/metadata|:predict|:classify|:regress)?$")
+_CALLS = (":predict", ":classify", ":regress")
 
 
 class _Abort(Exception):
@@ -177,9 +194,13 @@ class RestServer:
         self.httpd = _BoundedHTTPServer((host, port), Handler)
         self.httpd.slots = threading.BoundedSemaphore(max_connections)
         self.httpd.daemon_threads = True
-        if tls is not None:         # (certificate chain, key): the handshake runs on the call's thread
+        # tls: (certificate chain, key[, client CA]); the handshake runs on the call's thread
+        if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*tls)
+            context.load_cert_chain(tls[0], tls[1])
+            if len(tls) > 2 and tls[2]:             # mutual TLS: a client certificate signed by this CA
+                context.load_verify_locations(cafile=tls[2])
+                context.verify_mode = ssl.CERT_REQUIRED
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True,
                                                     do_handshake_on_connect=False)
         self.host, self.port = host, self.httpd.server_address[1]
@@ -217,7 +238,8 @@ class RestServer:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no such resource: {path}")
         self.authenticate(headers)
         name, version, rest = match["name"], int(match["version"] or 0), match["rest"]
-        if (method == "POST") != (rest == ":predict"):
+        label = match["label"] or ""
+        if (method == "POST") != (rest in _CALLS):
             raise _Abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} {path} is not a call of this API")
         peers = self.server.guard.peers
         if peers is not None and not peers.acquire(peer):
@@ -226,13 +248,17 @@ class RestServer:
         context = _Context(peer, self.request_timeout_s)
         try:
             if rest == ":predict":
-                return 200, self._predict(name, version, body, context)
+                return 200, self._predict(name, version, label, body, context)
+            if rest == ":classify":
+                return 200, self._classify(name, version, label, body, context)
+            if rest == ":regress":
+                request = regression_pb2.RegressionRequest()
+                _spec(request, name, version, label)
+                self.server.predictions.Regress(request, context)
             if rest == "/metadata":
-                return 200, self._metadata(name, version, context)
+                return 200, self._metadata(name, version, label, context)
             request = get_model_status_pb2.GetModelStatusRequest()
-            request.model_spec.name = name
-            if version:
-                request.model_spec.version.value = version
+            _spec(request, name, version, label)
             response = self.server.models.GetModelStatus(request, context)
             return 200, json_format.MessageToDict(response, preserving_proto_field_name=True,
                                                   always_print_fields_with_no_presence=True)
@@ -241,11 +267,9 @@ class RestServer:
             if peers is not None:
                 peers.release(peer)
 
-    def _metadata(self, name, version, context):
+    def _metadata(self, name, version, label, context):
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        request.model_spec.name = name
-        if version:
-            request.model_spec.version.value = version
+        _spec(request, name, version, label)
         response = self.server.predictions.GetModelMetadata(request, context)
         sigmap = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sigmap)
@@ -253,25 +277,19 @@ class RestServer:
         return {"model_spec": spec, "metadata": {"signature_def": json_format.MessageToDict(
             sigmap, preserving_proto_field_name=True)}}
 
-    def _predict(self, name, version, body: bytes, context):
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
+    def _predict(self, name, version, label, body: bytes, context):
+        payload = _body(body)
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = name
+        _spec(request, name, version, label)
         request.model_spec.signature_name = str(payload.get("signature_name", ""))
-        if version:
-            request.model_spec.version.value = version
         try:
-            model = self.server.store.get(name, version or None)
-        except LookupError as exc:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from None
-        inputs, rows = _inputs(payload, model)
-        for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(to_proto(value))
+            model = self.server.store.get(name, version or None, label=label)
+        except (LookupError, ValueError):   # the servicer refuses the request with its code (and logs it)
+            model = None
+        if model is not None:
+            inputs, rows = _inputs(payload, model)
+            for alias, value in inputs.items():
+                request.inputs[alias].CopyFrom(to_proto(value))
         response = self.server.predictions.Predict(request, context)
         outputs = {alias: from_proto(t) for alias, t in response.outputs.items()}
         if not rows:
@@ -281,6 +299,82 @@ class RestServer:
         columns = {alias: _json(x) for alias, x in outputs.items()}
         n = len(next(iter(columns.values())))
         return {"predictions": [{alias: column[i] for alias, column in columns.items()} for i in range(n)]}
+
+    def _classify(self, name, version, label, body: bytes, context):
+        payload = _body(body)
+        examples = payload.get("examples")
+        if not isinstance(examples, list) or not examples:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, '"examples" must be a non-empty list of objects')
+        limit = self.server.limits.max_batch
+        if len(examples) > limit:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"{len(examples)} examples; at most {limit} per request")
+        request = classification_pb2.ClassificationRequest()
+        _spec(request, name, version, label)
+        request.model_spec.signature_name = str(payload.get("signature_name", ""))
+        if "context" in payload:
+            listed = request.input.example_list_with_context
+            listed.context.CopyFrom(_example(payload["context"], "context"))
+        else:
+            listed = request.input.example_list
+        for i, example in enumerate(examples):
+            listed.examples.append(_example(example, f"example {i}"))
+        response = self.server.predictions.Classify(request, context)
+        return {"result": [[[c.label, c.score] for c in classification.classes]
+                           for classification in response.result.classifications]}
+
+
+def _body(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
+    return payload
+
+
+def _spec(request, name: str, version: int, label: str) -> None:
+    request.model_spec.name = name
+    if version:
+        request.model_spec.version.value = version
+    elif label:
+        request.model_spec.version_label = label
+
+
+def _example(features, where: str) -> example_pb2.Example:
+    """A JSON object of features as a tf.Example, as TF Serving reads one: a value or a list of
+    integers (int64_list), of numbers (float_list), of strings or {"b64": ...} (bytes_list)."""
+    if not isinstance(features, dict):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: an example is a JSON object of features")
+    example = example_pb2.Example()
+    for key, value in features.items():
+        values = value if isinstance(value, list) else [value]
+        feature = example.features.feature[key]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            if any(not -2 ** 63 <= v < 2 ** 63 for v in values):
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: feature {key!r}: an integer "
+                             "out of int64's range")
+            feature.int64_list.value.extend(values)
+        elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            feature.float_list.value.extend(float(v) for v in values)
+        elif values and all(isinstance(v, (str, dict)) for v in values):
+            feature.bytes_list.value.extend(_bytes(v, f"{where}: feature {key!r}") for v in values)
+        else:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: feature {key!r} must be a number, "
+                         'a string, {"b64": ...} or a non-empty list of one kind of them')
+    return example
+
+
+def _bytes(value, where: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f'{where}: an object value must be {{"b64": "..."}}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except ValueError:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: b64 value is not base64") from None
 
 
 class _BoundedHTTPServer(http.server.ThreadingHTTPServer):
@@ -304,6 +398,15 @@ class _BoundedHTTPServer(http.server.ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request, client_address):
+        # a failed TLS handshake (no client certificate, an unknown CA) or a dropped connection:
+        # the client's doing, one debug line instead of a traceback on stderr
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+            log.debug("REST connection from %s: %s", client_address[0], exc)
+        else:
+            log.error("REST connection from %s failed", client_address[0], exc_info=exc)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -1,6 +1,7 @@
 """`softnpu serve`: TensorFlow Serving's gRPC API in front of NPU devices.
 
-Services: tensorflow.serving.PredictionService (Predict, Classify, GetModelMetadata),
+Services: tensorflow.serving.PredictionService (Predict, Classify, GetModelMetadata; Regress and
+MultiInference answer UNIMPLEMENTED),
 tensorflow.serving.ModelService (GetModelStatus), grpc.health.v1.Health and server reflection;
 with `rest_port`, TF Serving's REST API and Prometheus metrics (host/serving/rest.py,
 host/serving/metrics.py).
@@ -15,10 +16,11 @@ is decoded (host/serving/limits.py), then passes a bounded queue to a pool of de
 failure is a gRPC status whose message says what is wrong:
 
   INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown input or output
-                      alias, version label, Classify on a non-classifier, a request over a size
+                      alias, unknown version label, Classify on a non-classifier, a request over a size
                       limit (elements per input, image pixels, bytes per request: host/serving/limits.py)
-  NOT_FOUND           unknown model or version, or a version that failed to load (GetModelStatus
-                      says why); messages name the model asked for, never a path or another model
+  NOT_FOUND           unknown model or version, a version outside the model's version policy or
+                      that failed to load (GetModelStatus says why), a label's version that is not
+                      loaded; messages name the model asked for, never a path or another model
   FAILED_PRECONDITION unknown signature
   UNAUTHENTICATED     missing or wrong API key
   RESOURCE_EXHAUSTED  request queue full; in-flight request memory over its budget; too many
@@ -27,6 +29,7 @@ failure is a gRPC status whose message says what is wrong:
   INTERNAL            an NPU fault (with its error code and instruction) or a bug (logged)
   UNAVAILABLE         the server is shutting down; a device process died or hung (it restarts:
                       retrying is right)
+  UNIMPLEMENTED       Regress, MultiInference
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import logging
 import signal
 import threading
 import time
+import types
 from concurrent import futures
 from pathlib import Path
 
@@ -68,6 +72,7 @@ from softnpu.host.serving.models import (
     ModelLoadError,
     ModelNotFound,
     ServedModel,
+    Unsupported,
 )
 from softnpu.host.serving.store import ModelStore
 from softnpu.host.serving.workers import JobExpired, PoolClosed, QueueFull, WorkerPool
@@ -100,6 +105,7 @@ _CODE_OF = (
     (DeviceError, grpc.StatusCode.INTERNAL),
     (DeviceTimeout, grpc.StatusCode.INTERNAL),
     (DeviceLost, grpc.StatusCode.UNAVAILABLE),
+    (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
 )
 
 
@@ -109,7 +115,8 @@ def _access(method: str, request, context, code: grpc.StatusCode, start: float) 
     if not access_log.isEnabledFor(logging.INFO):
         return
     spec = getattr(request, "model_spec", None)
-    model = f"{spec.name}:{spec.version.value or 'latest'}" if spec is not None and spec.name else "-"
+    model = f"{spec.name}:{spec.version.value or spec.version_label or 'latest'}" \
+        if spec is not None and spec.name else "-"
     access_log.info("%s %s %s %s %.1fms", context.peer(), method, model, code.name,
                     (time.perf_counter() - start) * 1e3)
 
@@ -186,10 +193,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.metrics = None         # a host.metrics.ServingMetrics, set by Server
 
     def _model(self, spec) -> ServedModel:
-        if spec.version_label:
-            raise InputError(f"Unrecognized servable version label: {spec.version_label} (this server "
-                             "has no version labels; ask for a version number or none, the latest)")
-        model = self.store.get(spec.name, spec.version.value if spec.HasField("version") else None)
+        model = self.store.get(spec.name, spec.version.value if spec.HasField("version") else None,
+                               label=spec.version_label)
         if spec.signature_name not in ("", SIGNATURE):
             raise ModelLoadError(f"Serving signature key {spec.signature_name!r} not found in "
                                  f"{model.name}:{model.version} (signatures: {SIGNATURE!r})")
@@ -228,12 +233,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             what = "a detector" if model.detector is not None else \
                 f"not a classifier (its output is {model.manifest.outputs[0].shape})"
             raise InputError(f"{model.name}:{model.version} is {what}; use Predict")
-        if request.input.HasField("example_list_with_context"):
-            raise InputError("example_list_with_context is not supported; send example_list")
-        self.limits.admit(model, None, context, examples=request.input.example_list.examples)
+        listed = _input_examples(request.input, model, self.limits.max_batch)
+        self.limits.admit(model, None, context, examples=listed)       # before anything is decoded
         examples = []
-        for i, example in enumerate(request.input.example_list.examples):
-            examples += model.examples(_example_tensors(model, example, i))
+        for i, example in enumerate(listed):
+            tensors = _example_tensors(model, example, i)
+            try:
+                examples += model.examples(tensors)
+            except InputError as exc:
+                raise InputError(f"example {i}: {exc}") from None
         if not examples:
             raise InputError("no examples in input.example_list")
         results = self._run(model, examples, context)
@@ -245,6 +253,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             for label, score in zip(labels, scores, strict=True):
                 c.classes.add(label=label.decode(), score=float(score))
         return response
+
+    @_rpc
+    def Regress(self, request, context):
+        raise Unsupported("Regress is not implemented: softnpu serves classifiers and detectors "
+                          "(Predict for every model, Classify for classifiers)")
+
+    @_rpc
+    def MultiInference(self, request, context):
+        raise Unsupported("MultiInference is not implemented: call Classify (classifiers) or Predict "
+                          "once per task")
 
     @_rpc
     def GetModelMetadata(self, request, context):
@@ -267,6 +285,29 @@ def _check_aliases(model: ServedModel, wanted: list[str]):
     if unknown:
         raise InputError(f"output_filter {unknown}: not in signature {SIGNATURE!r} of "
                          f"{model.name}:{model.version} (outputs: {list(model.aliases)})")
+
+
+class _WithContext:
+    """An example with its context's features: a view of both messages' features (an example's
+    own feature wins); nothing is copied, so a large context costs its bytes once until the
+    request is priced (each example then decodes its own copy, and is priced so)."""
+
+    def __init__(self, feature: dict):
+        self.features = types.SimpleNamespace(feature=feature)
+
+
+def _input_examples(request_input, model: ServedModel, max_count: int):
+    """The examples of a ClassificationRequest's input (example_list's, or example_list_with_context's
+    with the context's features), their number checked before anything is built from them."""
+    with_context = request_input.HasField("example_list_with_context")
+    listed = request_input.example_list_with_context if with_context else request_input.example_list
+    if len(listed.examples) > max_count:
+        raise InputError(f"{len(listed.examples)} examples; {model.name} takes at most {max_count} "
+                         "per request")
+    if not with_context:
+        return listed.examples
+    shared = dict(listed.context.features.feature)
+    return [_WithContext({**shared, **dict(e.features.feature)}) for e in listed.examples]
 
 
 def _example_tensors(model: ServedModel, example, index: int) -> dict[str, np.ndarray]:
@@ -310,7 +351,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         version = spec.version.value if spec.HasField("version") else None
         response = get_model_status_pb2.GetModelStatusResponse()
         State = get_model_status_pb2.ModelVersionStatus.State
-        for v, error in self.store.status(spec.name, version):
+        for v, error in self.store.status(spec.name, version, label=spec.version_label):
             s = response.model_version_status.add(version=v)
             s.state = State.AVAILABLE if error is None else State.END
             s.status.error_code = _OK if error is None else _FAILED_PRECONDITION
@@ -327,6 +368,7 @@ class Server:
     def __init__(self, store: ModelStore | str | Path, *, host: str = "127.0.0.1", port: int = 8500,
                  workers: int = 1, backend: str = "iss", device_factory=None, api_keys=None,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                 tls_client_ca: str | Path | None = None,
                  max_queue: int = 16, max_message_mb: float = 16, request_timeout_s: float = 60.0,
                  run_timeout_s: float | None = 60.0, top_k: int = 5,
                  max_calls_per_peer: int | None = None, limits: Limits | None = None,
@@ -334,6 +376,11 @@ class Server:
         self.store = store if isinstance(store, ModelStore) else ModelStore(store, top_k=top_k)
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
+        if tls_client_ca is not None and tls_cert is None:
+            raise ValueError("client certificates (tls_client_ca) need TLS: give a certificate and key too")
+        # read before anything starts (OSError names the file)
+        pem = {what: Path(path).read_bytes() for what, path in
+               (("key", tls_key), ("cert", tls_cert), ("client_ca", tls_client_ca)) if path is not None}
         if max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
         self.pool = WorkerPool(workers, max_queue, backend, device_factory, run_timeout_s)
@@ -367,8 +414,10 @@ class Server:
         address = f"{host}:{port}"
         try:
             if tls_cert is not None:
-                creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(),
-                                                      Path(tls_cert).read_bytes())])
+                # with a client CA: mutual TLS, a client without a certificate it signed is refused
+                creds = grpc.ssl_server_credentials([(pem["key"], pem["cert"])],
+                                                    root_certificates=pem.get("client_ca"),
+                                                    require_client_auth="client_ca" in pem)
                 self.port = self._server.add_secure_port(address, creds)
             else:
                 self.port = self._server.add_insecure_port(address)
@@ -379,6 +428,7 @@ class Server:
             raise OSError(f"cannot listen on {address} (in use, or not an address of this host)")
         self.host = host
         self.tls = tls_cert is not None
+        self.mutual_tls = tls_client_ca is not None
         self.draining = False
         self.rest = None
         if rest_port is not None:
@@ -386,7 +436,9 @@ class Server:
             try:
                 self.rest = RestServer(self, host, rest_port, max_body_bytes=max_bytes,
                                        request_timeout_s=request_timeout_s,
-                                       tls=(str(tls_cert), str(tls_key)) if self.tls else None)
+                                       tls=(str(tls_cert), str(tls_key),
+                                            str(tls_client_ca) if tls_client_ca else None)
+                                       if self.tls else None)
             except OSError as exc:
                 self.pool.close(0.1)
                 raise OSError(f"cannot listen on {host}:{rest_port} for REST: {exc.strerror}") from None
@@ -400,6 +452,7 @@ class Server:
         if self.rest is not None:
             self.rest.start()
         self.pool.watch()
+        self.store.watch()              # the model config file's poller, when there is one
         for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
@@ -417,6 +470,7 @@ class Server:
         done.wait(grace_s + 1.0)
         self.pool.settle(deadline)      # REST calls still queued or running
         self.pool.close(timeout_s=1.0)
+        self.store.close()
 
     def run_until_signal(self, grace_s: float, signals=(signal.SIGINT, signal.SIGTERM)) -> int:
         """Serve until one of `signals`, then drain (`stop(grace_s)`); returns the signal's number.

@@ -2,7 +2,7 @@
 
 With `tensorflow-serving-api` installed (the full install), these are its generated modules.
 Without it (`pip install 'softnpu[client]'`), the same messages are built from `tfs_api.desc`, a
-FileDescriptorSet of TensorFlow Serving's Predict/GetModelMetadata/GetModelStatus protos and their
+FileDescriptorSet of TensorFlow Serving's Predict/Classify/GetModelMetadata/GetModelStatus protos and their
 dependencies taken from the installed generated modules (`python -m softnpu.host.serving.tfs_api --write`;
 a test checks it is current), in a private descriptor pool so it never clashes with TensorFlow's;
 the wire format is the same, so the server cannot tell the two apart.
@@ -32,6 +32,11 @@ _MODULES = {
     "tensor_pb2": ("tensorflow/core/framework/tensor.proto", ["TensorProto"]),
     "tensor_shape_pb2": ("tensorflow/core/framework/tensor_shape.proto", ["TensorShapeProto"]),
     "predict_pb2": ("tensorflow_serving/apis/predict.proto", ["PredictRequest", "PredictResponse"]),
+    "feature_pb2": ("tensorflow/core/example/feature.proto",
+                    ["Feature", "Features", "BytesList", "FloatList", "Int64List"]),
+    "example_pb2": ("tensorflow/core/example/example.proto", ["Example"]),
+    "classification_pb2": ("tensorflow_serving/apis/classification.proto",
+                           ["ClassificationRequest", "ClassificationResponse"]),
     "get_model_metadata_pb2": ("tensorflow_serving/apis/get_model_metadata.proto",
                                ["GetModelMetadataRequest", "GetModelMetadataResponse", "SignatureDefMap"]),
     "get_model_status_pb2": ("tensorflow_serving/apis/get_model_status.proto",
@@ -40,6 +45,7 @@ _MODULES = {
 _SERVICES = {
     "PredictionServiceStub": ("tensorflow.serving.PredictionService", {
         "Predict": ("predict_pb2", "PredictRequest", "PredictResponse"),
+        "Classify": ("classification_pb2", "ClassificationRequest", "ClassificationResponse"),
         "GetModelMetadata": ("get_model_metadata_pb2", "GetModelMetadataRequest",
                              "GetModelMetadataResponse")}),
     "ModelServiceStub": ("tensorflow.serving.ModelService", {
@@ -50,8 +56,10 @@ _SERVICES = {
 def _installed() -> types.SimpleNamespace:
     # Imported as they are: a process that will not run TensorFlow (`softnpu score`, `serve`) calls
     # host/lightproto.preload() first, so that these imports skip TensorFlow's runtime.
+    from tensorflow.core.example import example_pb2, feature_pb2
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import (
+        classification_pb2,
         get_model_metadata_pb2,
         get_model_status_pb2,
         model_service_pb2_grpc,
@@ -61,7 +69,8 @@ def _installed() -> types.SimpleNamespace:
 
     return types.SimpleNamespace(
         types_pb2=types_pb2, tensor_pb2=tensor_pb2, tensor_shape_pb2=tensor_shape_pb2,
-        predict_pb2=predict_pb2,
+        predict_pb2=predict_pb2, feature_pb2=feature_pb2, example_pb2=example_pb2,
+        classification_pb2=classification_pb2,
         get_model_metadata_pb2=get_model_metadata_pb2, get_model_status_pb2=get_model_status_pb2,
         PredictionServiceStub=prediction_service_pb2_grpc.PredictionServiceStub,
         ModelServiceStub=model_service_pb2_grpc.ModelServiceStub, vendored=False)
