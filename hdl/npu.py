@@ -119,7 +119,8 @@ class NPU(wiring.Component):
         # -- run control ----------------------------------------------------------------------
         ctrl, status = csr.fields("CTRL"), csr.fields("STATUS")
         m.d.comb += [run.start.eq(ctrl.start), run.ack.eq(ctrl.clear),
-                     run.irq_enable.eq(csr.fields("IRQ_ENABLE").enable), run.finish.eq(compute.finish)]
+                     run.irq_enable.eq(csr.fields("IRQ_ENABLE").enable), run.finish.eq(compute.finish),
+                     run.finishing.eq(compute.finishing)]
         for name in FetchStateSignature().members:
             m.d.comb += getattr(run.fetch, name).eq(getattr(fetch, name))
         for name, unit in units.items():
@@ -131,6 +132,8 @@ class NPU(wiring.Component):
                      status.busy.eq(run.running), status.done.eq(run.done), status.error.eq(run.error),
                      csr.fields("ERROR").code.eq(run.error_code),
                      csr.fields("ERROR_PC").index.eq(run.error_pc),
+                     csr.fields("ERROR_ADDR").addr.eq(run.error_addr[:32]),
+                     csr.fields("ERROR_ADDR_HI").addr.eq(run.error_addr[32:]),
                      self.irq.eq(run.irq)]
 
         # -- performance counters and trace ----------------------------------------------------
