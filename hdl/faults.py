@@ -40,8 +40,8 @@ MEANING: dict[ErrorCode, str] = {
                              "unused bits set)",
     ErrorCode.DRAM_RANGE: "a DMA or instruction fetch beyond the device memory",
     ErrorCode.SRAM_RANGE: "an access beyond a scratchpad's depth",
-    ErrorCode.DEADLOCK: "a token wait that can never be satisfied: no unit busy, fetch done or "
-                        "blocked, every queued instruction waiting for a token or for room",
+    ErrorCode.DEADLOCK: "a token wait that can never be satisfied (no unit busy, fetch done or blocked "
+                        "on a full queue, every queue head waiting for a token or for room)",
     ErrorCode.DRAM_ALIGN: "a DMA address or stride, or INSN_ADDR, not a multiple of the bus width",
 }
 
@@ -117,6 +117,11 @@ class NPUFault(RuntimeError):
         where = f"at instruction {pc} [{insn}]" if pc is not None else "(instruction not placed yet)"
         address = f", address {addr:#x}" if addr is not None else ""
         super().__init__(f"NPU fault {self.code_name} (code {int(self.code)}) {where}{address}: {meaning}")
+
+    @classmethod
+    def unplaced(cls, code: ErrorCode, detail: str, addr: int | None = None) -> NPUFault:
+        """A fault found in an instruction before its index is known (the ISS's semantics)."""
+        return cls(code, None, None, addr, detail)
 
     def place(self, pc: int, insn: str) -> NPUFault:
         """This fault at instruction `pc`, whose disassembly is `insn`."""
