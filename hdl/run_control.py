@@ -5,8 +5,8 @@ arbiter (the top's ResetInserters).  The run ends when FINISH retires, when fetc
 and every queue and unit is idle, or at the first fault: fetch's, a unit's (range/alignment), or a
 deadlock, a token wait that can never be satisfied: no unit busy (so no DMA in flight; a compute
 unit holding FINISH counts as idle, it only waits for the others), fetch done or blocked on a full
-queue, an instruction queued, and every queue head waiting for a token or for room in a token
-channel.  Nothing can then send or take a token; the deadlock is reported at the lowest index
+queue, an instruction queued, and every queue either empty or with its head waiting for a token
+or for room in a token channel (an instruction still on its way to the head may bring the token).  Nothing can then send or take a token; the deadlock is reported at the lowest index
 among the waiting heads.  When several fault in one cycle, fetch wins, then load, compute, store,
 deadlock.  The end sets `done` (and `error`, `error_code`, `error_pc`, `error_addr` on a fault,
 hdl/faults.py); the interrupt is `done` while enabled.  `ack` (CTRL.clear) drops done, error and
@@ -73,7 +73,8 @@ class RunControl(wiring.Component):
         any_waiting = heads[0].valid | heads[1].valid | heads[2].valid
         all_heads_stuck = 1
         for head, unit in zip(heads, units, strict=True):
-            all_heads_stuck = all_heads_stuck & (~head.valid | unit.stall)
+            # an entry still on its way to the head (the FIFO's two cycles) may bring the token
+            all_heads_stuck = all_heads_stuck & (head.empty | (head.valid & unit.stall))
         # a compute unit holding FINISH waits for the others: it sends no token, so it counts as idle
         none_working = ~units[0].busy & (~units[1].busy | self.finishing) & ~units[2].busy
         deadlock = running & none_working & any_waiting & all_heads_stuck & (fetch.blocked | fetch.exhausted)

@@ -112,6 +112,7 @@ def test_the_first_listed_fault_wins(faulting, code, pc, addr):
     ({"load": 0}, ("load",), "compute", True, True),       # FINISH waits for a load that waits for it
     ({"load": 0}, ("load",), "compute", False, False),     # compute busy with a real instruction
     ({"load": 0}, (), "compute", True, False),             # the load can start: FINISH just waits
+    ({"compute": 4, "store": None}, ("compute",), None, False, False),   # the store is still on its way
 ])
 def test_deadlock_is_reported_at_the_lowest_waiting_instruction(waiting, stalled, busy, finishing, deadlock):
     dut = RunControl()
@@ -121,9 +122,9 @@ def test_deadlock_is_reported_at_the_lowest_waiting_instruction(waiting, stalled
         await _start(ctx, dut)
         ctx.set(dut.fetch.exhausted, 1)
         for u in UNITS:
-            head = getattr(dut, f"{u}_head")
-            ctx.set(head.valid, u in waiting)
-            ctx.set(head.pc, waiting.get(u, 0))
+            head = getattr(dut, f"{u}_head")           # pc None: queued, not yet at the head
+            ctx.set(head.valid, waiting.get(u) is not None)
+            ctx.set(head.pc, waiting.get(u) or 0)
             ctx.set(head.empty, u not in waiting)
             ctx.set(getattr(dut, u).stall, u in stalled)
         if busy:
@@ -134,7 +135,7 @@ def test_deadlock_is_reported_at_the_lowest_waiting_instruction(waiting, stalled
 
     simulate(dut, bench)
     if deadlock:
-        want = (1, ErrorCode.DEADLOCK, min(waiting.values()))
+        want = (1, ErrorCode.DEADLOCK, min(pc for pc in waiting.values() if pc is not None))
         assert (got["error"], got["error_code"], got["error_pc"]) == want
     else:
         assert got["running"] == 1 and got["error"] == 0

@@ -69,6 +69,14 @@ CASES = {
                                          + [isa.Marker(id=i) for i in range(3)] + [ILLEGAL],
                                          (ErrorCode.DRAM_RANGE, 0, CFG.dram_bytes + CFG.cols - 1)),
     "illegal_word_after_finish": ([isa.Marker(id=1), isa.Finish(), ILLEGAL], None),
+    # the awaited token comes from the last instruction, still in its queue when fetch is done:
+    # not a deadlock (the RTL once said DEADLOCK here while the ISS ran them)
+    "compute_waits_for_the_last_store": ([isa.Marker(id=1, pop_next=True),
+                                          isa.Store(sram=0, dram=0x2000, blocks=1, rows=1, cols=1,
+                                                    push_prev=True)], None),
+    "store_waits_for_the_last_marker": ([isa.Store(sram=0, dram=0x2000, blocks=1, rows=1, cols=1, pop_prev=True),
+                                         isa.Marker(id=1, push_next=True)], None),
+    "compute_waits_for_the_last_load": ([isa.Marker(id=1, pop_prev=True), isa.Load(**LOAD, push_next=True)], None),
 }
 
 
