@@ -88,5 +88,6 @@ class BusDrain(wiring.Component):
         ar_done, r_last = o.arvalid & o.arready, o.rvalid & o.rready & o.rlast
         m.d.sync += reads.eq(reads + ar_done - r_last)
         aw_done, w_done, b_done = o.awvalid & o.awready, o.wvalid & o.wready, o.bvalid & o.bready
-        m.d.sync += [w_owed.eq(w_owed + (aw_done * (o.awlen + 1)) - w_done), b_owed.eq(b_owed + aw_done - b_done)]
+        m.d.sync += [w_owed.eq(w_owed + (aw_done * (o.awlen + 1)) - w_done),
+                     b_owed.eq(b_owed + aw_done - b_done)]
         return m

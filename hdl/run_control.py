@@ -1,16 +1,17 @@
 """Run control: when a program runs, how it ends, and the interrupt.
 
 A start raises `running` and, through `reset`, clears every unit, queue, token counter and the
-arbiter (the top's ResetInserters).  The run ends when FINISH retires, when fetch has nothing left
-and every queue and unit is idle, or at the first fault: fetch's, a unit's (range/alignment), or a
-deadlock, a token wait that can never be satisfied: no unit busy (so no DMA in flight; a compute
-unit holding FINISH counts as idle, it only waits for the others), fetch done or blocked on a full
-queue, an instruction queued, and every queue either empty or with its head waiting for a token
-or for room in a token channel (an instruction still on its way to the head may bring the token).  Nothing can then send or take a token; the deadlock is reported at the lowest index
-among the waiting heads.  When several fault in one cycle, fetch wins, then load, compute, store,
-deadlock.  The end sets `done` (and `error`, `error_code`, `error_pc`, `error_addr` on a fault,
-hdl/faults.py); the interrupt is `done` while enabled.  `ack` (CTRL.clear) drops done, error and
-the code.
+arbiter (the top's ResetInserters; the bus drain, hdl/bus_drain.py, finishes the AXI bursts that a
+reset cuts off).  The run ends when FINISH retires, when fetch has nothing left and every queue and
+unit is idle, or at the first fault: fetch's, a unit's (range/alignment), or a deadlock, a token
+wait that can never be satisfied: no unit busy (so no DMA in flight; a compute unit holding FINISH
+counts as idle, it only waits for the others), fetch done or blocked on a full queue, an
+instruction queued, and every queue either empty or with its head waiting for a token or for room
+in a token channel (an instruction still on its way to the head may bring the token).  Nothing can
+then send or take a token; the deadlock is reported at the lowest index among the waiting heads.
+When several fault in one cycle, fetch wins, then load, compute, store, deadlock.  The end sets
+`done` (and `error`, `error_code`, `error_pc`, `error_addr` on a fault, hdl/faults.py); the
+interrupt is `done` while enabled.  `ack` (CTRL.clear) drops done, error and the code.
 """
 
 from __future__ import annotations

@@ -76,15 +76,16 @@ class Machine:
         depth = self.config.depth(name)
         if first + count > depth:
             raise NPUFault.unplaced(ErrorCode.SRAM_RANGE,
-                                    f"{what}: {name} entries [{first}, {first + count}) exceed its depth {depth}")
+                                    f"{what}: {name} entries [{first}, {first + count}) exceed its depth "
+                                    f"{depth}")
 
     def _dram_view(self, insn, entry_bytes: int, writeable: bool) -> np.ndarray:
         bus = self.config.dram_bus_bytes
         misaligned = dma_align_address(insn, bus)
         if misaligned is not None:
             name = next(n for n in ("dram", "row_stride", "block_stride") if getattr(insn, n) % bus)
-            raise NPUFault.unplaced(ErrorCode.DRAM_ALIGN, f"{name}={getattr(insn, name):#x} is not a multiple "
-                                    f"of the {bus}-byte bus", misaligned)
+            raise NPUFault.unplaced(ErrorCode.DRAM_ALIGN, f"{name}={getattr(insn, name):#x} is not a "
+                                                          f"multiple of the {bus}-byte bus", misaligned)
         last = dma_last_byte(insn, entry_bytes)
         if last >= self.dram.size:
             raise NPUFault.unplaced(ErrorCode.DRAM_RANGE,

@@ -23,9 +23,9 @@ from collections import deque
 from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.faults import NPUFault
 from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.hdl.faults import NPUFault
 from softnpu.sim.iss_exec import Machine, Op
 
 __all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]

@@ -26,6 +26,7 @@ AT = 0x1000
 B = CFG.dram_bus_bytes
 ILLEGAL = 0xF | 0x1234 << 8          # opcode 15 is not defined
 LOAD = dict(buffer=Buffer.INP, sram=0, dram=0, blocks=1, rows=1, cols=1)
+STORE = dict(sram=0, dram=0x2000, blocks=1, rows=1, cols=1)
 GUARD_S = 120
 
 
@@ -42,7 +43,8 @@ def no_hang():
 
 
 def _words(program) -> bytes:
-    return b"".join(w.to_bytes(isa.INSN_BYTES, "little") if isinstance(w, int) else w.encode() for w in program)
+    return b"".join(w.to_bytes(isa.INSN_BYTES, "little") if isinstance(w, int) else w.encode()
+                    for w in program)
 
 
 # name -> (program, (code, pc, addr) or None for a clean end); the first three are issue 13's faults
@@ -56,13 +58,15 @@ CASES = {
     # FINISH waits for the load side while the load waits for a token from compute: was a hang
     "finish_and_load_wait_on_each_other": ([isa.Load(**LOAD, pop_next=True), isa.Finish()],
                                            (ErrorCode.DEADLOCK, 0, None)),
-    "store_waits_for_compute_forever": ([isa.Store(sram=0, dram=0x2000, blocks=1, rows=1, cols=1, pop_prev=True),
+    "store_waits_for_compute_forever": ([isa.Store(**STORE, pop_prev=True),
                                          isa.Finish()], (ErrorCode.DEADLOCK, 0, None)),
-    "no_room_for_a_token": ([isa.Load(**LOAD, push_next=True)] * (CFG.token_queue_depth + 1) + [isa.Finish()],
+    "no_room_for_a_token": ([isa.Load(**LOAD, push_next=True)] * (CFG.token_queue_depth + 1)
+                            + [isa.Finish()],
                             (ErrorCode.DEADLOCK, CFG.token_queue_depth, None)),
-    "store_outside_memory": ([isa.Store(sram=0, dram=CFG.dram_bytes - B, blocks=1, rows=1, cols=2), isa.Finish()],
+    "store_outside_memory": ([isa.Store(**{**STORE, "dram": CFG.dram_bytes - B, "cols": 2}), isa.Finish()],
                              (ErrorCode.DRAM_RANGE, 0, CFG.dram_bytes - B + 2 * CFG.rows - 1)),
-    "misaligned_row_stride": ([isa.Load(**{**LOAD, "dram": 0x2000, "rows": 2}, row_stride=B + 1), isa.Finish()],
+    "misaligned_row_stride": ([isa.Load(**{**LOAD, "dram": 0x2000, "rows": 2}, row_stride=B + 1),
+                               isa.Finish()],
                               (ErrorCode.DRAM_ALIGN, 0, 0x2000 + B + 1)),
     # the load faults long before fetch reaches the illegal word (the ISS once named the word)
     "dma_fault_before_an_illegal_word": ([isa.Load(**{**LOAD, "dram": CFG.dram_bytes})]
@@ -72,11 +76,11 @@ CASES = {
     # the awaited token comes from the last instruction, still in its queue when fetch is done:
     # not a deadlock (the RTL once said DEADLOCK here while the ISS ran them)
     "compute_waits_for_the_last_store": ([isa.Marker(id=1, pop_next=True),
-                                          isa.Store(sram=0, dram=0x2000, blocks=1, rows=1, cols=1,
-                                                    push_prev=True)], None),
-    "store_waits_for_the_last_marker": ([isa.Store(sram=0, dram=0x2000, blocks=1, rows=1, cols=1, pop_prev=True),
+                                          isa.Store(**STORE, push_prev=True)], None),
+    "store_waits_for_the_last_marker": ([isa.Store(**STORE, pop_prev=True),
                                          isa.Marker(id=1, push_next=True)], None),
-    "compute_waits_for_the_last_load": ([isa.Marker(id=1, pop_prev=True), isa.Load(**LOAD, push_next=True)], None),
+    "compute_waits_for_the_last_load": ([isa.Marker(id=1, pop_prev=True), isa.Load(**LOAD, push_next=True)],
+                                        None),
 }
 
 

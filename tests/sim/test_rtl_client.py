@@ -10,8 +10,8 @@ import pytest
 
 from softnpu.hdl import isa
 from softnpu.hdl.config import preset
-from softnpu.sim.iss import ISS
 from softnpu.hdl.faults import NPUFault
+from softnpu.sim.iss import ISS
 from softnpu.sim.rtl.client import RTLProcess, RTLRunHang, SimulatorCrashed, SimulatorHung
 from tests.sim.programs import random_program
 
