@@ -5,9 +5,14 @@ and a token wait that can never be satisfied each stop the NPU with its code (ER
 the RTL.  The ISS and the RTL agree on which fault a program raises, including when fetch would meet
 an illegal instruction after an earlier fault or after FINISH.
 
+Seeded random programs with one fault injected (an illegal word, a DMA past the end, a token never
+pushed) agree too: SOFTNPU_FAULT_PROGRAMS sets how many (default 24).
+
 No hang: every RTL run has a cycle budget, every host run a deadline, and each test an alarm.
 """
 
+import copy
+import os
 import signal
 
 import numpy as np
@@ -20,6 +25,7 @@ from softnpu.hdl.isa import Buffer, ErrorCode
 from softnpu.host.devices.device import DeviceError, open_device
 from softnpu.sim.iss import ISS
 from softnpu.sim.rtl.jobs import Job, run_jobs
+from tests.sim.programs import random_program
 
 CFG = preset("tiny")
 AT = 0x1000
@@ -91,10 +97,41 @@ def _fetch_past_the_end() -> Job:
                max_cycles=20_000)
 
 
+N_RANDOM = int(os.environ.get("SOFTNPU_FAULT_PROGRAMS", "24"))
+INJECTED = ("illegal", "load_dma", "store_dma", "no_push")
+
+
+def _injected(seed: int) -> Job:
+    """Random program `seed` with one fault injected at a random instruction."""
+    job = random_program(CFG, 5000 + seed)
+    rng = np.random.default_rng(seed)
+    program = isa.decode_program(dict(job.image)[job.insn_addr])
+    kind = INJECTED[seed % len(INJECTED)]
+    if kind == "illegal":
+        words = [insn.encode() for insn in program]
+        words[int(rng.integers(0, len(words)))] = ILLEGAL.to_bytes(isa.INSN_BYTES, "little")
+        data = b"".join(words)
+    else:
+        wanted = {"load_dma": lambda x: isinstance(x, isa.Load),
+                  "store_dma": lambda x: isinstance(x, isa.Store),
+                  "no_push": lambda x: x.push_next or x.push_prev}[kind]
+        k = int(rng.choice([i for i, insn in enumerate(program) if wanted(insn)]))
+        insn = program[k] = copy.copy(program[k])
+        if kind == "no_push":
+            insn.push_next = insn.push_prev = False       # a deadlock, unless nobody waited for it
+        else:
+            insn.dram = CFG.dram_bytes - B
+        data = isa.encode_program(program)
+    image = [(a, data if a == job.insn_addr else d) for a, d in job.image]
+    return Job(f"{kind}:{seed}", image, job.insn_addr, len(data) // isa.INSN_BYTES, [], max_cycles=2_000_000)
+
+
 def _jobs() -> dict[str, Job]:
     jobs = {name: Job(name, [(AT, _words(program))], AT, len(program), [], max_cycles=20_000)
             for name, (program, _) in CASES.items()}
     jobs["fetch_past_the_end"] = _fetch_past_the_end()
+    for seed in range(N_RANDOM):
+        jobs[f"random:{seed}"] = _injected(seed)
     return jobs
 
 
@@ -130,6 +167,21 @@ def test_the_iss_and_the_rtl_report_the_same_fault(rtl, name):
     assert (fault.code, fault.pc, fault.addr) == want, f"{name}: RTL {fault}"
     assert iss is not None and iss.same_fault(fault), f"{name}: RTL {fault} but ISS {iss}"
     assert str(iss) == str(fault)
+
+
+def test_random_programs_with_an_injected_fault_agree(rtl):
+    codes = []
+    for name, job in _jobs().items():
+        if not name.startswith("random:"):
+            continue
+        res, iss = rtl[name], _iss(job)
+        assert res.error is None, f"{job.name}: the RTL hung: {res.error}"
+        if iss is None:
+            assert res.npu_fault is None, f"{job.name}: RTL {res.npu_fault}, the ISS ran"
+        else:
+            assert iss.same_fault(res.npu_fault), f"{job.name}: RTL {res.npu_fault} but ISS {iss}"
+        codes.append(iss.code if iss else None)
+    assert {ErrorCode.ILLEGAL_OPCODE, ErrorCode.DRAM_RANGE, ErrorCode.DEADLOCK} <= set(codes)
 
 
 def test_the_message_names_code_instruction_disassembly_and_address(rtl):
