@@ -41,7 +41,7 @@ MEANING: dict[ErrorCode, str] = {
     ErrorCode.DRAM_RANGE: "a DMA or instruction fetch beyond the device memory",
     ErrorCode.SRAM_RANGE: "an access beyond a scratchpad's depth",
     ErrorCode.DEADLOCK: "a token wait that can never be satisfied (no unit busy, fetch done or blocked "
-                        "on a full queue, every queue head waiting for a token or for room)",
+                        "on a full queue, every non-empty queue's head waiting for a token or for room)",
     ErrorCode.DRAM_ALIGN: "a DMA address or stride, or INSN_ADDR, not a multiple of the bus width",
 }
 
