@@ -54,6 +54,7 @@ class ComputeUnit(Unit):
             "marker": Out(1),              # MARKER: snapshot the counters now
             "marker_id": Out(16),
             "finish": Out(1),              # FINISH retired: the run is done
+            "finishing": Out(1),           # FINISH waits for the load and store sides
             "others_idle": In(1),          # load and store queues empty and units idle
         })
 
@@ -113,5 +114,5 @@ class ComputeUnit(Unit):
                     m.d.comb += self.finish.eq(1)
                     self.retire(m)
 
-        m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += [self.status.busy.eq(~fsm.ongoing("IDLE")), self.finishing.eq(fsm.ongoing("FINISH"))]
         return m

@@ -120,7 +120,7 @@ REGISTERS: tuple[Register, ...] = (
         Field("error", 2, 1, "the last program ended on a fault (see ERROR and ERROR_PC)"),
     )),
     Register("ERROR", 0x08, "R", "the first fault of the last program",
-             _whole("code", "ErrorCode of the first fault (0 none)", 4)),
+             _whole("code", "ErrorCode of the first fault (0 none; hdl/faults.py)", 4)),
     Register("ERROR_PC", 0x0C, "R", "where the first fault happened",
              _whole("index", "index of the faulting instruction")),
     Register("INSN_ADDR", 0x10, "RW", "where the program is",
@@ -131,6 +131,11 @@ REGISTERS: tuple[Register, ...] = (
              (Field("enable", 0, 1, "raise the interrupt line while STATUS.done"),)),
     Register("TRACE_COUNT", 0x1C, "R", "marker trace fill",
              _whole("count", "marker snapshots taken by the last program")),
+    Register("ERROR_ADDR", 0x20, "R", "the address of the first fault, low word (DRAM_RANGE and "
+             "DRAM_ALIGN, see hdl/faults.py ADDRESSED; 0 for the other codes)",
+             _whole("addr", "bits [31:0] of the faulting address")),
+    Register("ERROR_ADDR_HI", 0x24, "R", "the address of the first fault, high word",
+             _whole("addr", "bits [63:32] of the faulting address")),
     Register("COUNTERS", 0x40, "R", "performance counters: 64 bits each, low word first, in "
              "COUNTERS order", _whole("word", "one 32-bit half of a counter"), count=2 * len(COUNTERS)),
     Register("TRACE", 0x1000, "R", f"trace entries of {TRACE_ENTRY_WORDS} words: marker id, then "

@@ -12,6 +12,7 @@ from amaranth.lib.wiring import In, Out
 from softnpu.hdl import isa
 from softnpu.hdl.axi import ReadPortSignature
 from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.faults import ADDR_BITS
 from softnpu.hdl.insn_layout import illegal
 from softnpu.hdl.unit import PC_BITS, QueueSignature
 
@@ -33,6 +34,7 @@ class Fetch(wiring.Component):
             "blocked": Out(1),                   # holding an instruction for a full queue
             "fault": Out(1),
             "fault_code": Out(4),
+            "fault_addr": Out(ADDR_BITS),        # INSN_ADDR (DRAM_ALIGN); last byte past the end (DRAM_RANGE)
             "pc": Out(PC_BITS),
         })
 
@@ -79,10 +81,12 @@ class Fetch(wiring.Component):
                 with m.Elif(finished | (pc >= self.insn_count)):
                     pass
                 with m.Elif(self.insn_addr[:(bus - 1).bit_length()] != 0):
-                    m.d.comb += [self.fault.eq(1), self.fault_code.eq(isa.ErrorCode.DRAM_ALIGN)]
+                    m.d.comb += [self.fault.eq(1), self.fault_code.eq(isa.ErrorCode.DRAM_ALIGN),
+                                 self.fault_addr.eq(self.insn_addr)]
                     m.next = "IDLE"
                 with m.Elif(self.insn_addr + ((pc + 1) << 5) > c.dram_bytes):
-                    m.d.comb += [self.fault.eq(1), self.fault_code.eq(isa.ErrorCode.DRAM_RANGE)]
+                    m.d.comb += [self.fault.eq(1), self.fault_code.eq(isa.ErrorCode.DRAM_RANGE),
+                                 self.fault_addr.eq(self.insn_addr + ((pc + 1) << 5) - 1)]
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "ADDR"

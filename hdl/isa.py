@@ -49,6 +49,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from softnpu.hdl.faults import ErrorCode  # the fault codes are declared in hdl/faults.py
+
 __all__ = [
     "INSN_BITS", "INSN_BYTES", "ADD_LEFT_SHIFT", "Queue", "Buffer", "ConvMode", "Rounding", "ErrorCode",
     "Field", "Insn", "Load", "Store", "Conv", "Requant", "Narrow", "Add", "Mul", "Marker", "Finish",
@@ -89,17 +91,6 @@ class Rounding(enum.IntEnum):
     """How REQUANT scales accumulators."""
     FIXED = 0    # MultiplyByQuantizedMultiplier (CONV_2D, MEAN): int32 multiplier and shift
     DOUBLE = 1   # round(double(acc) * multiplier) (reference FULLY_CONNECTED): an IEEE double
-
-
-class ErrorCode(enum.IntEnum):
-    """Value of the ERROR CSR; the ISS raises the same codes."""
-    NONE = 0
-    ILLEGAL_OPCODE = 1       # opcode not in the table below
-    ILLEGAL_FIELD = 2        # a field outside its legal range (zero extent, bad enum, bad token flag)
-    DRAM_RANGE = 3           # a DMA or instruction fetch beyond the device memory
-    SRAM_RANGE = 4           # an access beyond a scratchpad's depth
-    DEADLOCK = 5             # every unit waits for a token that no unit will send
-    DRAM_ALIGN = 6           # a DMA address or stride, or INSN_ADDR, not a multiple of the bus width
 
 
 class IllegalInstruction(ValueError):

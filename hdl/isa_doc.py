@@ -1,4 +1,4 @@
-"""Generates docs/isa.md from hdl/isa.py and hdl/csr_map.py (`nox -s docs`, or
+"""Generates docs/isa.md from hdl/isa.py, hdl/faults.py and hdl/csr_map.py (`nox -s docs`, or
 `python -m softnpu.hdl.isa_doc`).
 
 tests/hdl/test_isa.py fails when the checked-in docs/isa.md differs from `render()`.
@@ -10,10 +10,22 @@ import inspect
 import sys
 from pathlib import Path
 
-from softnpu.hdl import csr_map, isa
+from softnpu.hdl import csr_map, faults, isa
 from softnpu.hdl.config import PRESETS
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "isa.md"
+
+_FAULTS = """
+    A fault stops the NPU: every unit, queue and token counter is cleared, STATUS.done and
+    STATUS.error rise, and so does the interrupt when IRQ_ENABLE.enable is set.  ERROR holds the
+    code, ERROR_PC the faulting instruction's index and ERROR_ADDR/ERROR_ADDR_HI its address for the
+    codes that have one.  The first fault wins; in one cycle fetch's wins over load's, compute's,
+    store's and a deadlock.  Fetch checks an instruction (ILLEGAL_OPCODE, ILLEGAL_FIELD) when it
+    reaches it, so an instruction after FINISH, or after an earlier fault, never faults.  The ISS
+    reports the same code, index and address for a program, and every device backend raises
+    `NPUFault` with the same message: code, index, the instruction's disassembly (`.word` for one
+    that does not decode, `<not fetched>` where fetch could not read it), address and meaning.
+"""
 
 
 def _field_rows(cls) -> list[str]:
@@ -47,12 +59,11 @@ def render() -> str:
         out += [f"### `{cls.MNEMONIC}` (opcode {cls.OPCODE}, {cls.QUEUE.name.lower()} queue)", "",
                 inspect.cleandoc(cls.__doc__), ""]
         out += _field_rows(cls) + [""]
-    out += ["## Error codes", "", "| code | name | meaning |", "|---|---|---|"]
-    source = inspect.getsource(isa.ErrorCode).splitlines()
-    for member in isa.ErrorCode:
-        comment = next((line.split("#", 1)[1].strip() for line in source
-                        if line.strip().startswith(member.name + " ") and "#" in line), "")
-        out.append(f"| {member.value} | {member.name} | {comment} |")
+    out += ["## Faults (hdl/faults.py)", "", inspect.cleandoc(_FAULTS), "",
+            "| code | name | meaning | ERROR_ADDR |", "|---|---|---|---|"]
+    for member in faults.ErrorCode:
+        out.append(f"| {member.value} | {member.name} | {faults.MEANING[member]} | "
+                   f"{faults.ADDRESSED.get(member, '0')} |")
     out += ["", "## CSR map (AXI4-Lite, byte offsets, 32-bit registers; hdl/csr_map.py)", "",
             "| offset | register | access | meaning |", "|---|---|---|---|"]
     for reg in csr_map.REGISTERS:

@@ -19,7 +19,7 @@ from softnpu.hdl.axi import ReadPortSignature
 from softnpu.hdl.burst import BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
-from softnpu.hdl.unit import Unit
+from softnpu.hdl.unit import Unit, dma_fault_addresses
 
 __all__ = ["LoadUnit", "ScratchpadWriteSignature"]
 
@@ -97,8 +97,7 @@ class LoadUnit(Unit):
         m.d.comb += [self.status.pc.eq(self.cur_pc), self.mem.araddr.eq(burst.addr.p.addr),
                      self.mem.arvalid.eq(burst.addr.valid), self.mem.arlen.eq(burst.addr.p.len),
                      burst.addr.ready.eq(self.mem.arready)]
-        last_byte = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
-                     + insn.cols * entry)
+        misaligned, align_addr, last_byte = dma_fault_addresses(insn, entry, bus)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 self.issue(m, "CHECK")
@@ -106,10 +105,10 @@ class LoadUnit(Unit):
                 m.d.sync += [blk.eq(0), y.eq(0), x.eq(0), ptr.eq(insn.sram), k.eq(0)]
                 with m.If(insn.sram + insn.blocks * prows * pcols > depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
-                with m.Elif((insn.dram | insn.row_stride | insn.block_stride)[:(bus - 1).bit_length()] != 0):
-                    self.fault(m, isa.ErrorCode.DRAM_ALIGN)
+                with m.Elif(misaligned):
+                    self.fault(m, isa.ErrorCode.DRAM_ALIGN, align_addr)
                 with m.Elif(last_byte > c.dram_bytes):
-                    self.fault(m, isa.ErrorCode.DRAM_RANGE)
+                    self.fault(m, isa.ErrorCode.DRAM_RANGE, last_byte - 1)
                 with m.Else():
                     m.next = "ENTRY"
             with m.State("ENTRY"):

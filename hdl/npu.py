@@ -2,7 +2,8 @@
 and store units, the scratchpads and the dependency-token channels (hdl/tokens.py) to the shell:
 the CSR block (hdl/csr.py), run control with fault and deadlock detection (hdl/run_control.py),
 the performance counters and trace (hdl/perf.py) and the memory arbiter in front of the AXI4
-master (hdl/arbiter.py).
+master (hdl/arbiter.py), behind the bus drain that completes the bursts a fault cut off
+(hdl/bus_drain.py).
 
 Ports: an AXI4 master to memory, an AXI4-Lite slave for the CSRs (hdl/csr_map.py), an interrupt
 line, and `debug` (each unit's state and the marker strobe, for waveforms and hang reports).
@@ -16,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from softnpu.hdl.arbiter import MemoryArbiter
 from softnpu.hdl.axi import AXI4LiteSignature, AXI4Signature
+from softnpu.hdl.bus_drain import BusDrain
 from softnpu.hdl.compute_unit import ComputeUnit
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.csr import CSRBlock
@@ -59,7 +61,11 @@ class NPU(wiring.Component):
         m.submodules.perf = perf = PerfCounters(c)
         arbiter = MemoryArbiter(c)
         m.submodules.arbiter = ResetInserter(clear)(arbiter)
-        wiring.connect(m, arbiter.bus, wiring.flipped(self.m_axi))
+        # AXI has no abort: the drain completes what a fault cut off, so the next run finds the bus idle
+        m.submodules.bus_drain = drain = BusDrain(c)
+        wiring.connect(m, arbiter.bus, drain.inner)
+        wiring.connect(m, drain.outer, wiring.flipped(self.m_axi))
+        m.d.comb += drain.abort.eq(clear)
 
         units = {"load": LoadUnit(c), "compute": ComputeUnit(c), "store": StoreUnit(c)}
         fetch = Fetch(c)
@@ -119,7 +125,8 @@ class NPU(wiring.Component):
         # -- run control ----------------------------------------------------------------------
         ctrl, status = csr.fields("CTRL"), csr.fields("STATUS")
         m.d.comb += [run.start.eq(ctrl.start), run.ack.eq(ctrl.clear),
-                     run.irq_enable.eq(csr.fields("IRQ_ENABLE").enable), run.finish.eq(compute.finish)]
+                     run.irq_enable.eq(csr.fields("IRQ_ENABLE").enable), run.finish.eq(compute.finish),
+                     run.finishing.eq(compute.finishing)]
         for name in FetchStateSignature().members:
             m.d.comb += getattr(run.fetch, name).eq(getattr(fetch, name))
         for name, unit in units.items():
@@ -131,6 +138,8 @@ class NPU(wiring.Component):
                      status.busy.eq(run.running), status.done.eq(run.done), status.error.eq(run.error),
                      csr.fields("ERROR").code.eq(run.error_code),
                      csr.fields("ERROR_PC").index.eq(run.error_pc),
+                     csr.fields("ERROR_ADDR").addr.eq(run.error_addr[:32]),
+                     csr.fields("ERROR_ADDR_HI").addr.eq(run.error_addr[32:]),
                      self.irq.eq(run.irq)]
 
         # -- performance counters and trace ----------------------------------------------------

@@ -15,7 +15,7 @@ from softnpu.hdl.axi import WritePortSignature
 from softnpu.hdl.burst import BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
-from softnpu.hdl.unit import Unit
+from softnpu.hdl.unit import Unit, dma_fault_addresses
 
 __all__ = ["StoreUnit", "ScratchpadReadSignature"]
 
@@ -59,8 +59,7 @@ class StoreUnit(Unit):
             self.mem.wstrb.eq((1 << bus) - 1),
             self.mem.wlast.eq(burst.last_beat),
         ]
-        last_byte = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
-                     + insn.cols * c.rows)
+        misaligned, align_addr, last_byte = dma_fault_addresses(insn, c.rows, bus)
         last_row = (y == insn.rows - 1) & (blk == insn.blocks - 1)
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -69,10 +68,10 @@ class StoreUnit(Unit):
                 m.d.sync += [blk.eq(0), y.eq(0), ptr.eq(insn.sram), k.eq(0)]
                 with m.If(insn.sram + insn.blocks * insn.rows * insn.cols > c.out_depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
-                with m.Elif((insn.dram | insn.row_stride | insn.block_stride)[:(bus - 1).bit_length()] != 0):
-                    self.fault(m, isa.ErrorCode.DRAM_ALIGN)
+                with m.Elif(misaligned):
+                    self.fault(m, isa.ErrorCode.DRAM_ALIGN, align_addr)
                 with m.Elif(last_byte > c.dram_bytes):
-                    self.fault(m, isa.ErrorCode.DRAM_RANGE)
+                    self.fault(m, isa.ErrorCode.DRAM_RANGE, last_byte - 1)
                 with m.Else():
                     m.next = "PREFETCH"
             with m.State("PREFETCH"):

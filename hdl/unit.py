@@ -10,14 +10,16 @@ The top resets a unit (ResetInserter) on start and on any fault, so no state out
 
 from __future__ import annotations
 
-from amaranth import Signal, unsigned
+from amaranth import Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from softnpu.hdl import isa
+from softnpu.hdl.faults import ADDR_BITS
 from softnpu.hdl.insn_layout import InsnLayout
 
-__all__ = ["QueueEntry", "QueueSignature", "TokenSignature", "StatusSignature", "Unit", "PC_BITS"]
+__all__ = ["QueueEntry", "QueueSignature", "TokenSignature", "StatusSignature", "Unit", "PC_BITS",
+           "dma_fault_addresses"]
 
 PC_BITS = 32
 # What fetch dispatches and a unit takes: the instruction word and its index in the program.
@@ -40,12 +42,13 @@ class TokenSignature(wiring.Signature):
 
 
 class StatusSignature(wiring.Signature):
-    """Busy/stall for the performance counters; a fault with its ErrorCode and instruction index."""
+    """Busy/stall for the performance counters; a fault with its ErrorCode, instruction index and
+    address (hdl/faults.py ADDRESSED; 0 for the codes without one)."""
 
     def __init__(self):
         super().__init__({
             "busy": Out(1), "stall": Out(1), "fault": Out(1), "fault_code": Out(4),
-            "pc": Out(PC_BITS),
+            "fault_addr": Out(ADDR_BITS), "pc": Out(PC_BITS),
         })
 
 
@@ -79,10 +82,26 @@ class Unit(wiring.Component):
                      self.tokens.push_next.eq(flags["push_next"])]
         m.next = "IDLE"
 
-    def fault(self, m, code: isa.ErrorCode):
-        """Report a fault of the current instruction (the top halts and resets every unit)."""
-        m.d.comb += [self.status.fault.eq(1), self.status.fault_code.eq(int(code))]
+    def fault(self, m, code: isa.ErrorCode, addr=0):
+        """Report a fault of the current instruction, with its address if the code has one (the top
+        halts and resets every unit)."""
+        m.d.comb += [self.status.fault.eq(1), self.status.fault_code.eq(int(code)),
+                     self.status.fault_addr.eq(addr)]
         m.next = "IDLE"
+
+
+def dma_fault_addresses(insn, entry_bytes, bus_bytes: int):
+    """The DRAM checks of a LOAD or STORE: (misaligned, the first misaligned address, end), `end` one
+    past the last byte the DMA touches; hdl/faults.py ADDRESSED defines the DRAM_ALIGN and
+    DRAM_RANGE addresses from them."""
+    low = (bus_bytes - 1).bit_length()
+    bad_dram, bad_row = insn.dram[:low] != 0, insn.row_stride[:low] != 0
+    misaligned = (insn.dram | insn.row_stride | insn.block_stride)[:low] != 0
+    align_addr = Mux(bad_dram, insn.dram, Mux(bad_row, insn.dram + insn.row_stride,
+                                               insn.dram + insn.block_stride))
+    end = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
+           + insn.cols * entry_bytes)
+    return misaligned, align_addr, end
 
 
 def isa_flags(word) -> dict:

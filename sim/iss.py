@@ -19,6 +19,7 @@ import numpy as np
 
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.faults import NOT_FETCHED, NPUFault, insn_text
 from softnpu.hdl.isa import (
     COUNTERS,
     CSR,
@@ -31,7 +32,7 @@ from softnpu.hdl.isa import (
 )
 from softnpu.hdl.timing import insn_cycles
 from softnpu.sim.iss_exec import Machine
-from softnpu.sim.iss_plan import NPUFault, Plan, RunStats, build_plan
+from softnpu.sim.iss_plan import Plan, RunStats, build_plan
 
 __all__ = ["ISS", "NPUFault", "RunStats", "insn_cycles"]
 
@@ -128,6 +129,8 @@ class ISS:
         return bool(self._csr[CSR.STATUS] & 2) and bool(self._csr[CSR.IRQ_ENABLE] & 1)
 
     def _start(self):
+        for reg in (CSR.ERROR, CSR.ERROR_PC, CSR.ERROR_ADDR, CSR.ERROR_ADDR_HI):   # as the RTL's start
+            self._csr[reg] = 0
         try:
             self.run(self._csr[CSR.INSN_ADDR], self._csr[CSR.INSN_COUNT])
             self._csr[CSR.STATUS] = 0b010
@@ -135,6 +138,8 @@ class ISS:
             self._csr[CSR.STATUS] = 0b110
             self._csr[CSR.ERROR] = int(fault.code)
             self._csr[CSR.ERROR_PC] = fault.pc
+            addr = fault.addr or 0
+            self._csr[CSR.ERROR_ADDR], self._csr[CSR.ERROR_ADDR_HI] = addr & 0xFFFFFFFF, addr >> 32
 
     # -- running programs --------------------------------------------------------------------
     def load_program(self, addr: int, program: bytes) -> int:
@@ -143,20 +148,26 @@ class ISS:
         return len(program) // INSN_BYTES
 
     def _plan(self, addr: int, count: int) -> Plan:
-        """The plan of the `count` instructions at `addr`: from the cache if these bytes ran before."""
-        end = addr + count * INSN_BYTES
-        if addr % self.config.dram_bus_bytes:
-            bus = self.config.dram_bus_bytes
-            raise NPUFault(ErrorCode.DRAM_ALIGN, 0, "<fetch>",
-                           f"INSN_ADDR={addr:#x} is not a multiple of the {bus}-byte bus")
-        if end > self.dram.size:
-            raise NPUFault(ErrorCode.DRAM_RANGE, (self.dram.size - addr) // INSN_BYTES, "<fetch>",
-                           f"instruction fetch beyond device memory ({end:#x} > {self.dram.size:#x})")
-        raw = self.dram[addr:end].tobytes()
-        key = hashlib.blake2b(raw, digest_size=16).digest()
+        """The plan of the `count` instructions at `addr`: from the cache if these bytes ran before.
+        Instructions fetch cannot read (INSN_ADDR misaligned, past the device memory) or decode end
+        the program with the fault fetch meets there (sim/iss_plan.py)."""
+        bus, size = self.config.dram_bus_bytes, self.dram.size
+        fetchable = 0 if addr % bus else max(0, min(count, (size - addr) // INSN_BYTES))
+        raw = self.dram[addr:addr + fetchable * INSN_BYTES].tobytes()
+        key = hashlib.blake2b(raw + addr.to_bytes(8, "little") + count.to_bytes(8, "little"),
+                              digest_size=16).digest()
         plan = self._plans.get(key)
         if plan is None:
-            plan = build_plan(self.config, self.machine, _decode(raw, count))
+            program, fault = _decode(raw, fetchable)
+            if fault is None and fetchable < count:
+                if addr % bus:
+                    fault = NPUFault(ErrorCode.DRAM_ALIGN, 0, NOT_FETCHED, addr,
+                                     f"INSN_ADDR={addr:#x} is not a multiple of the {bus}-byte bus")
+                else:
+                    end = addr + (fetchable + 1) * INSN_BYTES
+                    fault = NPUFault(ErrorCode.DRAM_RANGE, fetchable, NOT_FETCHED, end - 1,
+                                     f"instruction fetch beyond device memory ({end:#x} > {size:#x})")
+            plan = build_plan(self.config, self.machine, program, fault)
             while len(self._plans) >= PLAN_CACHE:
                 self._plans.popitem(last=False)
             self._plans[key] = plan
@@ -179,17 +190,18 @@ class ISS:
         return self.run(addr, self.load_program(addr, program))
 
 
-def _decode(raw: bytes, count: int) -> list[Insn]:
-    """Decode and check every instruction; an illegal one is a fault at its index."""
+def _decode(raw: bytes, count: int) -> tuple[list[Insn], NPUFault | None]:
+    """Decode and check instructions up to the first illegal one: (the legal ones before it, its
+    fault at its index, or None)."""
     program = []
     for pc in range(count):
         chunk = raw[pc * INSN_BYTES:(pc + 1) * INSN_BYTES]
         try:
             insn = decode(chunk)
         except IllegalInstruction as exc:
-            raise NPUFault(exc.code, pc, f".word {int.from_bytes(chunk, 'little'):#x}", str(exc)) from None
+            return program, NPUFault(exc.code, pc, insn_text(chunk), None, str(exc))
         reason = insn.illegal_reason()
         if reason:
-            raise NPUFault(ErrorCode.ILLEGAL_FIELD, pc, format_insn(insn), reason)
+            return program, NPUFault(ErrorCode.ILLEGAL_FIELD, pc, format_insn(insn), None, reason)
         program.append(insn)
-    return program
+    return program, None

@@ -5,10 +5,10 @@ the machine (every range an instruction touches is fixed by its fields, never by
 an `Op`: a callable that performs it exactly as hdl/isa.py specifies, on numpy views of memory and
 scratchpads computed once, with hdl/numerics doing the arithmetic.  `execute(insn)` is
 `prepare(insn)()`; sim/iss.py prepares a program once and replays its ops on every run.  Range
-violations raise `Fault` with the ErrorCode the hardware reports; the scheduler adds the
-instruction index and disassembly.  No Python loop runs per MAC, pixel or entry: a CONV in MAC
-mode, all its hardware loops included, is one im2col copy and one float32 matrix product
-(`numerics.int_matmul_f32`, exact).
+violations raise `NPUFault` (hdl/faults.py) with the ErrorCode and address the hardware reports;
+the scheduler places it at the instruction's index and disassembly.  No Python loop runs per MAC,
+pixel or entry: a CONV in MAC mode, all its hardware loops included, is one im2col copy and one
+float32 matrix product (`numerics.int_matmul_f32`, exact).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from softnpu.hdl import numerics
 from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.faults import NPUFault, dma_align_address, dma_last_byte
 from softnpu.hdl.isa import (
     Add,
     Buffer,
@@ -38,7 +39,7 @@ from softnpu.hdl.isa import (
     Store,
 )
 
-__all__ = ["Fault", "Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
+__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
 
 # What prepare() returns: runs one prepared instruction on the machine it was prepared for.
 Op = Callable[[], None]
@@ -46,14 +47,6 @@ Op = Callable[[], None]
 # Parameter lanes holding a shift are clamped to this range by the vector unit (TFLite's legal
 # range for MultiplyByQuantizedMultiplier); anything outside is not a TFLite value.
 SHIFT_MIN, SHIFT_MAX = -31, 30
-
-
-class Fault(Exception):
-    """An error the hardware detects; `code` is the value of the ERROR CSR."""
-
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code = ErrorCode(code)
 
 
 class Machine:
@@ -82,21 +75,22 @@ class Machine:
     def _check_sram(self, name: str, first: int, count: int, what: str):
         depth = self.config.depth(name)
         if first + count > depth:
-            raise Fault(ErrorCode.SRAM_RANGE,
-                        f"{what}: {name} entries [{first}, {first + count}) exceed its depth {depth}")
+            raise NPUFault.unplaced(ErrorCode.SRAM_RANGE,
+                                    f"{what}: {name} entries [{first}, {first + count}) exceed its depth "
+                                    f"{depth}")
 
     def _dram_view(self, insn, entry_bytes: int, writeable: bool) -> np.ndarray:
         bus = self.config.dram_bus_bytes
-        for name in ("dram", "row_stride", "block_stride"):
-            if getattr(insn, name) % bus:
-                raise Fault(ErrorCode.DRAM_ALIGN, f"{name}={getattr(insn, name):#x} is not a multiple of "
-                                                  f"the {bus}-byte bus")
-        last = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
-                + insn.cols * entry_bytes)
-        if last > self.dram.size:
-            raise Fault(ErrorCode.DRAM_RANGE,
-                        f"DMA touches DRAM bytes up to {last - 1:#x}, beyond the device memory "
-                        f"of {self.dram.size:#x} bytes (from dram={insn.dram:#x})")
+        misaligned = dma_align_address(insn, bus)
+        if misaligned is not None:
+            name = next(n for n in ("dram", "row_stride", "block_stride") if getattr(insn, n) % bus)
+            raise NPUFault.unplaced(ErrorCode.DRAM_ALIGN, f"{name}={getattr(insn, name):#x} is not a "
+                                                          f"multiple of the {bus}-byte bus", misaligned)
+        last = dma_last_byte(insn, entry_bytes)
+        if last >= self.dram.size:
+            raise NPUFault.unplaced(ErrorCode.DRAM_RANGE,
+                                    f"DMA touches DRAM bytes up to {last:#x}, beyond the device memory "
+                                    f"of {self.dram.size:#x} bytes (from dram={insn.dram:#x})", last)
         return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
                           strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
 
@@ -113,7 +107,7 @@ class Machine:
 
     # -- instructions -----------------------------------------------------------------------
     def execute(self, insn: Insn) -> None:
-        """Perform one instruction now (raises Fault if it touches anything out of range)."""
+        """Perform one instruction now (raises NPUFault if it touches anything out of range)."""
         self.prepare(insn)()
 
     def prepare(self, insn: Insn) -> Op:
@@ -123,7 +117,7 @@ class Machine:
         machine and may run any number of times; it reads the data only when it runs."""
         handler = _HANDLERS.get(type(insn))
         if handler is None:
-            raise Fault(ErrorCode.ILLEGAL_OPCODE, f"no semantics for {type(insn).__name__}")
+            raise NPUFault.unplaced(ErrorCode.ILLEGAL_OPCODE, f"no semantics for {type(insn).__name__}")
         return handler(self, insn)
 
     def _load(self, insn: Load) -> Op:
@@ -190,7 +184,7 @@ class Machine:
                 else:
                     acc[...] = result
             return window_max
-        raise Fault(ErrorCode.ILLEGAL_FIELD, f"conv mode {insn.mode} is not defined")
+        raise NPUFault.unplaced(ErrorCode.ILLEGAL_FIELD, f"conv mode {insn.mode} is not defined")
 
     def _conv_mac(self, insn: Conv, windows: np.ndarray, acc: np.ndarray) -> Op:
         """All hardware loops of a MAC-mode CONV as one matrix product:

@@ -10,7 +10,9 @@ take, so a race-free program gives the RTL's memory image.
 Nothing here depends on data: the cycles of an instruction (hdl/timing.py) follow from its fields,
 and so do the scratchpad and DRAM ranges it touches.  So the order, the counters, the marker trace
 and any fault (its instruction, and which instructions ran before it) are properties of the
-program, and `build_plan` computes them once.
+program, and `build_plan` computes them once.  A fault of fetch (an illegal instruction, or one past
+the device memory) is taken when fetch reaches it, as on the RTL: after FINISH, behind a full
+queue or after an earlier unit's fault, it is never reached.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from collections import deque
 from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.faults import NPUFault
 from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.sim.iss_exec import Fault, Machine, Op
+from softnpu.sim.iss_exec import Machine, Op
 
 __all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]
 
@@ -33,15 +36,6 @@ _CHANNELS = {("load", "compute"), ("compute", "load"), ("compute", "store"), ("s
 _UNIT_OF = {Queue.LOAD: "load", Queue.COMPUTE: "compute", Queue.STORE: "store"}
 _PREV = {"load": None, "compute": "load", "store": "compute"}
 _NEXT = {"load": "compute", "compute": "store", "store": None}
-
-
-class NPUFault(RuntimeError):
-    """A fault the NPU reports: error code, instruction index and its disassembly."""
-
-    def __init__(self, code: ErrorCode, pc: int, insn_text: str, message: str):
-        self.code, self.pc, self.insn_text, self.message = ErrorCode(code), pc, insn_text, message
-        super().__init__(f"NPU fault {self.code.name} (code {int(self.code)}) at instruction {pc}"
-                         f" [{insn_text}]: {message}")
 
 
 @dataclasses.dataclass
@@ -85,20 +79,25 @@ class Plan:
             op()
         if self.fault is not None:
             fault = self.fault
-            raise NPUFault(fault.code, fault.pc, fault.insn_text, fault.message)
+            raise NPUFault(fault.code, fault.pc, fault.insn, fault.addr, fault.detail)
         return self.stats.copy()
 
 
-def build_plan(config: NPUConfig, machine: Machine, program: list[Insn]) -> Plan:
-    """Schedule `program` (decoded and checked instruction by instruction) and prepare its ops."""
-    return _Schedule(config, machine, program).run()
+def build_plan(config: NPUConfig, machine: Machine, program: list[Insn],
+               fetch_fault: NPUFault | None = None) -> Plan:
+    """Schedule `program` (decoded and checked instruction by instruction) and prepare its ops;
+    `fetch_fault`, at index len(program), is what fetch meets after the last of them."""
+    return _Schedule(config, machine, program, fetch_fault).run()
 
 
 class _Schedule:
     """The event order and cycle model of one run (see the module docstring)."""
 
-    def __init__(self, config: NPUConfig, machine: Machine, program: list[Insn]):
+    def __init__(self, config: NPUConfig, machine: Machine, program: list[Insn],
+                 fetch_fault: NPUFault | None = None):
         self.config, self.machine, self.program = config, machine, program
+        self.fetch_fault = fetch_fault
+        self.fetch_fault_time: int | None = None        # when fetch decodes it, once reached
         self.queues = {unit: deque() for unit in _UNITS}         # (pc, dispatch time)
         self.unit_free = dict.fromkeys(_UNITS, 0)
         self.tokens = {ch: deque() for ch in _CHANNELS}            # times tokens become visible
@@ -129,6 +128,8 @@ class _Schedule:
             self.next_fetch += 1
             if isinstance(insn, Finish):
                 self.finished = True
+        if self.fetch_fault is not None and not self.finished and self.fetch_fault_time is None:
+            self.fetch_fault_time = self.fetch_time + self.fetch_cost
 
     def _waits(self, unit: str, insn: Insn) -> list[tuple[str, str]] | None:
         """Channels the head instruction pops, or None if a token or a push slot is missing."""
@@ -145,8 +146,8 @@ class _Schedule:
                 return None
         return pops
 
-    def _fault(self, pc: int, fault: Fault) -> NPUFault:
-        return NPUFault(fault.code, pc, format_insn(self.program[pc]), str(fault))
+    def _fault(self, pc: int, fault: NPUFault) -> NPUFault:
+        return fault.place(pc, format_insn(self.program[pc]))
 
     def run(self) -> Plan:
         config = self.config
@@ -170,6 +171,8 @@ class _Schedule:
                     start = max([start] + list(self.unit_free.values()))
                 if best is None or start < best[0]:
                     best = (start, free, unit, pc, insn, pops)
+            if self.fetch_fault_time is not None and (best is None or best[0] >= self.fetch_fault_time):
+                return Plan(ops, None, self.fetch_fault)        # fetch faults first (first on a tie)
             if best is None:
                 if any(self.queues.values()) or (self.next_fetch < len(self.program)
                                                  and not self.finished):
@@ -182,7 +185,7 @@ class _Schedule:
                 self.tokens[ch].popleft()
             try:
                 ops.append(self.machine.prepare(insn))
-            except Fault as fault:
+            except NPUFault as fault:
                 return Plan(ops, None, self._fault(pc, fault))
             cost = insn_cycles(config, insn)
             end = start + cost
@@ -216,5 +219,5 @@ class _Schedule:
             waiting.append(f"fetch holds instruction {self.next_fetch} for a full queue")
         pc = first_pc if first_pc is not None else self.next_fetch
         text = format_insn(self.program[pc]) if pc < len(self.program) else "<end>"
-        return NPUFault(ErrorCode.DEADLOCK, pc, text,
+        return NPUFault(ErrorCode.DEADLOCK, pc, text, None,
                         "every unit waits for a token no unit will send: " + "; ".join(waiting))

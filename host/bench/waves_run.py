@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from softnpu.compiler.bundle import Bundle
-from softnpu.host.devices.device import DeviceError
 from softnpu.host.runtime import Stats, blocked_bytes, from_device, layer_spans, to_device, utilization
 
 __all__ = ["record_inference"]
@@ -49,9 +48,8 @@ def record_inference(bundle: Bundle, inputs: dict[str, np.ndarray], path: str | 
     recording = record(config, [job], path, window)
     wall = time.perf_counter() - start
     (result,) = recording.results
-    if result.fault is not None:
-        code, pc = result.fault
-        raise DeviceError(code, pc, "on the waves build of the RTL")
+    if result.npu_fault is not None:
+        raise result.npu_fault          # an NPUFault (DeviceError), as from every backend
     if result.error:
         raise RuntimeError(f"{manifest.model} on the RTL: {result.error}")
     outputs = {}

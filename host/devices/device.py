@@ -31,29 +31,19 @@ from softnpu.hdl.csr_map import (
     counter_offset,
     trace_offset,
 )
-from softnpu.hdl.isa import ErrorCode
+from softnpu.hdl.faults import NPUFault, insn_location
+from softnpu.hdl.isa import INSN_BYTES
 
-__all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceLost", "IssDevice", "BACKENDS", "open_device"]
+__all__ = ["Device", "DeviceError", "NPUFault", "DeviceTimeout", "DeviceLost", "IssDevice", "BACKENDS",
+           "open_device"]
 
 # CSR bit meanings, from the declared map (re-exported for host/devices/process.py)
 __all__ += ["CTRL_START", "CTRL_CLEAR", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR"]
 
 
-class DeviceError(RuntimeError):
-    """The NPU reported a fault (STATUS.error): the ErrorCode, the faulting instruction index and,
-    when the backend knows it, the instruction's disassembly and the reason."""
-
-    def __init__(self, code: ErrorCode | int, pc: int, detail: str = ""):
-        try:
-            self.code = ErrorCode(code)
-            name = self.code.name
-        except ValueError:
-            self.code, name = code, f"UNKNOWN_{code}"
-        self.code_name = name
-        self.pc = pc
-        self.detail = detail
-        super().__init__(f"NPU error {name} (code {int(code)}) at instruction {pc}"
-                         + (f": {detail}" if detail else ""))
+# An NPU fault (STATUS.error) is hdl/faults.py's NPUFault on every backend: code, instruction
+# index, disassembly and address, in the same words.  DeviceError is its name at this layer.
+DeviceError = NPUFault
 
 
 class DeviceTimeout(RuntimeError):
@@ -106,7 +96,7 @@ class Device(abc.ABC):
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for done: True when the program finished, False if `timeout_s` passed first.
-        Raises DeviceError when the NPU stopped on a fault."""
+        Raises NPUFault (DeviceError) when the NPU stopped on a fault."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             status = self.read_csr(CSR.STATUS)
@@ -139,8 +129,13 @@ class Device(abc.ABC):
         """Block until the interrupt line may have changed; backends with a real line override."""
         time.sleep(0.0005 if deadline is None else max(0.0, min(0.0005, deadline - time.monotonic())))
 
-    def _fault(self) -> DeviceError:
-        return DeviceError(self.read_csr(CSR.ERROR), self.read_csr(CSR.ERROR_PC))
+    def _fault(self) -> NPUFault:
+        """The fault the CSRs report, naming the faulting instruction as device memory holds it."""
+        regs = [self.read_csr(r) for r in (CSR.ERROR, CSR.ERROR_PC, CSR.ERROR_ADDR, CSR.ERROR_ADDR_HI)]
+        at = insn_location(self.read_csr(CSR.INSN_ADDR), regs[1], self.config.dram_bytes,
+                           self.config.dram_bus_bytes)
+        word = None if at is None else self.read_memory(at, INSN_BYTES).tobytes()
+        return NPUFault.from_registers(*regs, word)
 
     def run(self, insn_addr: int, count: int, timeout_s: float | None = None) -> None:
         """start + wait; raises DeviceTimeout if the program does not finish in `timeout_s`."""
@@ -200,15 +195,12 @@ class IssDevice(Device):
     def read_csr(self, offset: int) -> int:
         return self.iss.read_csr(offset)
 
-    def _fault(self) -> DeviceError:
-        error = super()._fault()
-        fault = self.iss.last_fault
-        if fault is not None and int(fault.code) == int(error.code):
-            # the ISS knows the instruction's disassembly and why it faulted
-            text = str(fault)
-            reason = text.split("]: ", 1)[1] if "]: " in text else text
-            return DeviceError(error.code, error.pc, f"[{fault.insn_text}] {reason}")
-        return error
+    def _fault(self) -> NPUFault:
+        fault = super()._fault()
+        known = self.iss.last_fault
+        if fault.same_fault(known):         # the ISS also knows why (which range, which unit waits)
+            fault.detail = known.detail
+        return fault
 
     def reset(self) -> None:
         self.iss.reset()

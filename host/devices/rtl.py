@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.host.devices.device import Device, DeviceError, DeviceLost, DeviceTimeout
-from softnpu.sim.rtl.client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
+from softnpu.host.devices.device import Device, DeviceLost, DeviceTimeout
+from softnpu.sim.rtl.client import RTLProcess, RTLRunHang, SimulatorCrashed, SimulatorHung
 
 __all__ = ["RtlDevice"]
 
@@ -94,8 +94,6 @@ class RtlDevice(Device):
         try:
             self._last = self._call(self._device().run, insn_addr, count, self.max_cycles,
                                     timeout=timeout_s if timeout_s is not None else 24 * 3600.0)
-        except RTLRunFault as exc:
-            raise DeviceError(exc.code, exc.pc, str(exc)) from None
         except RTLRunHang as exc:
             raise DeviceTimeout(f"rtl device: {exc}") from None
         except DeviceLost as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from softnpu.hdl.config import NPUConfig
 from softnpu.sim.rtl import harness as rtl_harness
 
-__all__ = ["RTLProcess", "SimulatorCrashed", "SimulatorHung", "RTLRunFault", "RTLRunHang"]
+__all__ = ["RTLProcess", "SimulatorCrashed", "SimulatorHung", "RTLRunHang"]
 
 
 class SimulatorCrashed(RuntimeError):
@@ -29,14 +29,6 @@ class SimulatorCrashed(RuntimeError):
 
 class SimulatorHung(RuntimeError):
     """The simulator did not answer within the request's deadline; it has been killed."""
-
-
-class RTLRunFault(RuntimeError):
-    """The NPU reported an error code (the simulator is fine)."""
-
-    def __init__(self, code: int, pc: int, message: str):
-        super().__init__(message)
-        self.code, self.pc = code, pc
 
 
 class RTLRunHang(RuntimeError):
@@ -142,7 +134,7 @@ class RTLProcess:
         if status == "ok":
             return value
         if status == "fault":
-            raise RTLRunFault(*value)
+            raise value                 # an NPUFault (hdl/faults.py); the simulator is fine
         if status == "hang":
             raise RTLRunHang(value)
         raise RuntimeError(f"simulator request {op} failed: {value}")
@@ -164,6 +156,6 @@ class RTLProcess:
 
     def run(self, insn_addr: int, insn_count: int, max_cycles: int = 100_000_000,
             timeout: float = 3600.0) -> dict:
-        """Run a program; returns {'counters', 'trace'}.  Raises RTLRunFault, RTLRunHang (budget),
+        """Run a program; returns {'counters', 'trace'}.  Raises NPUFault, RTLRunHang (budget),
         SimulatorHung (deadline: killed), SimulatorCrashed."""
         return self._request("run", (insn_addr, insn_count, max_cycles), timeout)

@@ -11,7 +11,8 @@ from pathlib import Path
 import cocotb
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.sim.rtl.device import CycleBudgetExceeded, RTLDevice, RTLFault
+from softnpu.hdl.faults import NPUFault
+from softnpu.sim.rtl.device import CycleBudgetExceeded, RTLDevice
 from softnpu.sim.rtl.jobs import JobResult
 from softnpu.sim.rtl.waves import Window
 
@@ -33,17 +34,18 @@ async def run_jobs(dut):
             device.memory.view[addr:addr + size] = 0
         dirty = [(a, len(d)) for a, d in job.image] + list(job.regions)
         device.load_image(job.image)
-        counters = trace = fault = error = None
+        counters = trace = fault = npu_fault = error = None
+        device.irq_at_end = False
         try:
             run = await device.run(job.insn_addr, job.insn_count, job.max_cycles)
             counters, trace = run.counters, run.trace
-        except RTLFault as exc:
-            fault = (int(exc.code), exc.pc)
+        except NPUFault as exc:
+            fault, npu_fault = (int(exc.code), exc.pc), exc
         except CycleBudgetExceeded as exc:
             error = str(exc)
         regions = [bytes(device.read_memory(addr, size)) for addr, size in job.regions]
         results.append(JobResult(job.name, regions, counters, trace, fault, error,
-                                 time.perf_counter() - start))
+                                 time.perf_counter() - start, npu_fault, device.irq_at_end))
         if error:       # a hung NPU: reset before the next job
             await device.reset()
     Path(os.environ["SOFTNPU_RESULTS"]).write_bytes(pickle.dumps(results))

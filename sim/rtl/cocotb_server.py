@@ -11,7 +11,8 @@ from multiprocessing.connection import Listener
 import cocotb
 
 from softnpu.hdl.config import NPUConfig
-from softnpu.sim.rtl.device import CycleBudgetExceeded, RTLDevice, RTLFault
+from softnpu.hdl.faults import NPUFault
+from softnpu.sim.rtl.device import CycleBudgetExceeded, RTLDevice
 
 
 @cocotb.test()
@@ -49,8 +50,8 @@ async def serve(dut):
                 else:
                     raise ValueError(f"unknown request {op!r}")
                 conn.send(("ok", value))
-            except RTLFault as exc:
-                conn.send(("fault", (int(exc.code), exc.pc, str(exc))))
+            except NPUFault as exc:
+                conn.send(("fault", exc))          # pickles with every field (NPUFault.__reduce__)
             except CycleBudgetExceeded as exc:
                 await device.reset()
                 conn.send(("hang", str(exc)))

@@ -1,6 +1,8 @@
 """The device API of the RTL simulation, used from cocotb coroutines inside the simulator process:
 load a memory image, write/read memory (bulk, through the DPI array), write/read CSRs (AXI4-Lite),
-start, run until the interrupt with a cycle budget, reset.
+start, run until the interrupt with a cycle budget, reset.  A run that ends on a fault raises
+`NPUFault` (hdl/faults.py), read from the fault CSRs and the faulting instruction in memory;
+`irq_at_end` tells whether the interrupt line was up when the run ended.
 
 The clock runs in the simulator (the harness top makes it, sim/rtl/harness.py); a run sleeps
 until the interrupt or the budget, so Python is never woken per cycle.  Exceeding the budget
@@ -25,20 +27,13 @@ from softnpu.hdl.csr_map import (
     counter_offset,
     trace_offset,
 )
-from softnpu.hdl.isa import ErrorCode
+from softnpu.hdl.faults import NPUFault, insn_location
+from softnpu.hdl.isa import INSN_BYTES
 from softnpu.sim.rtl.dpi_mem import DpiMemory
 
-__all__ = ["RTLDevice", "RTLFault", "CycleBudgetExceeded", "RTLRun"]
+__all__ = ["RTLDevice", "CycleBudgetExceeded", "RTLRun"]
 
 CLOCK_NS = 10
-
-
-class RTLFault(RuntimeError):
-    """The NPU stopped with an error code (STATUS.error)."""
-
-    def __init__(self, code: int, pc: int):
-        self.code, self.pc = ErrorCode(code), pc
-        super().__init__(f"NPU fault {self.code.name} (code {code}) at instruction {pc}")
 
 
 class CycleBudgetExceeded(RuntimeError):
@@ -61,6 +56,7 @@ class RTLDevice:
     def __init__(self, dut, config: NPUConfig):
         self.dut, self.config = dut, config
         self.memory = DpiMemory()
+        self.irq_at_end = False         # the interrupt line when the last run ended (done or fault)
 
     # -- reset and memory ------------------------------------------------------------------
     async def reset(self, backpressure: bool = False) -> None:
@@ -172,7 +168,7 @@ class RTLDevice:
         await self.write_csr(CSR.CTRL, CTRL_CLEAR | CTRL_START)     # clear the last run's done, start
 
     async def wait(self, max_cycles: int) -> RTLRun:
-        """Sleep until the interrupt; raise RTLFault on an error, CycleBudgetExceeded on a hang."""
+        """Sleep until the interrupt; raise NPUFault on a fault, CycleBudgetExceeded on a hang."""
         dut = self.dut
         if not dut.irq.value:
             timeout = Timer(max_cycles * CLOCK_NS, unit="ns")
@@ -180,13 +176,23 @@ class RTLDevice:
             if fired is timeout:
                 raise CycleBudgetExceeded(f"no interrupt within {max_cycles} cycles: {self._state()}")
         await RisingEdge(dut.clk)
+        self.irq_at_end = bool(dut.irq.value)
         status = await self.read_csr(CSR.STATUS)
         counters = await self.counters()
         trace = await self.trace()
         if status & STATUS_ERROR:
-            raise RTLFault(await self.read_csr(CSR.ERROR), await self.read_csr(CSR.ERROR_PC))
+            raise await self.read_fault()
         await self.write_csr(CSR.CTRL, CTRL_CLEAR)    # acknowledge: drop done and the interrupt
         return RTLRun(counters, trace)
+
+    async def read_fault(self) -> NPUFault:
+        """The fault the CSRs report, naming the faulting instruction as device memory holds it."""
+        regs = [await self.read_csr(r) for r in (CSR.ERROR, CSR.ERROR_PC, CSR.ERROR_ADDR, CSR.ERROR_ADDR_HI,
+                                                CSR.INSN_ADDR)]
+        at = insn_location(regs[4], regs[1], min(self.config.dram_bytes, self.memory.size),
+                           self.config.dram_bus_bytes)
+        word = None if at is None else bytes(self.read_memory(at, INSN_BYTES))
+        return NPUFault.from_registers(*regs[:4], word)
 
     async def run(self, insn_addr: int, insn_count: int, max_cycles: int = 10_000_000) -> RTLRun:
         await self.start(insn_addr, insn_count)

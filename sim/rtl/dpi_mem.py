@@ -16,7 +16,9 @@ __all__ = ["DpiMemory", "MemoryFault"]
 
 
 class MemoryFault(RuntimeError):
-    """The HDL accessed the DPI memory misaligned or out of range."""
+    """The HDL accessed the DPI memory misaligned or out of range: a bug of the HDL or the harness,
+    which the harness's self-checks look for.  Not a fault of a program: the NPU reports those
+    (hdl/faults.py `NPUFault`) before it touches memory."""
 
 
 class DpiMemory:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from softnpu.hdl.config import NPUConfig
+from softnpu.hdl.faults import NPUFault
 from softnpu.sim.rtl import harness as rtl_harness
 from softnpu.sim.rtl import waves as wave_files
 
@@ -39,6 +40,8 @@ class JobResult:
     fault: tuple[int, int] | None            # (ErrorCode, instruction index)
     error: str | None                        # a hang: the budget message naming the units
     wall_s: float
+    npu_fault: NPUFault | None = None        # the fault with its instruction and address
+    irq: bool = False                        # the interrupt line was up when the run ended
 
 
 def run_jobs(config: NPUConfig, jobs: list[Job], *, waves: str | Path | None = None,

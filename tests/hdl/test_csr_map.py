@@ -10,7 +10,8 @@ from softnpu.hdl.csr_map import CSR, Field, Register
 # The map as the ISS, the RTL device and the host driver have always read it: a change here is
 # a change of the device's programming model.
 PINNED = {"CTRL": 0x00, "STATUS": 0x04, "ERROR": 0x08, "ERROR_PC": 0x0C, "INSN_ADDR": 0x10,
-          "INSN_COUNT": 0x14, "IRQ_ENABLE": 0x18, "TRACE_COUNT": 0x1C, "COUNTERS": 0x40, "TRACE": 0x1000}
+          "INSN_COUNT": 0x14, "IRQ_ENABLE": 0x18, "TRACE_COUNT": 0x1C, "ERROR_ADDR": 0x20,
+          "ERROR_ADDR_HI": 0x24, "COUNTERS": 0x40, "TRACE": 0x1000}
 
 
 def test_offsets_and_bits_are_the_programming_model():

@@ -56,10 +56,10 @@ def run(words, count=None, *, insn_addr=PROGRAM, ready=None, pattern=(1,), cycle
         ctx.set(dut.run, 1)
         after = None
         for _ in range(5000):
-            _, _, fault, code, pc, exhausted = await ctx.tick().sample(dut.fault, dut.fault_code, dut.pc,
-                                                                       dut.exhausted)
+            _, _, fault, code, pc, addr, exhausted = await ctx.tick().sample(
+                dut.fault, dut.fault_code, dut.pc, dut.fault_addr, dut.exhausted)
             if fault:
-                outcome.update(fault=(ErrorCode(code), pc))
+                outcome.update(fault=(ErrorCode(code), pc), fault_addr=addr)
                 ctx.set(dut.run, 0)
                 return
             if exhausted:
@@ -175,4 +175,6 @@ def test_bad_program_address_faults(insn_addr, code):
     queues, memory, _, outcome = run([isa.Marker(id=1), isa.Marker(id=2), isa.Finish()], insn_addr=insn_addr)
     want_pc = 0 if code == ErrorCode.DRAM_ALIGN else 2
     assert outcome["fault"] == (code, want_pc)
+    # INSN_ADDR, or the last byte of the first instruction past the end (hdl/faults.py ADDRESSED)
+    assert outcome["fault_addr"] == (insn_addr if code == ErrorCode.DRAM_ALIGN else CFG.dram_bytes + 31)
     assert len(memory.bursts) == want_pc

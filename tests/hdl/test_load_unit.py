@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import Value
 
-from softnpu.hdl import isa
+from softnpu.hdl import faults, isa
 from softnpu.hdl.config import preset
 from softnpu.hdl.isa import Buffer, ErrorCode
 from softnpu.hdl.load_unit import LoadUnit
@@ -60,7 +60,8 @@ def run(insns, *, pattern=(1,), tokens=True):
     memory = ReadMemory(dut.mem, CFG.dram_bus_bytes, _memory(), latency=3, pattern=pattern)
     writes = {Buffer.INP: WriteRecorder(dut.inp_w), Buffer.WGT: WriteRecorder(dut.wgt_w),
               Buffer.PARAM: WriteRecorder(dut.param_w)}
-    strobes = Strobes(fault=dut.status.fault, code=dut.status.fault_code, push_next=dut.tokens.push_next,
+    strobes = Strobes(fault=dut.status.fault, code=dut.status.fault_code, addr=dut.status.fault_addr,
+                      push_next=dut.tokens.push_next,
                       beats=dut.read_beats)
 
     async def bench(ctx):
@@ -164,8 +165,18 @@ def test_out_of_range_and_misaligned_loads_fault_with_their_code(fields, code):
     memory, writes, strobes = run([bad])
     assert strobes.values["code"] == [code], strobes.values
     assert len(strobes.cycles["fault"]) == 1
+    assert strobes.values["addr"] == _fault_address(bad, code), "the address hdl/faults.py defines"
     assert not memory.bursts and not any(w.writes for w in writes.values())
     assert not strobes.cycles["push_next"]
+
+
+def _fault_address(insn, code) -> list[int]:
+    entry = {Buffer.INP: CFG.cols, Buffer.WGT: CFG.rows * CFG.cols, Buffer.PARAM: 4 * CFG.rows}[insn.buffer]
+    if code == ErrorCode.DRAM_ALIGN:
+        return [faults.dma_align_address(insn, CFG.dram_bus_bytes)]
+    if code == ErrorCode.DRAM_RANGE:
+        return [faults.dma_last_byte(insn, entry)]
+    return []
 
 
 def test_a_load_ending_at_the_last_byte_is_legal():

@@ -7,7 +7,7 @@ out-of-range or misaligned stores fault with their ErrorCode before writing."""
 import numpy as np
 import pytest
 
-from softnpu.hdl import isa
+from softnpu.hdl import faults, isa
 from softnpu.hdl.config import preset
 from softnpu.hdl.isa import ErrorCode
 from softnpu.hdl.store_unit import StoreUnit
@@ -51,7 +51,8 @@ def run(insns, *, pattern=(1,)):
     entries = _entries()
     memory = WriteMemory(dut.mem, CFG.dram_bus_bytes, latency=2, pattern=pattern)
     scratchpad = SyncReadPort(dut.out_r, entries)
-    strobes = Strobes(fault=dut.status.fault, code=dut.status.fault_code, push_prev=dut.tokens.push_prev,
+    strobes = Strobes(fault=dut.status.fault, code=dut.status.fault_code, addr=dut.status.fault_addr,
+                      push_prev=dut.tokens.push_prev,
                       beats=dut.write_beats, awvalid=dut.mem.awvalid, bvalid=dut.mem.bvalid)
 
     async def bench(ctx):
@@ -124,8 +125,12 @@ STORE = dict(sram=0, dram=OUT, blocks=1, rows=2, cols=4, row_stride=16)
     (dict(dram=CFG.dram_bytes - 48, blocks=2, block_stride=32), ErrorCode.DRAM_RANGE),
 ])
 def test_out_of_range_and_misaligned_stores_fault_with_their_code(fields, code):
-    _, memory, strobes = run([isa.Store(**{**STORE, **fields})])
+    bad = isa.Store(**{**STORE, **fields})
+    _, memory, strobes = run([bad])
     assert strobes.values["code"] == [code], strobes.values
+    want = {ErrorCode.DRAM_ALIGN: [faults.dma_align_address(bad, CFG.dram_bus_bytes)],
+            ErrorCode.DRAM_RANGE: [faults.dma_last_byte(bad, CFG.rows)]}.get(code, [])
+    assert strobes.values["addr"] == want, "the address hdl/faults.py defines"
     assert not memory.bursts and not memory.data
     assert not strobes.cycles["push_prev"]
 

@@ -181,6 +181,7 @@ def test_zeroed_memory_is_an_illegal_opcode_with_its_index():
     with pytest.raises(NPUFault) as info:
         iss.run(PROGRAM_AT - isa.INSN_BYTES, 2)
     assert info.value.code == ErrorCode.ILLEGAL_OPCODE and info.value.pc == 0
+    assert info.value.insn == ".word 0x0" and info.value.addr is None
 
 
 def test_illegal_field_reports_disassembly():
@@ -193,30 +194,35 @@ def test_illegal_field_reports_disassembly():
 
 def test_dma_beyond_device_memory_is_a_dram_range_fault():
     load = isa.Load(buffer=Buffer.INP, dram=CFG.dram_bytes - B, blocks=1, rows=2, cols=1, row_stride=B)
-    with pytest.raises(NPUFault, match="DRAM_RANGE.*beyond the device memory") as info:
+    with pytest.raises(NPUFault, match=r"DRAM_RANGE.*instruction 0 \[load.*address 0x[0-9a-f]+: a DMA") \
+            as info:
         _run(ISS(CFG), [load])
     assert info.value.code == ErrorCode.DRAM_RANGE and info.value.pc == 0
+    assert info.value.addr == CFG.dram_bytes + B - 1, "the last byte the DMA would touch"
+    assert "beyond the device memory" in info.value.detail
 
 
 def test_unaligned_dma_is_a_dram_align_fault():
     load = isa.Load(buffer=Buffer.INP, dram=CFG.dram_bus_bytes + 1, blocks=1, rows=1, cols=1)
-    with pytest.raises(NPUFault, match="DRAM_ALIGN.*dram=0x5") as info:
+    with pytest.raises(NPUFault, match="DRAM_ALIGN.*dram=0x5.*address 0x5:") as info:
         _run(ISS(CFG), [load])
-    assert info.value.code == ErrorCode.DRAM_ALIGN
+    assert info.value.code == ErrorCode.DRAM_ALIGN and info.value.addr == 5
 
 
 def test_conv_beyond_input_scratchpad_is_an_sram_range_fault():
     conv = isa.Conv(mode=ConvMode.SUM, out_blocks=1, in_blocks=1, kh=1, kw=1, stride_h=1, stride_w=1,
                     out_h=1, out_w=2, inp=CFG.inp_depth - 1, inp_row=1, inp_block=1)
-    with pytest.raises(NPUFault, match="SRAM_RANGE.*inp entries") as info:
+    with pytest.raises(NPUFault, match="SRAM_RANGE.*beyond a scratchpad") as info:
         _run(ISS(CFG), [conv])
-    assert info.value.code == ErrorCode.SRAM_RANGE
+    assert info.value.code == ErrorCode.SRAM_RANGE and info.value.addr is None
+    assert "inp entries" in info.value.detail
 
 
 def test_missing_token_is_a_deadlock_naming_the_waiting_unit():
-    with pytest.raises(NPUFault, match="DEADLOCK.*compute waits at instruction 0") as info:
+    with pytest.raises(NPUFault, match=r"DEADLOCK.*instruction 0 \[marker id=1 pop_prev\]: a token") as info:
         _run(ISS(CFG), [isa.Marker(id=1, pop_prev=True), isa.Finish()])
     assert info.value.code == ErrorCode.DEADLOCK
+    assert "compute waits at instruction 0" in info.value.detail
 
 
 def test_csr_start_reports_done_or_error():

@@ -52,12 +52,16 @@ def _error_jobs():
     ]
 
 
-def _iss(job: Job):
+def _iss_run(job: Job):
     iss = ISS(CFG)
     for addr, data in job.image:
         iss.write(addr, data)
+    return iss, iss.run(job.insn_addr, job.insn_count)
+
+
+def _iss(job: Job):
     try:
-        stats = iss.run(job.insn_addr, job.insn_count)
+        iss, stats = _iss_run(job)
     except NPUFault as fault:
         return None, (int(fault.code), fault.pc), None
     return [bytes(iss.read(a, s)) for a, s in job.regions], None, stats
@@ -147,3 +151,7 @@ def test_errors_are_codes_with_interrupt_not_hangs(results, name, code):
     assert res.fault is not None, f"{name}: the RTL reported no fault"
     assert res.fault[0] == code and iss_fault[0] == code
     assert res.fault[1] == iss_fault[1], f"{name}: RTL pc {res.fault[1]}, ISS pc {iss_fault[1]}"
+    assert res.irq, f"{name}: the interrupt did not rise"
+    with pytest.raises(NPUFault) as iss:
+        _iss_run(job)
+    assert str(res.npu_fault) == str(iss.value), "the same code, instruction, disassembly and address"

@@ -1,5 +1,5 @@
 """sim/rtl/client.py: the RTL simulation as a device in its own process, over a local socket:
-results equal the ISS's, faults come back as codes, a hung or killed simulator is detected and
+results equal the ISS's, faults come back as the ISS's NPUFault, a hung or killed simulator is detected and
 restarted."""
 
 import os
@@ -10,8 +10,9 @@ import pytest
 
 from softnpu.hdl import isa
 from softnpu.hdl.config import preset
+from softnpu.hdl.faults import NPUFault
 from softnpu.sim.iss import ISS
-from softnpu.sim.rtl.client import RTLProcess, RTLRunFault, RTLRunHang, SimulatorCrashed, SimulatorHung
+from softnpu.sim.rtl.client import RTLProcess, RTLRunHang, SimulatorCrashed, SimulatorHung
 from tests.sim.programs import random_program
 
 CFG = preset("tiny")
@@ -48,11 +49,15 @@ def test_program_over_the_socket_matches_the_iss(device):
     assert device.read_csr(isa.CSR.STATUS) & 0b110 == 0
 
 
-def test_fault_comes_back_as_a_code(device):
-    device.write_memory(0x9000, np.frombuffer(isa.Marker(id=3, pop_prev=True).encode(), np.uint8))
-    with pytest.raises(RTLRunFault) as info:
+def test_fault_comes_back_as_the_iss_fault(device):
+    program = isa.Marker(id=3, pop_prev=True).encode()
+    device.write_memory(0x9000, np.frombuffer(program, np.uint8))
+    with pytest.raises(NPUFault) as info:
         device.run(0x9000, 1)
-    assert info.value.code == isa.ErrorCode.DEADLOCK
+    assert info.value.code == isa.ErrorCode.DEADLOCK and info.value.insn == "marker id=3 pop_prev"
+    with pytest.raises(NPUFault) as iss:
+        ISS(CFG).run_program(program, 0x9000)
+    assert str(info.value) == str(iss.value)
 
 
 def test_cycle_budget_is_an_error_not_a_freeze(device):
