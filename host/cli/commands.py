@@ -102,6 +102,7 @@ def cmd_serve(args) -> int:
     from softnpu.host.serving import lightproto
     lightproto.preload()        # the service needs TensorFlow's protos, not its runtime
     from softnpu.host.serving.auth import env_api_keys, load_api_keys
+    from softnpu.host.serving.batching import BatchingError, BatchingParameters
     from softnpu.host.serving.limits import Limits, MiB
     from softnpu.host.serving.model_config import ConfigError
     from softnpu.host.serving.models import describe
@@ -116,6 +117,15 @@ def cmd_serve(args) -> int:
         try:
             keys += load_api_keys(args.api_keys_file)
         except (OSError, ValueError) as exc:
+            raise SystemExit(f"softnpu serve: {exc}") from None
+    batching = None
+    if args.batching_parameters_file and not args.enable_batching:
+        raise SystemExit("softnpu serve: --batching-parameters-file needs --enable-batching")
+    if args.enable_batching:
+        try:
+            batching = (BatchingParameters.load(args.batching_parameters_file)
+                        if args.batching_parameters_file else BatchingParameters())
+        except BatchingError as exc:
             raise SystemExit(f"softnpu serve: {exc}") from None
     if args.model_config_file:
         if args.model_dir is not None:
@@ -154,7 +164,8 @@ def cmd_serve(args) -> int:
                         max_queue=args.max_queue, max_message_mb=args.max_message_mb,
                         request_timeout_s=args.request_timeout,
                         max_calls_per_peer=args.max_calls_per_peer, rest_port=args.rest_port,
-                        limits=Limits(int(args.max_request_mb * MiB), int(args.max_inflight_mb * MiB)))
+                        limits=Limits(int(args.max_request_mb * MiB), int(args.max_inflight_mb * MiB)),
+                        batching=batching)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"softnpu serve: {exc}") from None
     server.start()
@@ -164,6 +175,8 @@ def cmd_serve(args) -> int:
     print(f"softnpu serve: {tls} gRPC on {server.address}, backend "
           f"{args.backend}, {args.workers} worker(s), queue {args.max_queue}, "
           f"{'API keys required' if keys else 'no authentication'}", flush=True)
+    if batching is not None:
+        print(f"softnpu serve: {batching.describe(args.workers)}", flush=True)
     server.run_until_signal(args.grace_period)
     print("softnpu serve: stopped", flush=True)
     return 0
@@ -321,6 +334,15 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--max-inflight-mb", type=float, default=512,
                    help="memory all requests in flight may take together, MiB; more is "
                         "RESOURCE_EXHAUSTED (default 512)")
+    p.add_argument("--enable-batching", "--enable_batching", action="store_true",
+                   help="merge requests for the same model version that arrive together into batches "
+                        "run back to back on one device worker (TF Serving's flag; defaults: "
+                        "max_batch_size 8, batch_timeout_micros 0, max_enqueued_batches 16, "
+                        "num_batch_threads = workers)")
+    p.add_argument("--batching-parameters-file", "--batching_parameters_file", metavar="FILE",
+                   help="TF Serving's BatchingParameters in text format, e.g. 'max_batch_size { value: 8 } "
+                        "batch_timeout_micros { value: 2000 } max_enqueued_batches { value: 16 } "
+                        "num_batch_threads { value: 1 }' (with --enable-batching)")
     p.add_argument("--request-timeout", type=float, default=60.0,
                    help="upper bound of any request's time, seconds (default 60)")
     p.add_argument("--top-k", type=int, default=5, help="classes returned by 'classes'/'scores' (default 5)")

@@ -10,6 +10,8 @@ the REST port (host/serving/rest.py):
   softnpu_inflight_bytes                                          memory reserved by admitted requests
   softnpu_rejected_total{reason}                                  unauthenticated calls, ...
   softnpu_device_restarts_total                                   device processes the watcher restarted
+  softnpu_batch_size, softnpu_batch_requests                      histograms of examples and requests per
+                                                                  batch (with --enable-batching)
 
 `version` is the version that answered, or the one asked for ("" = latest) when none did.
 """
@@ -25,6 +27,7 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, float("inf"))
 _CYCLE_BUCKETS = tuple(10 ** e * m for e in range(3, 11) for m in (1, 3)) + (float("inf"),)
 
 
@@ -59,6 +62,14 @@ class ServingMetrics:
         Gauge("softnpu_inflight_bytes", "bytes reserved by admitted requests",
               registry=self.registry).set_function(inflight_bytes)
         self.registry.register(_Callbacks(rejected, restarted))
+        self.batch_size = Histogram("softnpu_batch_size", "examples per batch the batcher dispatched",
+                                    buckets=_BATCH_BUCKETS, registry=self.registry)
+        self.batch_requests = Histogram("softnpu_batch_requests", "requests per batch the batcher dispatched",
+                                        buckets=_BATCH_BUCKETS, registry=self.registry)
+
+    def batch(self, examples: int, requests: int) -> None:
+        self.batch_size.observe(examples)
+        self.batch_requests.observe(requests)
 
     def observe(self, method: str, model: str, version, status: str, seconds: float) -> None:
         values = (method, model or "-", str(version or ""), status)

@@ -12,8 +12,9 @@ from tf.make_tensor_proto); see host/serving/models.py for the signature.
 Every RPC except health checks needs an API key when keys are configured (`authorization`
 metadata: `Bearer <key>` or the bare key), checked with a per-peer call limit before the request
 is read (host/serving/auth.py).  A request is priced from its shapes and image headers before anything
-is decoded (host/serving/limits.py), then passes a bounded queue to a pool of device workers; every
-failure is a gRPC status whose message says what is wrong:
+is decoded (host/serving/limits.py), then passes a bounded queue to a pool of device workers (with
+`batching`, a batcher that runs requests for one model version together: host/serving/batching.py);
+every failure is a gRPC status whose message says what is wrong:
 
   INVALID_ARGUMENT    bad tensor (dtype, shape, content), undecodable image, unknown input or output
                       alias, unknown version label, Classify on a non-classifier, a request over a size
@@ -63,6 +64,7 @@ from tensorflow_serving.apis import (
 from softnpu.host.devices.device import DeviceError, DeviceLost, DeviceTimeout
 from softnpu.host.pipeline import InputError
 from softnpu.host.serving.auth import CallGuard, load_api_keys
+from softnpu.host.serving.batching import BatchingParameters
 from softnpu.host.serving.limits import LimitExceeded, Limits
 from softnpu.host.serving.metrics import ServingMetrics
 from softnpu.host.serving.models import (
@@ -372,7 +374,7 @@ class Server:
                  max_queue: int = 16, max_message_mb: float = 16, request_timeout_s: float = 60.0,
                  run_timeout_s: float | None = 60.0, top_k: int = 5,
                  max_calls_per_peer: int | None = None, limits: Limits | None = None,
-                 rest_port: int | None = None):
+                 rest_port: int | None = None, batching: BatchingParameters | None = None):
         self.store = store if isinstance(store, ModelStore) else ModelStore(store, top_k=top_k)
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
@@ -383,7 +385,7 @@ class Server:
                (("key", tls_key), ("cert", tls_cert), ("client_ca", tls_client_ca)) if path is not None}
         if max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
-        self.pool = WorkerPool(workers, max_queue, backend, device_factory, run_timeout_s)
+        self.pool = WorkerPool(workers, max_queue, backend, device_factory, run_timeout_s, batching)
         self.store.on_unload.append(self.pool.retire)     # unloaded versions release their weights
         # one peer may fill the workers and the queue and see QueueFull; the others keep threads
         per_peer = workers + max_queue + 2 if max_calls_per_peer is None else max_calls_per_peer
@@ -401,6 +403,8 @@ class Server:
                                       inflight_bytes=lambda: self.limits.inflight_bytes,
                                       rejected=lambda: dict(self.guard.rejected),
                                       restarted=lambda: self.pool.counts["restarted"])
+        if self.pool.batcher is not None:
+            self.pool.batcher.on_batch = self.metrics.batch
         self.predictions = PredictionServicer(self.store, self.pool, request_timeout_s, self.limits)
         self.models = ModelServicer(self.store)
         self.predictions.metrics = self.models.metrics = self.metrics

@@ -7,6 +7,10 @@ back in: no hand-off to another thread, whose wake-up would cost more than a sma
 When every worker is busy the request waits, in arrival order, in a queue of at most `max_queue`
 requests; one more is refused at once (`QueueFull`: the service answers RESOURCE_EXHAUSTED).  A
 request whose deadline passes, or whose caller goes away, while it waits never reaches a device.
+
+With `batching` (host/serving/batching.py) requests go through a batcher instead: batch threads
+check a worker out once per batch of requests for one model version and run them back to back,
+each request getting its own results or error.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from softnpu.hdl.config import NPUConfig
 from softnpu.host.devices.device import Device, open_device
 from softnpu.host.runtime import Result, Runtime
+from softnpu.host.serving.batching import Batch, Batcher, BatchingParameters
 
 __all__ = ["WorkerPool", "Worker", "QueueFull", "JobExpired", "PoolClosed"]
 
@@ -89,7 +94,7 @@ class WorkerPool:
 
     def __init__(self, workers: int = 1, max_queue: int = 16, backend: str = "iss",
                  device_factory: Callable[[NPUConfig], Device] | None = None,
-                 run_timeout_s: float | None = 60.0):
+                 run_timeout_s: float | None = 60.0, batching: BatchingParameters | None = None):
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         if not isinstance(max_queue, int) or max_queue < 1:
@@ -106,21 +111,27 @@ class WorkerPool:
         self._watch_stop = threading.Event()
         self._retired: set = set()     # model keys to drop from the workers busy at the moment
         self.counts = collections.Counter()        # completed, failed, expired, rejected
+        self.batcher: Batcher | None = None
+        if batching is not None:
+            self.batcher = Batcher(batching, self._run_batch, batching.num_batch_threads or workers,
+                                   queue_full=QueueFull, expired=JobExpired,
+                                   closed=lambda: PoolClosed("the server is shutting down"))
 
     @property
     def workers(self) -> int:
         return len(self._all)
 
     def queued(self) -> int:
-        """Requests waiting for a worker now."""
-        return self._waiting
+        """Requests waiting for a worker (or in a batch) now."""
+        return self._waiting + (self.batcher.queued() if self.batcher is not None else 0)
 
-    def _checkout(self, deadline: float | None, cancelled: Callable[[], bool]) -> Worker:
+    def _checkout(self, deadline: float | None, cancelled: Callable[[], bool],
+                  bounded: bool = True) -> Worker:
         with self._cond:
             if self._closed:
                 raise PoolClosed("the server is shutting down")
             if not self._free:
-                if self._waiting >= self.max_queue:
+                if bounded and self._waiting >= self.max_queue:
                     self.counts["rejected"] += 1
                     raise QueueFull(f"request queue full ({self.max_queue} requests waiting for "
                                     f"{self.workers} device worker(s)); retry later")
@@ -154,7 +165,18 @@ class WorkerPool:
         `deadline` is a time.monotonic() value; `trace` also reads the per-layer marker trace.
         Raises QueueFull, JobExpired, PoolClosed, or what the runtime raises (InputError,
         DeviceError, DeviceTimeout)."""
+        if self.batcher is not None:
+            return self.batcher.submit(model, examples, deadline, cancelled, trace)
         worker = self._checkout(deadline, cancelled)
+        try:
+            results = self._infer(worker, model, examples, deadline, cancelled, trace)
+        finally:
+            self._checkin(worker)
+        return results
+
+    def _infer(self, worker: Worker, model, examples: list[dict], deadline: float | None,
+               cancelled: Callable[[], bool], trace: bool) -> list[Result]:
+        """One request's examples on a checked-out worker, counted."""
         try:
             runtime = worker.runtime(model)
             results = []
@@ -170,11 +192,33 @@ class WorkerPool:
             with self._cond:
                 self.counts["expired" if isinstance(exc, JobExpired) else "failed"] += 1
             raise
-        finally:
-            self._checkin(worker)
         with self._cond:
             self.counts["completed"] += 1
         return results
+
+    def _run_batch(self, batch: Batch) -> None:
+        """A batch thread's work: one worker for the whole batch, its requests back to back; each
+        request ends with its own results or error (one that faults or expired fails alone)."""
+        try:
+            worker = self._checkout(None, lambda: False, bounded=False)
+        except Exception as exc:                # the pool closed
+            for task in batch.tasks:
+                task.finish(error=exc)
+            return
+        try:
+            for task in batch.tasks:
+                if task.expired():
+                    with self._cond:
+                        self.counts["expired"] += 1
+                    task.finish(error=JobExpired("deadline exceeded while the request waited for a batch"))
+                    continue
+                try:
+                    task.finish(self._infer(worker, task.model, task.examples, task.deadline,
+                                            task.cancelled, task.trace))
+                except Exception as exc:
+                    task.finish(error=exc)
+        finally:
+            self._checkin(worker)
 
     # -- supervision ------------------------------------------------------------------------------
     def watch(self, interval_s: float = WATCH_S) -> None:
@@ -233,7 +277,8 @@ class WorkerPool:
         """Wait until no request waits or runs, or until `deadline` (time.monotonic()); True if
         the pool went idle."""
         with self._cond:
-            while self._waiting or len(self._free) < len(self._all):
+            while (self._waiting or len(self._free) < len(self._all)
+                   or (self.batcher is not None and self.batcher.busy())):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -244,6 +289,8 @@ class WorkerPool:
         """Refuse new requests, wake the waiting ones (PoolClosed), wait up to `timeout_s` for
         the running ones, close the devices."""
         deadline = time.monotonic() + timeout_s
+        if self.batcher is not None:            # what is still queued runs now, or fails PoolClosed
+            self.batcher.close(timeout_s / 2)
         if self._watcher is not None:
             self._watch_stop.set()
             self._watcher.join(timeout_s)
