@@ -51,8 +51,9 @@ def bench_iss(session):
 
 @nox.session(python=PYTHON)
 def bench_serve(session):
-    """Serving latency (p50/p99), throughput and service overhead on the ISS, 1 and 2 workers, also
-    while 50 unauthenticated stalled calls are kept open (`-- --stalls N`)."""
+    """Serving on the ISS: latency (p50/p99), throughput and service overhead with 1 and 2 workers;
+    batching off vs on at 16 clients; authorised p99 while an attacker process holds 50 stalled
+    unauthenticated connections, against the unloaded p99 of the same run (`-- --help`)."""
     _install(session)
     session.run("python", "-m", "softnpu.host.serving.bench_serve", *session.posargs)
 
