@@ -207,8 +207,9 @@ class Batcher:
 
     def __init__(self, params: BatchingParameters, execute: Callable[[Batch], None], threads: int,
                  queue_full: Callable[[str], Exception], closed: Callable[[], Exception],
-                 expired: Callable[[str], Exception]):
+                 expired: Callable[[str], Exception], tally: Callable[[str], None] = lambda what: None):
         self.params = params
+        self._tally = tally             # the pool's counts: 'rejected' and 'expired' requests
         self._execute = execute
         self._queue_full, self._closed_error, self._expired = queue_full, closed, expired
         self._cond = threading.Condition()
@@ -243,6 +244,7 @@ class Batcher:
             if batch is None or batch.size + task.size > self.params.max_batch_size:
                 if len(queue) >= self.params.max_enqueued_batches:
                     self.counts["rejected"] += 1
+                    self._tally("rejected")
                     raise self._queue_full(
                         f"batch queue of {model.name}:{model.version} full ({len(queue)} batches of up to "
                         f"{self.params.max_batch_size} examples waiting); retry later")
@@ -258,6 +260,7 @@ class Batcher:
                     if task.state == _QUEUED:       # not taken meanwhile: leave the batch
                         self._withdraw(task)
                         self.counts["expired"] += 1
+                        self._tally("expired")
                         raise self._expired("deadline exceeded while the request waited for a batch")
         if task.error is not None:
             raise task.error

@@ -114,8 +114,12 @@ class WorkerPool:
         self.batcher: Batcher | None = None
         if batching is not None:
             self.batcher = Batcher(batching, self._run_batch, batching.num_batch_threads or workers,
-                                   queue_full=QueueFull, expired=JobExpired,
+                                   queue_full=QueueFull, expired=JobExpired, tally=self._tally,
                                    closed=lambda: PoolClosed("the server is shutting down"))
+
+    def _tally(self, what: str) -> None:
+        with self._cond:
+            self.counts[what] += 1
 
     @property
     def workers(self) -> int:

@@ -186,6 +186,7 @@ def test_a_bad_request_fails_alone_and_its_batch_goes_on(serve, sample):
         for i in (0, 2, 4):
             np.testing.assert_array_equal(got[i], plain.predict({"input": inputs[i]}, "logits_int8"))
     assert seen == [(1, 1), (4, 4)]                 # request 3 left its batch when its deadline passed
+    assert server.pool.counts["expired"] == 1 and server.pool.counts["failed"] == 1
 
 
 def test_a_full_batch_queue_is_resource_exhausted(serve, sample):
@@ -200,6 +201,7 @@ def test_a_full_batch_queue_is_resource_exhausted(serve, sample):
     wait_until(lambda: server.pool.queued() == 2, what="two batches queued")
     code, message = raw_predict(server.address, {"input": _tensor(sample)})
     assert code == SC.RESOURCE_EXHAUSTED and "batch queue of sample:2 full (2 batches" in message
+    assert server.pool.counts["rejected"] == 1
     gate.open()
     for t in held:
         t.join(TIMEOUT)
