@@ -13,11 +13,15 @@ required); the clients are threads of this process.  Three parts:
 3. Stalled connections: an attacker in a process of its own holds `--stalls` connections to the
    server (one channel, so one TCP connection, each), each with an unauthenticated Predict call
    that sent its headers and never a message; a call the server refuses is opened again on its
-   connection after `--reopen-ms`.  The authorised clients' p99 with the attacker running is
-   compared with their p99 without it, in alternating rounds of the same run; the attacker reports
-   the calls it opened, how they ended, how long the server took to refuse them, and how many were
-   open at each 10 ms sample.  For comparison a second attacker re-opens refused calls at once
-   (a flood of calls, which costs the server CPU per call, rather than stalled connections).
+   connection after `--reopen-ms` +-50% (random, so that the 50 connections do not re-open in
+   step: bursts of 50 refusals queue ~10 ms of server time each).  The authorised clients' p99
+   with the attacker running is compared with their p99 without it, in alternating rounds of the
+   same run; the attacker reports the calls it opened, how they ended, how long the server took
+   to refuse them, and how many were open at each 10 ms sample.  Two controls: 'decoy', the same
+   attacker aimed at a second server process on this machine (what the attacker's load on the
+   machine costs, without this server's part: on a 2-core machine it is most of it), and 'flood',
+   refused calls re-opened at once (a flood of calls, which costs the server CPU per call, rather
+   than stalled connections).
 
     python -m softnpu.host.serving.bench_serve [--requests N] [--bundle FILE.npu] [--config tiny|...]
 """
@@ -29,6 +33,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -56,7 +61,8 @@ def _percentile(values, q) -> float:
 def attack(address: str, count: int, reopen_s: float) -> int:
     """Hold `count` connections, each with one stalled unauthenticated call, while told to.
 
-    stdin: 'start' opens the calls (and re-opens each `reopen_s` after it ends); 'stop' cancels
+    stdin: 'start' opens the calls (and re-opens each `reopen_s` +-50% after it ends, the
+    connections out of step as independent clients would be, not in bursts); 'stop' cancels
     them and prints a JSON summary of the phase; 'quit' exits.  Prints 'ready' once connected.
     grpc.aio on one event loop: a stalled call costs no thread here."""
     import asyncio
@@ -84,6 +90,8 @@ def attack(address: str, count: int, reopen_s: float) -> int:
     calls = [c.stream_unary(PREDICT, request_serializer=predict_pb2.PredictRequest.SerializeToString,
                             response_deserializer=predict_pb2.PredictResponse.FromString) for c in channels]
     print("ready", flush=True)
+
+    jitter = random.Random(0)
 
     async def phase(stop: asyncio.Event) -> dict:
         ended = collections.Counter()
@@ -116,8 +124,8 @@ def attack(address: str, count: int, reopen_s: float) -> int:
                 finally:
                     is_open[i] = False
                 refusal_ms.append((time.monotonic() - t0) * 1e3)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), reopen_s)
+                with contextlib.suppress(asyncio.TimeoutError):     # jitter: connections not in step
+                    await asyncio.wait_for(stop.wait(), reopen_s * jitter.uniform(0.5, 1.5))
 
         holders = [asyncio.ensure_future(hold(i)) for i in range(count)]
         while not stop.is_set():
@@ -348,18 +356,21 @@ def _batching(root: Path, tmp: Path, make, outputs, clients: int, requests: int,
 def _stalls(root: Path, make, outputs, stalls: int, reopen_s: float, requests: int, rounds: int) -> None:
     print(f"\nstalled connections: an attacker process holds {stalls} connections, each with an "
           "unauthenticated Predict call that sent its headers and never a message;")
-    print(f"a refused call is re-opened on its connection after {reopen_s * 1e3:.0f} ms.  Authorised p99 "
-          f"with the attacker vs without it, {rounds} alternating rounds of {requests // rounds} requests "
-          "each;")
-    print("the last row, for comparison, re-opens refused calls at once: a flood of calls, not a stall")
+    print(f"a refused call is re-opened on its connection after {reopen_s * 1e3:.0f} ms +-50%.  "
+          f"Authorised p99 with the attacker vs without it, {rounds} alternating rounds of "
+          f"{requests // rounds} requests each.")
+    print("Controls: 'decoy' = the same attacker aimed at another server process on this machine (the "
+          "machine's load without this server's part);")
+    print("'flood' = refused calls re-opened at once: a flood of calls rather than stalled connections")
     print(HEADER + f" {'p99 ratio':>9}")
     for workers in (1, 2):
-        with _server_process(root, workers) as served:
+        with _server_process(root, workers) as served, _server_process(root, workers) as decoy:
             attackers = {}
             try:
                 attackers["stall"] = Attacker(served.address, stalls, reopen_s)
+                attackers["decoy"] = Attacker(decoy.address, stalls, reopen_s)
                 attackers["flood"] = Attacker(served.address, stalls, 0.0)
-                runs = {"quiet": [], "stall": [], "flood": []}
+                runs = {"quiet": [], "stall": [], "decoy": [], "flood": []}
                 for _ in range(rounds):
                     for name in runs:
                         attacker = attackers.get(name)
@@ -374,7 +385,8 @@ def _stalls(root: Path, make, outputs, stalls: int, reopen_s: float, requests: i
                     attacker.close()
             quiet = _stats(runs["quiet"])
             _row("int8, unloaded", workers, workers, quiet)
-            for name, label in (("stall", f"{stalls} stalled conns"), ("flood", f"{stalls} conns, flood")):
+            for name, label in (("stall", f"{stalls} stalled conns"), ("decoy", "  decoy (control)"),
+                                ("flood", "  flood (control)")):
                 r = _stats(runs[name])
                 _row(f"int8, {label}", workers, workers, r, f" {r['p99'] / quiet['p99']:>9.2f}")
                 phases = attackers[name].phases
