@@ -10,18 +10,19 @@ required); the clients are threads of this process.  Three parts:
    a BatchingParameters file), side by side.  The servers run at the same time and the rows are
    measured in interleaved rounds, so that a busy machine slows every row alike; the mean batch
    size comes from each server's Prometheus metrics.
-3. Stalled connections: an attacker in a process of its own holds `--stalls` connections to the
-   server (one channel, so one TCP connection, each), each with an unauthenticated Predict call
-   that sent its headers and never a message; a call the server refuses is opened again on its
-   connection after `--reopen-ms` +-50% (random, so that the 50 connections do not re-open in
-   step: bursts of 50 refusals queue ~10 ms of server time each).  The authorised clients' p99
-   with the attacker running is compared with their p99 without it, in alternating rounds of the
-   same run; the attacker reports the calls it opened, how they ended, how long the server took
-   to refuse them, and how many were open at each 10 ms sample.  Two controls: 'decoy', the same
-   attacker aimed at a second server process on this machine (what the attacker's load on the
-   machine costs, without this server's part: on a 2-core machine it is most of it), and 'flood',
-   refused calls re-opened at once (a flood of calls, which costs the server CPU per call, rather
-   than stalled connections).
+3. Stalled connections: an attacker in a process of its own holds `--stalls` HTTP/2 connections
+   to the server, each with an unauthenticated Predict call that sent its headers and never a
+   message (plain HTTP/2 frames, so that the attacker's own CPU time, which competes with the
+   server on a small machine, is ~0.1 ms per call instead of a gRPC client's ~0.5 ms); a call the
+   server ends is opened again on its connection after `--reopen-ms` +-50% (random, so that the
+   connections do not re-open in step: a burst of 50 refusals is ~10 ms of server time).  The
+   authorised clients' p99 with the attacker running is compared with their p99 without it, in
+   alternating rounds of the same run; the attacker reports the calls it opened, how they ended
+   and after how long, and how many were open at each 10 ms sample; the server's metrics say how
+   many it refused UNAUTHENTICATED.  Two controls: 'decoy', the same attacker aimed at a second
+   server process on this machine (what the attack's load on the machine costs, without this
+   server's part), and 'flood', refused calls re-opened at once (a flood of calls, each costing
+   the server about what a health check costs, rather than stalled connections).
 
     python -m softnpu.host.serving.bench_serve [--requests N] [--bundle FILE.npu] [--config tiny|...]
 """
@@ -56,110 +57,190 @@ def _percentile(values, q) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# The attacker: `python -m softnpu.host.serving.bench_serve --attack ADDRESS`, driven over stdin
+# The attacker: `python -m softnpu.host.serving.bench_serve --attack ADDRESS`, driven over stdin.
+# Plain HTTP/2 frames on non-blocking sockets, so that the attacker's own CPU time (which competes
+# with the server on a small machine) is a small fraction of what a gRPC client would spend.
 # ----------------------------------------------------------------------------------------------
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
+_END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _hpack_literal(index: int, value: str, name: str = "") -> bytes:
+    """A header field 'literal without indexing' (RFC 7541 6.2.2), no Huffman coding: the name by
+    static-table index, or literal when index is 0."""
+    def integer(n: int, prefix_bits: int, first: int) -> bytes:
+        limit = (1 << prefix_bits) - 1
+        if n < limit:
+            return bytes([first | n])
+        out, n = [first | limit], n - limit
+        while n >= 128:
+            out.append(n % 128 + 128)
+            n //= 128
+        return bytes(out + [n])
+
+    def string(s: str) -> bytes:
+        raw = s.encode()
+        return integer(len(raw), 7, 0) + raw
+
+    return integer(index, 4, 0) + (string(name) if index == 0 else b"") + string(value)
+
+
+def _request_headers(authority: str) -> bytes:
+    """An unauthenticated Predict call's headers (no authorization), as a stock client sends them."""
+    return (bytes([0x83, 0x86])                      # :method POST, :scheme http (static table)
+            + _hpack_literal(4, PREDICT)             # :path
+            + _hpack_literal(1, authority)           # :authority
+            + _hpack_literal(31, "application/grpc")  # content-type
+            + _hpack_literal(0, "trailers", "te"))
+
+
+class _Connection:
+    """One HTTP/2 connection holding at most one stalled call (a stream that sent HEADERS and
+    never DATA)."""
+
+    def __init__(self, host: str, port: int, headers: bytes):
+        import socket
+
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(_PREFACE + _frame(_SETTINGS, 0, 0))
+        self.sock.setblocking(False)
+        self.headers = headers
+        self.buffer = b""
+        self.stream = -1              # the last stream id used (client streams are odd)
+        self.opened_at = None         # when the open call started; None: no call open
+        self.next_open = 0.0
+
+    def open_call(self, now: float) -> None:
+        self.stream += 2
+        self.sock.send(_frame(_HEADERS, _END_HEADERS, self.stream, self.headers))
+        self.opened_at = now
+
+    def cancel(self) -> None:
+        if self.opened_at is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(_frame(_RST_STREAM, 0, self.stream, (8).to_bytes(4, "big")))   # CANCEL
+            self.opened_at = None
+
+    def receive(self) -> list[tuple[str, float]]:
+        """Read what arrived; answer SETTINGS and PING; returns the call that ended, if it did, as
+        (how: 'ended by the server' (trailers) or 'reset by the server', when it was opened)."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return []
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += data
+        ended = []
+        while len(self.buffer) >= 9:
+            length = int.from_bytes(self.buffer[:3], "big")
+            if len(self.buffer) < 9 + length:
+                break
+            kind, flags = self.buffer[3], self.buffer[4]
+            stream = int.from_bytes(self.buffer[5:9], "big") & 0x7FFFFFFF
+            payload = self.buffer[9:9 + length]
+            self.buffer = self.buffer[9 + length:]
+            if kind == _SETTINGS and not flags & _ACK:
+                self.sock.send(_frame(_SETTINGS, _ACK, 0))
+            elif kind == _PING and not flags & _ACK:
+                self.sock.send(_frame(_PING, _ACK, 0, payload))
+            elif kind == _GOAWAY:
+                raise ConnectionError("GOAWAY from the server")
+            elif stream == self.stream and self.opened_at is not None and (
+                    (kind in (_HEADERS, _DATA) and flags & _END_STREAM) or kind == _RST_STREAM):
+                how = "reset by the server" if kind == _RST_STREAM else "ended by the server"
+                ended.append((how, self.opened_at))
+                self.opened_at = None
+        return ended
+
+
 def attack(address: str, count: int, reopen_s: float) -> int:
     """Hold `count` connections, each with one stalled unauthenticated call, while told to.
 
-    stdin: 'start' opens the calls (and re-opens each `reopen_s` +-50% after it ends, the
-    connections out of step as independent clients would be, not in bursts); 'stop' cancels
-    them and prints a JSON summary of the phase; 'quit' exits.  Prints 'ready' once connected.
-    grpc.aio on one event loop: a stalled call costs no thread here."""
-    import asyncio
+    stdin: 'start' opens the calls (and re-opens each `reopen_s` +-50% after the server ended it,
+    the connections out of step as independent clients would be); 'stop' cancels them and prints a
+    JSON summary of the phase; 'quit' exits.  Prints 'ready' once connected."""
+    import selectors
 
-    import grpc
+    host, _, port = address.rpartition(":")
+    headers = _request_headers(address)
+    connections = [_Connection(host.strip("[]"), int(port), headers) for _ in range(count)]
+    selector = selectors.DefaultSelector()
+    for c in connections:
+        selector.register(c.sock, selectors.EVENT_READ, c)
+    jitter = random.Random(0)
+    stop = threading.Event()
+    summary: dict = {}
 
-    from softnpu.host.serving import lightproto
-    lightproto.preload()
-    from tensorflow_serving.apis import predict_pb2
+    def pump(timeout: float) -> list:
+        ended = []
+        for key, _ in selector.select(timeout):
+            ended += [(key.data, how, opened_at) for how, opened_at in key.data.receive()]
+        return ended
 
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def run(coro, timeout=60):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-    async def connect():
-        # a channel of its own (local subchannel pool): a TCP connection per stalled call
-        channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(count)]
-        await asyncio.gather(*(c.channel_ready() for c in channels))
-        return channels
-
-    channels = run(connect())
-    calls = [c.stream_unary(PREDICT, request_serializer=predict_pb2.PredictRequest.SerializeToString,
-                            response_deserializer=predict_pb2.PredictResponse.FromString) for c in channels]
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:          # settings exchanged
+        pump(0.05)
     print("ready", flush=True)
 
-    jitter = random.Random(0)
-
-    async def phase(stop: asyncio.Event) -> dict:
+    def phase():
         ended = collections.Counter()
         refusal_ms, samples = [], []
-        is_open = [False] * count
         opened = 0
-
-        async def hold(i):
-            nonlocal opened
-            while not stop.is_set():
-                async def never():             # sends the headers, then never a message
-                    await stop.wait()
-                    return
-                    yield
-                t0 = time.monotonic()
-                is_open[i] = True
-                opened += 1
-                call = calls[i](never(), timeout=60)
-                try:
-                    await call
-                    ended["OK"] += 1
-                except grpc.aio.AioRpcError as err:
-                    if stop.is_set():
-                        ended["still open at the end"] += 1
-                        return
-                    ended[err.code().name] += 1
-                except asyncio.CancelledError:
-                    ended["still open at the end"] += 1
-                    return
-                finally:
-                    is_open[i] = False
-                refusal_ms.append((time.monotonic() - t0) * 1e3)
-                with contextlib.suppress(asyncio.TimeoutError):     # jitter: connections not in step
-                    await asyncio.wait_for(stop.wait(), reopen_s * jitter.uniform(0.5, 1.5))
-
-        holders = [asyncio.ensure_future(hold(i)) for i in range(count)]
+        now = time.monotonic()
+        for c in connections:
+            c.next_open = now
+        next_sample = now
         while not stop.is_set():
-            samples.append(sum(is_open))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.01)
-        await asyncio.sleep(0.05)
-        for h in holders:
-            h.cancel()
-        await asyncio.gather(*holders, return_exceptions=True)
-        return dict(opened=opened, ended=dict(ended), open_mean=float(np.mean(samples)) if samples else 0.0,
-                    open_max=max(samples, default=0), refusal_p50_ms=_percentile(refusal_ms, 50),
-                    refusal_p99_ms=_percentile(refusal_ms, 99))
+            now = time.monotonic()
+            for c in connections:
+                if c.opened_at is None and now >= c.next_open:
+                    c.open_call(now)
+                    opened += 1
+            wait = min([c.next_open for c in connections if c.opened_at is None] + [next_sample]) - now
+            for c, how, opened_at in pump(max(0.0, min(wait, 0.01))):
+                done = time.monotonic()
+                ended[how] += 1
+                refusal_ms.append((done - opened_at) * 1e3)
+                c.next_open = done + reopen_s * jitter.uniform(0.5, 1.5)
+            if time.monotonic() >= next_sample:
+                samples.append(sum(c.opened_at is not None for c in connections))
+                next_sample += 0.01
+        still = sum(c.opened_at is not None for c in connections)
+        for c in connections:
+            c.cancel()
+        pump(0.05)
+        if still:
+            ended["still open at the end"] += still
+        summary.update(opened=opened, ended=dict(ended),
+                       open_mean=float(np.mean(samples)) if samples else 0.0,
+                       open_max=max(samples, default=0), refusal_p50_ms=_percentile(refusal_ms, 50),
+                       refusal_p99_ms=_percentile(refusal_ms, 99))
 
-    current = None
+    worker = None
     for line in sys.stdin:
         command = line.strip()
-        if command == "start" and current is None:
-            stop = run(_event())
-            current = asyncio.run_coroutine_threadsafe(phase(stop), loop)
-        elif command == "stop" and current is not None:
-            loop.call_soon_threadsafe(stop.set)
-            print(json.dumps(current.result(60)), flush=True)
-            current = None
+        if command == "start" and worker is None:
+            stop.clear()
+            summary.clear()
+            worker = threading.Thread(target=phase, daemon=True)
+            worker.start()
+        elif command == "stop" and worker is not None:
+            stop.set()
+            worker.join(30)
+            worker = None
+            print(json.dumps(summary), flush=True)
         elif command == "quit":
             break
-    run(asyncio.gather(*(c.close() for c in channels)))
-    loop.call_soon_threadsafe(loop.stop)
+    for c in connections:
+        c.sock.close()
     return 0
-
-
-async def _event():
-    import asyncio
-    return asyncio.Event()
 
 
 class Attacker:
@@ -364,8 +445,11 @@ def _stalls(root: Path, make, outputs, stalls: int, reopen_s: float, requests: i
     print("'flood' = refused calls re-opened at once: a flood of calls rather than stalled connections")
     print(HEADER + f" {'p99 ratio':>9}")
     for workers in (1, 2):
-        with _server_process(root, workers) as served, _server_process(root, workers) as decoy:
-            attackers = {}
+        with _server_process(root, workers, "--rest-port", "0") as served, \
+                _server_process(root, workers, "--rest-port", "0") as decoy:
+            attackers, targets = {}, {"stall": served, "decoy": decoy, "flood": served}
+            unauthenticated = collections.Counter()      # as the attacked server counted them
+            metric = 'softnpu_rejected_total{reason="unauthenticated"}'
             try:
                 attackers["stall"] = Attacker(served.address, stalls, reopen_s)
                 attackers["decoy"] = Attacker(decoy.address, stalls, reopen_s)
@@ -375,18 +459,20 @@ def _stalls(root: Path, make, outputs, stalls: int, reopen_s: float, requests: i
                     for name in runs:
                         attacker = attackers.get(name)
                         if attacker is not None:
+                            before = targets[name].metric(metric)
                             attacker.start()
                             time.sleep(0.2)                 # every connection has its call open
                         runs[name].append(_run(served.address, make, workers, requests // rounds, outputs))
                         if attacker is not None:
                             attacker.stop()
+                            unauthenticated[name] += targets[name].metric(metric) - before
             finally:
                 for attacker in attackers.values():
                     attacker.close()
             quiet = _stats(runs["quiet"])
             _row("int8, unloaded", workers, workers, quiet)
-            for name, label in (("stall", f"{stalls} stalled conns"), ("decoy", "  decoy (control)"),
-                                ("flood", "  flood (control)")):
+            for name, label in (("stall", f"{stalls} stalled conns"), ("decoy", "decoy (control)"),
+                                ("flood", "flood (control)")):
                 r = _stats(runs[name])
                 _row(f"int8, {label}", workers, workers, r, f" {r['p99'] / quiet['p99']:>9.2f}")
                 phases = attackers[name].phases
@@ -397,7 +483,8 @@ def _stalls(root: Path, make, outputs, stalls: int, reopen_s: float, requests: i
                 opened = sum(p["opened"] for p in phases)
                 refused = np.median([p["refusal_p50_ms"] for p in phases])
                 print(f"    attacker: {opened} calls opened in {seconds:.1f} s ({opened / seconds:.0f}/s: "
-                      f"{', '.join(f'{n} {c}' for c, n in ended.most_common())}); refused after p50 "
+                      f"{', '.join(f'{n} {c}' for c, n in ended.most_common())}; the server counted "
+                      f"{unauthenticated[name]:.0f} UNAUTHENTICATED); ended after p50 "
                       f"{refused:.2f} ms; calls open at a 10 ms sample: mean "
                       f"{np.mean([p['open_mean'] for p in phases]):.1f}, max "
                       f"{max(p['open_max'] for p in phases)}; {stalls} connections open throughout",
