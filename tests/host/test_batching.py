@@ -273,3 +273,33 @@ def test_pool_close_fails_what_is_still_queued(sample):
     for t in threads:
         t.join(TIMEOUT)
     assert sorted(outcome, key=str) == [1, "the server is shutting down", "the server is shutting down"]
+
+
+def test_rest_and_grpc_requests_share_a_batch(serve, sample):
+    from tests.host.test_rest import http
+
+    x = [x_int8(sample, seed) for seed in range(4)]
+    expected = _predict_all(serve(workers=1).address, x)
+    gate = Gate()
+    server = serve(workers=1, rest_port=0, device_factory=gate, batching=BatchingParameters(max_batch_size=8))
+    seen = _batches(server)
+    first = threading.Thread(target=lambda: _predict_all(server.address, x[:1]))
+    first.start()
+    gate.wait_entered()
+    answers = []
+    rest = threading.Thread(target=lambda: answers.append(http(
+        server, "/v1/models/sample:predict", {"instances": [x[1][0].tolist(), x[2][0].tolist()]})))
+    rest.start()
+    wait_until(lambda: server.pool.queued() == 1, what="the REST request queued")
+    grpc_out = []
+    other = threading.Thread(target=lambda: grpc_out.extend(_predict_all(server.address, x[3:])))
+    other.start()
+    wait_until(lambda: server.pool.queued() == 2, what="the gRPC request queued")
+    gate.open()
+    for t in (first, rest, other):
+        t.join(TIMEOUT)
+    (status, body), = answers
+    assert status == 200
+    assert [p["logits_int8"] for p in body["predictions"]] == [e[0].tolist() for e in expected[1:3]]
+    np.testing.assert_array_equal(grpc_out[0], expected[3])
+    assert seen == [(1, 1), (3, 2)]             # the REST request's 2 examples and the gRPC one
