@@ -174,8 +174,9 @@ def test_a_bad_request_fails_alone_and_its_batch_goes_on(serve, sample):
     rest = threading.Thread(target=lambda: got.extend(_predict_all(server.address, inputs,
                                                                    timeouts={3: 0.5})))
     rest.start()
-    wait_until(lambda: server.pool.queued() == 5, what="five requests queued")
-    time.sleep(0.6)                     # request 3's deadline passes while it waits in the batch
+    # request 3's deadline passes while it waits in the batch: it leaves the batch
+    wait_until(lambda: server.pool.queued() + server.pool.counts["expired"] == 5, what="five requests queued")
+    wait_until(lambda: server.pool.counts["expired"] == 1, what="request 3 expired")
     gate.open()
     rest.join(TIMEOUT)
     first.join(TIMEOUT)
@@ -195,9 +196,10 @@ def test_a_full_batch_queue_is_resource_exhausted(serve, sample):
                    batching=BatchingParameters(max_batch_size=1, max_enqueued_batches=2))
     held = [threading.Thread(target=raw_predict, args=(server.address, {"input": _tensor(sample)}))
             for _ in range(3)]
-    for t in held:
+    held[0].start()
+    gate.wait_entered()                 # the first batch runs; two more are queued behind it
+    for t in held[1:]:
         t.start()
-    gate.wait_entered()
     wait_until(lambda: server.pool.queued() == 2, what="two batches queued")
     code, message = raw_predict(server.address, {"input": _tensor(sample)})
     assert code == SC.RESOURCE_EXHAUSTED and "batch queue of sample:2 full (2 batches" in message
