@@ -91,8 +91,11 @@ def test_deadline_kills_a_slow_simulator():
     try:
         job = random_program(CFG, 18, n_layers=3)
         _load(dev, job)
+        # a simulator that cannot answer (stopped, as a wedged one would be), whatever the machine's
+        # load: the deadline passes, the client kills it
+        os.killpg(dev.process.pid, signal.SIGSTOP)
         with pytest.raises(SimulatorHung, match="did not answer run"):
-            dev.run(job.insn_addr, job.insn_count, timeout=0.001)
+            dev.run(job.insn_addr, job.insn_count, timeout=0.5)
         assert not dev.alive
     finally:
         dev.close()
