@@ -59,9 +59,9 @@ def _one_blas_thread():
 class ISS:
     """An NPU device in numpy: device memory, scratchpads, CSRs and a cycle model."""
 
-    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None):
+    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None, fast: bool = True):
         self.config = config
-        self.machine = Machine(config, dram)
+        self.machine = Machine(config, dram, fast=fast)      # fast=False: the numpy reference ops
         self._plans: OrderedDict[bytes, Plan] = OrderedDict()
         self._csr = {reg: 0 for reg in CSR}
         self.last_stats: RunStats | None = None

@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from softnpu.hdl import numerics
 from softnpu.hdl.config import NPUConfig
+from softnpu.sim import iss_kernels
 from softnpu.hdl.isa import (
     Add,
     Buffer,
@@ -57,10 +58,15 @@ class Fault(Exception):
 
 
 class Machine:
-    """Device memory plus the five scratchpads of an NPUConfig."""
+    """Device memory plus the five scratchpads of an NPUConfig.
 
-    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None):
+    `fast` (the default) performs CONV, REQUANT, ADD and MUL with the compiled kernels of
+    sim/iss_kernels.py; `fast=False` is the reference: numpy on whole tiles with hdl/numerics doing
+    the arithmetic.  Both give the same bits (tests/sim/test_iss_plan.py runs programs on both)."""
+
+    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None, fast: bool = True):
         self.config = config
+        self.fast = fast
         if dram is None:
             dram = np.zeros(config.dram_bytes, dtype=np.uint8)   # calloc'd: pages appear on use
         if dram.dtype != np.uint8 or dram.ndim != 1:
@@ -72,7 +78,7 @@ class Machine:
         self.param = np.zeros((config.param_depth, r), np.int32)
         self.acc = np.zeros((config.acc_depth, r), np.int32)
         self.out = np.zeros((config.out_depth, r), np.int8)
-        self._work: dict[int, np.ndarray] = {}
+        self._work: dict[tuple[int, type], np.ndarray] = {}
 
     def clear_scratchpads(self):
         for buf in (self.inp, self.wgt, self.param, self.acc, self.out):
@@ -100,15 +106,15 @@ class Machine:
         return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
                           strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
 
-    def _workspace(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 scratch array of the conv engine, taken when an op is prepared and shared by the
-        ops of this machine (they run one at a time).  It grows by doubling; ops prepared earlier
-        keep the smaller buffer they hold, so at most a few buffers per slot exist."""
+    def _workspace(self, slot: int, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """A scratch array of the conv engine, taken when an op is prepared and shared by the ops of
+        this machine (they run one at a time).  It grows by doubling; ops prepared earlier keep the
+        smaller buffer they hold, so at most a few buffers per slot exist."""
         size = math.prod(shape)
-        buf = self._work.get(slot)
+        key = (slot, np.dtype(dtype).type)
+        buf = self._work.get(key)
         if buf is None or buf.size < size:
-            buf = self._work[slot] = np.empty(max(size, 2 * buf.size if buf is not None else 0),
-                                              np.float32)
+            buf = self._work[key] = np.empty(max(size, 2 * buf.size if buf is not None else 0), dtype)
         return buf[:size].reshape(shape)
 
     # -- instructions -----------------------------------------------------------------------
@@ -200,6 +206,9 @@ class Machine:
         n_wgt = co * ci * kh * kw
         self._check_sram("wgt", insn.wgt, n_wgt, "conv weights")
         m, k, n = insn.out_h * insn.out_w, ci * kh * kw * c, co * r
+        gemm = iss_kernels.int8_gemm() if self.fast and k <= iss_kernels.MAX_GEMM_K else None
+        if gemm is not None:
+            return self._conv_mac_int8(insn, acc.reshape(co, m, r), gemm(m, k, n))
         # im2col rows, (oh, ow) x (ci, i, j, lane); and W as (ci, i, j, lane) x (co, r)
         x_src = windows.transpose(1, 2, 0, 3, 4, 5)
         w_src = self.wgt[insn.wgt:insn.wgt + n_wgt].reshape(co, ci, kh, kw, r, c).transpose(1, 2, 3, 5, 0, 4)
@@ -213,6 +222,38 @@ class Machine:
             np.copyto(x_fill, x_src)                                  # int8 -> float32, exact
             np.copyto(w_fill, w_src)
             numerics.int_matmul_f32(x, w, out=acc_dst, accumulate=accumulate, scratch=product)
+        return conv_mac
+
+    def _conv_mac_int8(self, insn: Conv, acc: np.ndarray, gemm: iss_kernels.Int8Gemm) -> Op:
+        """The fast MAC conv: im2col rows shifted to uint8, the weight matrix packed, one int8 GEMM
+        into int32 (exact), then the accumulators set or added to (see sim/iss_kernels.py)."""
+        m, k, n = gemm.shape
+        c = self.config.cols
+        x = self._workspace(0, (m, k), np.uint8)
+        y = self._workspace(2, (m, n), np.int32)
+        inp = iss_kernels.words(self.inp, c)
+        x_words = iss_kernels.words(x, c)
+        per_entry = inp.size // self.inp.shape[0]
+        im2col = (inp, per_entry, insn.inp, insn.in_blocks, insn.out_h, insn.out_w, insn.kh, insn.kw,
+                  insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, x_words,
+                  x_words.size // m, x_words.dtype.type(int("80" * x_words.itemsize, 16)))
+        taps = insn.in_blocks * insn.kh * insn.kw
+        entries = self.wgt[insn.wgt:insn.wgt + insn.out_blocks * taps]
+        current = iss_kernels.words(entries, entries[0].size)
+        # this op's packed weights and the entries they came from: its own, kept from run to run
+        w = np.empty((k, n), np.int8)
+        pack = (self.wgt, insn.wgt, insn.out_blocks, taps, current, np.empty_like(current),
+                np.zeros(1, np.bool_), w)
+        product = gemm.bind(x, w, y)
+        scatter = (y, acc, bool(insn.accumulate))
+        im2col_u8, pack_weights, scatter_acc = (iss_kernels.im2col_u8, iss_kernels.pack_weights,
+                                                iss_kernels.scatter_acc)
+
+        def conv_mac():
+            im2col_u8(*im2col)
+            pack_weights(*pack)
+            product()
+            scatter_acc(*scatter)
         return conv_mac
 
     def _vector_operands(self, insn, src_name: str, src: int):
@@ -242,6 +283,16 @@ class Machine:
 
     def _requant(self, insn: Requant) -> Op:
         acc, out, k, slices = self._vector_operands(insn, "acc", insn.acc)
+        if self.fast and insn.rounding != Rounding.DOUBLE:
+            r = self.config.rows
+            args = (acc.reshape(insn.blocks, insn.count, r),
+                    self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, r),
+                    out.reshape(insn.blocks, insn.count, r), insn.zero_point, insn.act_min, insn.act_max)
+            kernel = iss_kernels.requantize
+
+            def requant_kernel():
+                kernel(*args)
+            return requant_kernel
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
         zero_point, act_min, act_max = insn.zero_point, insn.act_min, insn.act_max
@@ -286,6 +337,18 @@ class Machine:
         chunks = [(a[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, len(insn.PARAMS))
         fixed = dict(zero_point=insn.zero_point, act_min=insn.act_min, act_max=insn.act_max)
+        if self.fast:
+            r = self.config.rows
+            tile = (insn.blocks, insn.count, r)
+            b_operand = b_entries if insn.b_param else b.reshape(tile)
+            args = (a.reshape(tile), b_operand, bool(insn.b_param), params, out.reshape(tile),
+                    insn.zero_point, insn.act_min, insn.act_max)
+            kernel = iss_kernels.add if function is numerics.add else iss_kernels.mul
+
+            def binary_kernel():
+                kernel(*args)
+            binary_kernel.__name__ = f"{insn.MNEMONIC}_kernel"
+            return binary_kernel
         if insn.b_param and insn.count > _TABLE_ENTRIES:
             return self._binary_by_table(insn, function, a, out, k, b_entries, params, fixed)
 
