@@ -21,7 +21,6 @@ from numpy.lib.stride_tricks import as_strided
 
 from softnpu.hdl import numerics
 from softnpu.hdl.config import NPUConfig
-from softnpu.sim import iss_kernels
 from softnpu.hdl.isa import (
     Add,
     Buffer,
@@ -38,6 +37,7 @@ from softnpu.hdl.isa import (
     Rounding,
     Store,
 )
+from softnpu.sim import iss_kernels
 
 __all__ = ["Fault", "Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
 
