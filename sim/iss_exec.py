@@ -147,6 +147,15 @@ class Machine:
                    tile[:, insn.pad_top:insn.pad_top + insn.rows, :insn.pad_left],
                    tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left + insn.cols:]]
         borders = [b for b in borders if b.size]
+        if self.fast:
+            kernel = iss_kernels.load_tile
+            args = (self.dram, insn.dram, insn.block_stride, insn.row_stride, buf.view(np.uint8).reshape(-1),
+                    insn.sram * entry, insn.blocks, insn.rows, insn.cols, p, q, entry, insn.pad_top,
+                    insn.pad_left, int(pad))
+
+            def load_kernel():
+                kernel(*args)
+            return load_kernel
 
         def load():
             for border in borders:
@@ -159,6 +168,15 @@ class Machine:
         self._check_sram("out", insn.sram, n, "store")
         view = self._dram_view(insn, self.config.rows, writeable=True)
         tile = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
+        if self.fast:
+            kernel = iss_kernels.copy_runs
+            run = insn.cols * self.config.rows
+            args = (self.out.view(np.uint8).reshape(-1), insn.sram * self.config.rows, insn.rows * run, run,
+                    self.dram, insn.dram, insn.block_stride, insn.row_stride, insn.blocks, insn.rows, run)
+
+            def store_kernel():
+                kernel(*args)
+            return store_kernel
 
         def store():
             np.copyto(view, tile)

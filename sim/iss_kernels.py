@@ -25,8 +25,8 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["requantize", "add", "mul", "words", "im2col_u8", "pack_weights", "scatter_acc", "Int8Gemm",
-           "int8_gemm", "MAX_GEMM_K"]
+__all__ = ["copy_runs", "load_tile", "requantize", "add", "mul", "words", "im2col_u8", "pack_weights",
+           "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -144,6 +144,54 @@ def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max):
                 out[blk, i, lane] = _clamp(raw + zero_point, act_min, act_max)
 
 
+# -- DMA -----------------------------------------------------------------------------------------
+# Loops below copy through views sliced at the start of a run and index them from 0: numba then
+# knows the index is not negative (no wrap-around check) and LLVM vectorizes the copy.
+@_jit(inline="always")
+def _copy(src, s, dst, d, n):
+    a = src[s:s + n]
+    b = dst[d:d + n]
+    for i in range(n):
+        b[i] = a[i]
+
+
+@_jit(inline="always")
+def _fill(dst, d, n, value):
+    b = dst[d:d + n]
+    for i in range(n):
+        b[i] = value
+
+
+@_jit
+def copy_runs(src, src_start, src_block, src_row, dst, dst_start, dst_block, dst_row, blocks, rows, run):
+    """A DMA's data: blocks x rows runs of `run` consecutive bytes from src to dst (1-D uint8)."""
+    for b in range(blocks):
+        for r in range(rows):
+            _copy(src, src_start + b * src_block + r * src_row, dst, dst_start + b * dst_block + r * dst_row,
+                  run)
+
+
+@_jit
+def load_tile(dram, src, block_stride, row_stride, sram, first, blocks, rows, cols, p, q, entry,
+              pad_top, pad_left, pad):
+    """LOAD: the tile of `blocks` x p x q entries of `entry` bytes at byte `first` of the scratchpad
+    `sram` (1-D uint8) gets the DRAM rows at [pad_top, pad_top + rows) x [pad_left, pad_left + cols)
+    and the byte `pad` around them."""
+    value = np.uint8(pad)
+    run = cols * entry
+    line = q * entry
+    left = pad_left * entry
+    for b in range(blocks):
+        for y in range(p):
+            d = first + (b * p + y) * line
+            if y < pad_top or y >= pad_top + rows:
+                _fill(sram, d, line, value)
+                continue
+            _fill(sram, d, left, value)
+            _fill(sram, d + left + run, line - left - run, value)
+            _copy(dram, src + b * block_stride + (y - pad_top) * row_stride, sram, d + left, run)
+
+
 # -- CONV ----------------------------------------------------------------------------------------
 def words(a: np.ndarray, bytes_per_row: int) -> np.ndarray:
     """A contiguous array's bytes as a 1-D array of the widest unsigned words (8, 4, 2 or 1 bytes)
@@ -167,8 +215,10 @@ def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stri
             for ci in range(in_blocks):
                 for i in range(kh):
                     src = (first + ci * inp_block + (oh * stride_h + i) * inp_row + ow * stride_w) * words
+                    a = inp[src:src + run]
+                    b = x[col:col + run]
                     for q in range(run):
-                        x[col + q] = inp[src + q] ^ flip
+                        b[q] = a[q] ^ flip
                     col += run
 
 
@@ -182,21 +232,26 @@ def pack_weights(wgt, first, out_blocks, taps, current, seen, valid, w):
     _, rows, cols = wgt.shape
     if valid[0]:
         same = True
-        for i in range(current.size):
-            if current[i] != seen[i]:
+        for start in range(0, current.size, 512):          # chunks of OR-ed XORs: vectorized
+            a = current[start:start + 512]
+            b = seen[start:start + 512]
+            diff = current.dtype.type(0)
+            for i in range(a.size):
+                diff |= a[i] ^ b[i]
+            if diff:
                 same = False
                 break
         if same:
             return
-    seen[:] = current
+    _copy(current, 0, seen, 0, current.size)
     valid[0] = True
     for co in range(out_blocks):
         for t in range(taps):
             block = wgt[first + co * taps + t]
             for c in range(cols):
-                dst = w[t * cols + c]
+                dst = w[t * cols + c, co * rows:(co + 1) * rows]
                 for r in range(rows):
-                    dst[co * rows + r] = block[r, c]
+                    dst[r] = block[r, c]
 
 
 @_jit
