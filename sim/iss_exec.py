@@ -7,8 +7,12 @@ scratchpads computed once, with hdl/numerics doing the arithmetic.  `execute(ins
 `prepare(insn)()`; sim/iss.py prepares a program once and replays its ops on every run.  Range
 violations raise `Fault` with the ErrorCode the hardware reports; the scheduler adds the
 instruction index and disassembly.  No Python loop runs per MAC, pixel or entry: a CONV in MAC
-mode, all its hardware loops included, is one im2col copy and one float32 matrix product
-(`numerics.int_matmul_f32`, exact).
+mode, all its hardware loops included, is one im2col copy and one matrix product.
+
+A Machine has two sets of ops with the same semantics.  The reference (`fast=False`): numpy on whole
+tiles, numerics' functions on them, the conv's product in float32 (`numerics.int_matmul_f32`,
+exact).  The fast path (default): the compiled kernels of sim/iss_kernels.py, which restate
+numerics element by element and are tested against it, and an exact int8 GEMM.
 """
 
 from __future__ import annotations
@@ -248,7 +252,9 @@ class Machine:
         m, k, n = gemm.shape
         c = self.config.cols
         x = self._workspace(0, (m, k), np.uint8)
-        y = self._workspace(2, (m, n), np.int32)
+        # one output block, not accumulated: acc[0] is the product's (m, rows) matrix, written in place
+        direct = insn.out_blocks == 1 and not insn.accumulate
+        y = acc.reshape(m, n) if direct else self._workspace(2, (m, n), np.int32)
         inp = iss_kernels.words(self.inp, c)
         x_words = iss_kernels.words(x, c)
         per_entry = inp.size // self.inp.shape[0]
@@ -266,6 +272,13 @@ class Machine:
         scatter = (y, acc, bool(insn.accumulate))
         im2col_u8, pack_weights, scatter_acc = (iss_kernels.im2col_u8, iss_kernels.pack_weights,
                                                 iss_kernels.scatter_acc)
+
+        if direct:
+            def conv_mac_direct():
+                im2col_u8(*im2col)
+                pack_weights(*pack)
+                product()
+            return conv_mac_direct
 
         def conv_mac():
             im2col_u8(*im2col)
