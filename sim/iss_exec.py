@@ -203,6 +203,16 @@ class Machine:
         acc = self.acc[insn.acc:insn.acc + n_acc]
         if insn.mode == ConvMode.MAC:
             return self._conv_mac(insn, windows, acc)
+        if self.fast and insn.mode in (ConvMode.SUM, ConvMode.MAX):
+            kernel = iss_kernels.window_reduce
+            args = (self.inp, insn.inp, insn.in_blocks, insn.out_h, insn.out_w, insn.kh, insn.kw,
+                    insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, acc,
+                    insn.mode == ConvMode.MAX, bool(insn.accumulate))
+
+            def window_kernel():
+                kernel(*args)
+            window_kernel.__name__ = f"window_{ConvMode(insn.mode).name.lower()}_kernel"
+            return window_kernel
         if insn.mode == ConvMode.SUM:
             def window_sum():
                 result = windows.sum(axis=(3, 4), dtype=np.int64).reshape(n_acc, c)
@@ -345,6 +355,14 @@ class Machine:
 
     def _narrow(self, insn: Narrow) -> Op:
         acc, out, _, slices = self._vector_operands(insn, "acc", insn.acc)
+        if self.fast and insn.divisor > 0:
+            r = self.config.rows
+            args = (acc.reshape(-1, r), insn.divisor, out.reshape(-1, r), insn.act_min, insn.act_max)
+            kernel = iss_kernels.narrow
+
+            def narrow_kernel():
+                kernel(*args)
+            return narrow_kernel
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
 
         def narrow():

@@ -25,8 +25,8 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["copy_runs", "load_tile", "requantize", "add", "mul", "words", "im2col_u8", "pack_weights",
-           "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
+__all__ = ["copy_runs", "load_tile", "requantize", "add", "mul", "narrow", "window_reduce", "words",
+           "im2col_u8", "pack_weights", "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -95,12 +95,11 @@ def requantize(acc, params, out, zero_point, act_min, act_max):
                 out[b, i, lane] = _clamp(value, act_min, act_max)
 
 
-@_jit
-def add(a, b, b_per_block, params, out, zero_point, act_min, act_max):
-    """numerics.add lane-wise on a tile: a and out (blocks, count, lanes) int8; b the same shape
-    (int8), or (blocks, 1, lanes) int32 parameter entries when `b_per_block`; params (8, lanes):
-    a_offset, a_mult, a_shift, b_offset, b_mult, b_shift, out_mult, out_shift (hdl/isa.Add.PARAMS)."""
-    blocks, count, lanes = a.shape
+@_jit(inline="always")
+def _add_params(params):
+    """ADD's parameter lanes (hdl/isa.Add.PARAMS: a_offset, a_mult, a_shift, b_offset, b_mult,
+    b_shift, out_mult, out_shift) as int64 rows, each shift as (left, right)."""
+    lanes = params.shape[1]
     p = np.empty((11, lanes), np.int64)
     for lane in range(lanes):
         p[0, lane] = params[0, lane]
@@ -111,37 +110,121 @@ def add(a, b, b_per_block, params, out, zero_point, act_min, act_max):
         p[6, lane], p[7, lane] = _shifts(params[5, lane])
         p[8, lane] = params[6, lane]
         p[9, lane], p[10, lane] = _shifts(params[7, lane])
-    for blk in range(blocks):
-        for i in range(count):
-            j = 0 if b_per_block else i
-            for lane in range(lanes):
-                # numerics._add_input_stage of each input, then add_int32 and the output stage
-                sa = _mbqm((np.int64(a[blk, i, lane]) + p[0, lane]) << ADD_LEFT_SHIFT,
-                           p[1, lane], p[2, lane], p[3, lane])
-                sb = _mbqm((np.int64(b[blk, j, lane]) + p[4, lane]) << ADD_LEFT_SHIFT,
-                           p[5, lane], p[6, lane], p[7, lane])
-                raw = _mbqm(_wrap32(_wrap32(sa) + _wrap32(sb)), p[8, lane], p[9, lane], p[10, lane])
-                out[blk, i, lane] = _clamp(raw + zero_point, act_min, act_max)
+    return p
 
 
-@_jit
-def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max):
-    """numerics.mul lane-wise on a tile (operands as in `add`); params (4, lanes): a_offset,
-    b_offset, out_mult, out_shift (hdl/isa.Mul.PARAMS)."""
-    blocks, count, lanes = a.shape
+@_jit(inline="always")
+def _add_one(a, b, p, lane, zero_point, act_min, act_max):
+    """numerics.add of one a and b: numerics._add_input_stage of each, add_int32, the output stage."""
+    sa = _mbqm((a + p[0, lane]) << ADD_LEFT_SHIFT, p[1, lane], p[2, lane], p[3, lane])
+    sb = _mbqm((b + p[4, lane]) << ADD_LEFT_SHIFT, p[5, lane], p[6, lane], p[7, lane])
+    raw = _mbqm(_wrap32(_wrap32(sa) + _wrap32(sb)), p[8, lane], p[9, lane], p[10, lane])
+    return _clamp(raw + zero_point, act_min, act_max)
+
+
+@_jit(inline="always")
+def _mul_params(params):
+    """MUL's parameter lanes (hdl/isa.Mul.PARAMS: a_offset, b_offset, out_mult, out_shift)."""
+    lanes = params.shape[1]
     p = np.empty((5, lanes), np.int64)
     for lane in range(lanes):
         p[0, lane] = params[0, lane]
         p[1, lane] = params[1, lane]
         p[2, lane] = params[2, lane]
         p[3, lane], p[4, lane] = _shifts(params[3, lane])
+    return p
+
+
+@_jit(inline="always")
+def _mul_one(a, b, p, lane, zero_point, act_min, act_max):
+    """numerics.mul of one a and b."""
+    raw = _mbqm((a + p[0, lane]) * (b + p[1, lane]), p[2, lane], p[3, lane], p[4, lane])
+    return _clamp(raw + zero_point, act_min, act_max)
+
+
+@_jit(inline="always")
+def _binary(one, a, b, b_per_block, p, out, zero_point, act_min, act_max):
+    """out = one(a, b) lane-wise.  With b one entry per block and more than 256 entries, each
+    block and lane's output is a function of the 256 values of a: computed once as a table, then
+    looked up (sim/iss_exec.py's reference does the same)."""
+    blocks, count, lanes = a.shape
+    if b_per_block and count > 256:
+        table = np.empty((256, lanes), np.int8)
+        for blk in range(blocks):
+            for v in range(256):
+                for lane in range(lanes):
+                    table[v, lane] = one(np.int64(v - 256 if v >= 128 else v), np.int64(b[blk, 0, lane]), p,
+                                         lane, zero_point, act_min, act_max)
+            bits = a[blk].view(np.uint8)
+            for i in range(count):
+                for lane in range(lanes):
+                    out[blk, i, lane] = table[bits[i, lane], lane]
+        return
     for blk in range(blocks):
         for i in range(count):
             j = 0 if b_per_block else i
             for lane in range(lanes):
-                product = (np.int64(a[blk, i, lane]) + p[0, lane]) * (np.int64(b[blk, j, lane]) + p[1, lane])
-                raw = _mbqm(product, p[2, lane], p[3, lane], p[4, lane])
-                out[blk, i, lane] = _clamp(raw + zero_point, act_min, act_max)
+                out[blk, i, lane] = one(np.int64(a[blk, i, lane]), np.int64(b[blk, j, lane]), p, lane,
+                                        zero_point, act_min, act_max)
+
+
+@_jit
+def add(a, b, b_per_block, params, out, zero_point, act_min, act_max):
+    """numerics.add lane-wise on a tile: a and out (blocks, count, lanes) int8; b the same shape
+    (int8), or (blocks, 1, lanes) int32 parameter entries when `b_per_block`; params (8, lanes)."""
+    _binary(_add_one, a, b, b_per_block, _add_params(params), out, zero_point, act_min, act_max)
+
+
+@_jit
+def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max):
+    """numerics.mul lane-wise on a tile (operands as in `add`); params (4, lanes)."""
+    _binary(_mul_one, a, b, b_per_block, _mul_params(params), out, zero_point, act_min, act_max)
+
+
+@_jit
+def narrow(acc, divisor, out, act_min, act_max):
+    """numerics.pool_output: out = clamp(round_divide(acc, divisor)) over (n, lanes) tiles;
+    divisor > 0 (round_divide: C's (acc +- divisor/2) / divisor)."""
+    d = np.int64(divisor)
+    half = d // 2
+    n, lanes = acc.shape
+    for i in range(n):
+        for lane in range(lanes):
+            a = np.int64(acc[i, lane])
+            num = a + half if a > 0 else a - half
+            quotient = abs(num) // d
+            out[i, lane] = _clamp(-quotient if num < 0 else quotient, act_min, act_max)
+
+
+@_jit
+def window_reduce(inp, first, in_blocks, out_h, out_w, kh, kw, stride_h, stride_w, inp_row, inp_block,
+                  acc, is_max, accumulate):
+    """CONV in SUM or MAX mode: per input block, output pixel and lane, the sum (int64, then wrapped
+    to 32 bits, added to the accumulator first when `accumulate`) or the max (with the accumulator's
+    when `accumulate`) of the kh x kw window; acc is (in_blocks*out_h*out_w, lanes) int32."""
+    lanes = inp.shape[1]
+    reduced = np.empty(lanes, np.int64)
+    for ci in range(in_blocks):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for lane in range(lanes):
+                    reduced[lane] = -128 if is_max else 0
+                for i in range(kh):
+                    base = first + ci * inp_block + (oh * stride_h + i) * inp_row + ow * stride_w
+                    for j in range(kw):
+                        row = inp[base + j]
+                        for lane in range(lanes):
+                            v = np.int64(row[lane])
+                            if is_max:
+                                reduced[lane] = max(reduced[lane], v)
+                            else:
+                                reduced[lane] += v
+                dst = acc[(ci * out_h + oh) * out_w + ow]
+                for lane in range(lanes):
+                    if is_max:
+                        dst[lane] = max(np.int64(dst[lane]), reduced[lane]) if accumulate else reduced[lane]
+                    else:
+                        dst[lane] = _wrap32(reduced[lane] + (np.int64(dst[lane]) if accumulate else 0))
 
 
 # -- DMA -----------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def test_requantize_kernel_equals_numerics(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_add_and_mul_kernels_equal_numerics(kind, b_param, seed):
     rng = np.random.default_rng(seed)
-    blocks, count, lanes = 2, 64, 8
+    blocks, count, lanes = 2, 300 if b_param else 64, 8      # b_param and count > 256: by table
     a = rng.integers(-128, 128, (blocks, count, lanes), dtype=np.int8)
     a[0, :4] = [[-128], [127], [0], [-1]]
     if b_param:
@@ -99,7 +99,8 @@ def test_int8_gemm_is_exact_at_the_extremes_over_the_largest_k():
 @pytest.mark.parametrize("seed", range(8))
 def test_fast_iss_equals_the_reference_iss_on_random_programs(config, seed):
     cfg = preset(config)
-    kinds = [["conv"], ["fc"], ["add"], ["mul"], ["conv", "add"], ["mean"], None, None][seed]
+    kinds = [["conv"], ["fc"], ["add"], ["mul"], ["conv", "add"], ["mean"], ["maxpool", "avgpool"],
+             None][seed]
     job = random_program(cfg, 900 + seed, kinds=kinds)
     results = []
     for fast in (True, False):
@@ -141,3 +142,35 @@ def test_matmul_integer_model_is_a_model_onnxruntime_loads():
     y = np.empty((2, 3), np.int32)
     gemm.bind(x, w, y)()
     np.testing.assert_array_equal(y, (x.astype(np.int64) - 128) @ w)
+
+
+@pytest.mark.parametrize("divisor", [1, 2, 3, 9, 49, 1 << 20, numerics.INT32_MAX])
+def test_narrow_kernel_equals_numerics(divisor):
+    rng = np.random.default_rng(divisor % 1000)
+    acc = _lanes(rng, I32 + [divisor // 2, -(divisor // 2), divisor, -divisor, 3 * divisor // 2], (50, 16))
+    out = np.empty(acc.shape, np.int8)
+    iss_kernels.narrow(acc, divisor, out, -100, 120)
+    np.testing.assert_array_equal(out, numerics.pool_output(acc, divisor, -100, 120))
+
+
+@pytest.mark.parametrize("mode", [isa.ConvMode.SUM, isa.ConvMode.MAX])
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_window_kernels_equal_the_reference(mode, accumulate):
+    """SUM and MAX windows (stride 2, 3x3, two blocks) on the fast and reference ISS, on top of
+    accumulators at the int32 extremes (SUM wraps)."""
+    cfg = preset("tiny")
+    rng = np.random.default_rng(int(mode) * 2 + accumulate)
+    conv = isa.Conv(mode=mode, accumulate=accumulate, out_blocks=1, in_blocks=2, kh=3, kw=3, stride_h=2,
+                    stride_w=2, out_h=3, out_w=3, acc=5, inp=3, wgt=0, inp_row=7, inp_block=49)
+    inp = rng.integers(-128, 128, (120, cfg.cols), dtype=np.int8)
+    inp[3:10] = -128
+    acc = _lanes(rng, I32, (40, cfg.rows))
+    results = []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        iss.machine.inp[:120] = inp
+        iss.machine.acc[:40] = acc
+        iss.run_program(isa.encode_program([conv, isa.Finish()]), 0x1000)
+        results.append(iss.machine.acc[:40].copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], acc)
