@@ -292,17 +292,22 @@ def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stri
     (`words` per scratchpad entry, `row_words` per row of x); the j and lane of one window row are
     consecutive bytes, copied a word at a time, each byte XOR 0x80 (`flip`): int8 x + 128 as uint8."""
     run = kw * words
-    for oh in range(out_h):
-        for ow in range(out_w):
-            col = (oh * out_w + ow) * row_words
-            for ci in range(in_blocks):
-                for i in range(kh):
-                    src = (first + ci * inp_block + (oh * stride_h + i) * inp_row + ow * stride_w) * words
+    for ci in range(in_blocks):
+        for i in range(kh):
+            col = (ci * kh + i) * run
+            for oh in range(out_h):
+                src_row = (first + ci * inp_block + (oh * stride_h + i) * inp_row) * words
+                for ow in range(out_w):
+                    src = src_row + ow * stride_w * words
+                    dst = (oh * out_w + ow) * row_words + col
                     a = inp[src:src + run]
-                    b = x[col:col + run]
-                    for q in range(run):
-                        b[q] = a[q] ^ flip
-                    col += run
+                    b = x[dst:dst + run]
+                    if run == 2:                  # one 16-lane entry of 8-byte words: unrolled
+                        b[0] = a[0] ^ flip
+                        b[1] = a[1] ^ flip
+                    else:
+                        for q in range(run):
+                            b[q] = a[q] ^ flip
 
 
 @_jit
