@@ -5,7 +5,9 @@ RTL's programming model (device memory, CSRs, interrupt).  A program is decoded,
 prepared once (sim/iss_plan.py: the order of execution, the counters and the trace do not depend on
 data) and the plan is cached by the program's bytes; every run replays its ops, the instruction
 semantics of sim/iss_exec.py on numpy views, so a served model pays for decoding and for its
-cycles once.
+cycles once.  By default the ops are the compiled kernels and int8 GEMM of sim/iss_kernels.py;
+`ISS(config, fast=False)` runs the numpy reference ops (same bits).  One device computes on one
+thread.
 """
 
 from __future__ import annotations

@@ -64,9 +64,10 @@ class Fault(Exception):
 class Machine:
     """Device memory plus the five scratchpads of an NPUConfig.
 
-    `fast` (the default) performs CONV, REQUANT, ADD and MUL with the compiled kernels of
-    sim/iss_kernels.py; `fast=False` is the reference: numpy on whole tiles with hdl/numerics doing
-    the arithmetic.  Both give the same bits (tests/sim/test_iss_plan.py runs programs on both)."""
+    `fast` (the default) performs LOAD, STORE, CONV, REQUANT (fixed-point rounding), NARROW, ADD
+    and MUL with the compiled kernels of sim/iss_kernels.py; `fast=False` is the reference: numpy on
+    whole tiles with hdl/numerics doing the arithmetic.  Both give the same bits
+    (tests/sim/test_iss_kernels.py runs random programs on both)."""
 
     def __init__(self, config: NPUConfig, dram: np.ndarray | None = None, fast: bool = True):
         self.config = config
