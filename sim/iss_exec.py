@@ -153,14 +153,9 @@ class Machine:
                    tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left + insn.cols:]]
         borders = [b for b in borders if b.size]
         if self.fast:
-            kernel = iss_kernels.load_tile
-            args = (self.dram, insn.dram, insn.block_stride, insn.row_stride, buf.view(np.uint8).reshape(-1),
-                    insn.sram * entry, insn.blocks, insn.rows, insn.cols, p, q, entry, insn.pad_top,
-                    insn.pad_left, int(pad))
-
-            def load_kernel():
-                kernel(*args)
-            return load_kernel
+            return self._dma_op(iss_kernels.DMA_LOAD, ("inp", "wgt", "param").index(name), insn.dram,
+                                insn.block_stride, insn.row_stride, insn.sram * entry, insn.blocks, insn.rows,
+                                insn.cols, p, q, entry, insn.pad_top, insn.pad_left, int(pad))
 
         def load():
             for border in borders:
@@ -174,18 +169,32 @@ class Machine:
         view = self._dram_view(insn, self.config.rows, writeable=True)
         tile = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
         if self.fast:
-            kernel = iss_kernels.copy_runs
             run = insn.cols * self.config.rows
-            args = (self.out.view(np.uint8).reshape(-1), insn.sram * self.config.rows, insn.rows * run, run,
-                    self.dram, insn.dram, insn.block_stride, insn.row_stride, insn.blocks, insn.rows, run)
-
-            def store_kernel():
-                kernel(*args)
-            return store_kernel
+            return self._dma_op(iss_kernels.DMA_STORE, insn.sram * self.config.rows, insn.rows * run, run,
+                                insn.dram, insn.block_stride, insn.row_stride, insn.blocks, insn.rows, run)
 
         def store():
             np.copyto(view, tile)
         return store
+
+    def _dma_op(self, *fields: int) -> Op:
+        """The Op of one LOAD or STORE on the fast path: a row of iss_kernels.dma's table.  Its `dma`
+        attribute lets the plan join a run of DMAs into one call (`dma_batch`)."""
+        row = np.zeros((1, iss_kernels.DMA_FIELDS), np.int64)
+        row[0, :len(fields)] = fields
+        op = self.dma_batch(row)
+        op.dma = row
+        return op
+
+    def dma_batch(self, table: np.ndarray) -> Op:
+        """An Op performing the DMA rows of `table` (from _dma_op) in order."""
+        kernel = iss_kernels.dma
+        args = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
+                                    (self.inp, self.wgt, self.param, self.out)) + (table,)
+
+        def dma():
+            kernel(*args)
+        return dma
 
     def _conv(self, insn: Conv) -> Op:
         c = self.config.cols

@@ -25,8 +25,9 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["copy_runs", "load_tile", "requantize", "add", "mul", "narrow", "window_reduce", "words",
-           "im2col_u8", "pack_weights", "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
+__all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "dma", "copy_runs", "load_tile", "requantize", "add",
+           "mul", "narrow", "window_reduce", "words", "im2col_u8", "pack_weights", "scatter_acc",
+           "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -273,6 +274,28 @@ def load_tile(dram, src, block_stride, row_stride, sram, first, blocks, rows, co
             _fill(sram, d, left, value)
             _fill(sram, d + left + run, line - left - run, value)
             _copy(dram, src + b * block_stride + (y - pad_top) * row_stride, sram, d + left, run)
+
+
+# A DMA as one row of int64 fields, so that a run of DMAs is one kernel call (`dma`):
+#   LOAD:  DMA_LOAD, buffer (0 inp, 1 wgt, 2 param), dram, block_stride, row_stride, first byte,
+#          blocks, rows, cols, padded rows, padded cols, entry bytes, pad_top, pad_left, pad byte
+#   STORE: DMA_STORE, first byte of out, block bytes of out, row bytes of out, dram, block_stride,
+#          row_stride, blocks, rows, run bytes, then zeros
+DMA_LOAD, DMA_STORE = 0, 1
+DMA_FIELDS = 15
+
+
+@_jit
+def dma(dram, inp, wgt, param, out, table):
+    """Perform the DMAs of `table` (rows as above) in order; scratchpads and dram as 1-D uint8."""
+    for k in range(table.shape[0]):
+        d = table[k]
+        if d[0] == DMA_LOAD:
+            sram = inp if d[1] == 0 else (wgt if d[1] == 1 else param)
+            load_tile(dram, d[2], d[3], d[4], sram, d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13],
+                      d[14])
+        else:
+            copy_runs(out, d[1], d[2], d[3], dram, d[4], d[5], d[6], d[7], d[8], d[9])
 
 
 # -- CONV ----------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
+import numpy as np
+
 from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
@@ -202,7 +204,26 @@ class _Schedule:
                 snapshot = dict(self.counters, cycles=start)
                 self.trace.append((insn.id, snapshot))
         self.counters["cycles"] = max(self.unit_free.values()) + 1
-        return Plan(ops, RunStats(config, dict(self.counters), self.trace, len(self.program)), None)
+        return Plan(self._join_dmas(ops), RunStats(config, dict(self.counters), self.trace,
+                                                   len(self.program)), None)
+
+    def _join_dmas(self, ops: list[Op]) -> list[Op]:
+        """Consecutive fast-path LOAD/STORE ops (those with a `dma` row) as one op of their rows, in
+        order: the same copies, one call."""
+        joined: list[Op] = []
+        run: list[Op] = []
+        for op in ops + [None]:
+            if op is not None and hasattr(op, "dma"):
+                run.append(op)
+                continue
+            if len(run) > 1:
+                joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run])))
+            else:
+                joined += run
+            run = []
+            if op is not None:
+                joined.append(op)
+        return joined
 
     def _deadlock(self) -> NPUFault:
         waiting = []
