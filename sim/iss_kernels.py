@@ -10,11 +10,12 @@ scalar step below names the numerics function it restates.
 
 The matrix product is MLAS's u8 x s8 GEMM (onnxruntime's MatMulInteger, VNNI where the CPU has it)
 on the input shifted to uint8 (x + 128, one XOR) with an A zero point of 128: MLAS computes
-sum((a - 128) * b) in int32, which is exact (every partial sum of at most K = 2**17 terms of
-magnitude below 2**15 lies within int32).  A product engine is checked on its first use at the
-extreme operands (a kernel that saturated pairs of products in int16, as some AVX2 kernels do,
-fails the check) and the ISS falls back to the float32 path of numerics.int_matmul_f32 if it does
-not match.
+sum(a * b) - 128 * sum(b) in int32, which is exact: each product a * b lies in [-32640, 32385], so
+every partial sum of at most MAX_GEMM_K = 2**16 terms lies within int32 (a conv over more terms,
+more than any preset's wgt_depth * cols, multiplies in float32).  The engine is checked on its
+first use at the extreme operands (a kernel that saturated pairs of products in int16, as some
+AVX2 kernels do, fails the check); if it does not match, or onnxruntime is missing, the ISS
+multiplies in float32 (numerics.int_matmul_f32, exact, slower).
 """
 
 from __future__ import annotations
