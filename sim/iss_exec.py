@@ -294,18 +294,18 @@ class Machine:
                                                 iss_kernels.scatter_acc)
 
         if direct:
-            def conv_mac_direct():
+            def conv_mac_int8_direct():
                 im2col_u8(*im2col)
                 pack_weights(*pack)
                 product()
-            return conv_mac_direct
+            return conv_mac_int8_direct
 
-        def conv_mac():
+        def conv_mac_int8():
             im2col_u8(*im2col)
             pack_weights(*pack)
             product()
             scatter_acc(*scatter)
-        return conv_mac
+        return conv_mac_int8
 
     def _vector_operands(self, insn, src_name: str, src: int):
         """Operand and output of a vector op as (blocks, lines, line) views, the entries per line

@@ -174,3 +174,20 @@ def test_window_kernels_equal_the_reference(mode, accumulate):
         results.append(iss.machine.acc[:40].copy())
     np.testing.assert_array_equal(results[0], results[1])
     assert not np.array_equal(results[0], acc)
+
+
+def test_without_an_exact_int8_gemm_the_fast_iss_multiplies_in_float32(monkeypatch):
+    """onnxruntime missing, or inexact on this CPU: CONV takes numerics.int_matmul_f32, same bits."""
+    monkeypatch.setattr(iss_kernels, "int8_gemm", lambda: None)
+    cfg = preset("default")
+    job = random_program(cfg, 905, kinds=["conv"])
+    results, names = [], []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        for addr, data in job.image:
+            iss.write(addr, data)
+        iss.run(job.insn_addr, job.insn_count)
+        names.append({op.__name__ for op in next(iter(iss._plans.values())).ops})
+        results.append([bytes(iss.read(a, s)) for a, s in job.regions])
+    assert "conv_mac" in names[0] and not any(name.startswith("conv_mac_int8") for name in names[0])
+    assert results[0] == results[1]
