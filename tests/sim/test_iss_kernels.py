@@ -102,13 +102,16 @@ def test_fast_iss_equals_the_reference_iss_on_random_programs(config, seed):
     kinds = [["conv"], ["fc"], ["add"], ["mul"], ["conv", "add"], ["mean"], ["maxpool", "avgpool"],
              None][seed]
     job = random_program(cfg, 900 + seed, kinds=kinds)
-    results = []
+    results, names = [], []
     for fast in (True, False):
         iss = ISS(cfg, fast=fast)
         for addr, data in job.image:
             iss.write(addr, data)
         stats = iss.run(job.insn_addr, job.insn_count)
+        names.append({op.__name__ for op in next(iter(iss._plans.values())).ops})
         results.append(([bytes(iss.read(a, s)) for a, s in job.regions], stats.counters))
+    if "conv_mac" in names[1]:          # the fast ISS took the int8 GEMM, not the float32 path
+        assert "conv_mac" not in names[0] and any(name.startswith("conv_mac_int8") for name in names[0])
     assert results[0] == results[1]
     assert any(any(region) for region in results[0][0]), "all-zero outputs would prove nothing"
 
