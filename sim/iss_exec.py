@@ -43,7 +43,7 @@ from softnpu.hdl.isa import (
 )
 from softnpu.sim import iss_kernels
 
-__all__ = ["Fault", "Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
+__all__ = ["Fault", "Machine", "Op", "SHIFT_MIN", "SHIFT_MAX", "acc_footprint"]
 
 # What prepare() returns: runs one prepared instruction on the machine it was prepared for.
 Op = Callable[[], None]
@@ -248,9 +248,8 @@ class Machine:
         n_wgt = co * ci * kh * kw
         self._check_sram("wgt", insn.wgt, n_wgt, "conv weights")
         m, k, n = insn.out_h * insn.out_w, ci * kh * kw * c, co * r
-        gemm = iss_kernels.int8_gemm() if self.fast and k <= iss_kernels.MAX_GEMM_K else None
-        if gemm is not None:
-            return self._conv_mac_int8(insn, acc.reshape(co, m, r), gemm(m, k, n))
+        if self.fast and k <= iss_kernels.MAX_GEMM_K and iss_kernels.int8_gemm() is not None:
+            return self._conv_mac_int8(insn, acc.reshape(co, m, r))
         # im2col rows, (oh, ow) x (ci, i, j, lane); and W as (ci, i, j, lane) x (co, r)
         x_src = windows.transpose(1, 2, 0, 3, 4, 5)
         w_src = self.wgt[insn.wgt:insn.wgt + n_wgt].reshape(co, ci, kh, kw, r, c).transpose(1, 2, 3, 5, 0, 4)
@@ -266,46 +265,73 @@ class Machine:
             numerics.int_matmul_f32(x, w, out=acc_dst, accumulate=accumulate, scratch=product)
         return conv_mac
 
-    def _conv_mac_int8(self, insn: Conv, acc: np.ndarray, gemm: iss_kernels.Int8Gemm) -> Op:
+    def _conv_mac_int8(self, insn: Conv, acc: np.ndarray) -> Op:
         """The fast MAC conv: im2col rows shifted to uint8, the weight matrix packed, one int8 GEMM
-        into int32 (exact), then the accumulators set or added to (see sim/iss_kernels.py)."""
-        m, k, n = gemm.shape
-        c = self.config.cols
-        x = self._workspace(0, (m, k), np.uint8)
+        into int32 (exact), then the accumulators set or added to (see sim/iss_kernels.py).  Its
+        `conv` attribute lets the plan join it to a chain (`int8_conv_chain`)."""
+        (op,) = self.int8_conv_chain([(insn, acc)])
+        op.conv = (insn, acc)
+        return op
+
+    def int8_conv_chain(self, convs: list[tuple[Conv, np.ndarray]], x: np.ndarray | None = None) -> list[Op]:
+        """The ops of MAC convs into the same accumulators (`acc`, (out_blocks, m, rows)), all but the
+        first accumulating: acc (+)= X1 W1 + X2 W2 + ... = [X1 X2 ...] [W1; W2; ...], one GEMM.
+        Each conv's op copies its im2col rows and packed weights into its columns of x and rows of
+        the chain's weights, where the conv runs; the last one multiplies and adds, once.  Exact:
+        int32 sums wrap the same in any order.  x (m, sum of K) uint8 defaults to a workspace."""
+        first, acc = convs[0]
+        c, r = self.config.cols, self.config.rows
+        m, n = first.out_h * first.out_w, first.out_blocks * r
+        ks = [insn.in_blocks * insn.kh * insn.kw * c for insn, _ in convs]
+        gemm = iss_kernels.int8_gemm()(m, sum(ks), n)
+        x = self._workspace(0, (m, sum(ks)), np.uint8) if x is None else x
         # one output block, not accumulated: acc[0] is the product's (m, rows) matrix, written in place
-        direct = insn.out_blocks == 1 and not insn.accumulate
+        direct = first.out_blocks == 1 and not first.accumulate
         y = acc.reshape(m, n) if direct else self._workspace(2, (m, n), np.int32)
+        # the packed weights, and the entries each conv packed them from: kept from run to run
+        w = np.empty((sum(ks), n), np.int8)
         inp = iss_kernels.words(self.inp, c)
         x_words = iss_kernels.words(x, c)
-        per_entry = inp.size // self.inp.shape[0]
-        im2col = (inp, per_entry, insn.inp, insn.in_blocks, insn.out_h, insn.out_w, insn.kh, insn.kw,
-                  insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, x_words,
-                  x_words.size // m, x_words.dtype.type(int("80" * x_words.itemsize, 16)))
-        taps = insn.in_blocks * insn.kh * insn.kw
-        entries = self.wgt[insn.wgt:insn.wgt + insn.out_blocks * taps]
-        current = iss_kernels.words(entries, entries[0].size)
-        # this op's packed weights and the entries they came from: its own, kept from run to run
-        w = np.empty((k, n), np.int8)
-        pack = (self.wgt, insn.wgt, insn.out_blocks, taps, current, np.empty_like(current),
-                np.zeros(1, np.bool_), w)
-        product = gemm.bind(x, w, y)
-        scatter = (y, acc, bool(insn.accumulate))
+        flip = x_words.dtype.type(int("80" * x_words.itemsize, 16))
         im2col_u8, pack_weights, scatter_acc = (iss_kernels.im2col_u8, iss_kernels.pack_weights,
                                                 iss_kernels.scatter_acc)
+        segments = []
+        k0 = 0
+        for (insn, _), k in zip(convs, ks, strict=True):
+            im2col = (inp, inp.size // self.inp.shape[0], insn.inp, insn.in_blocks, insn.out_h, insn.out_w,
+                      insn.kh, insn.kw, insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, x_words,
+                      x_words.size // m, k0 // x_words.itemsize, flip)
+            taps = insn.in_blocks * insn.kh * insn.kw
+            entries = self.wgt[insn.wgt:insn.wgt + insn.out_blocks * taps]
+            current = iss_kernels.words(entries, entries[0].size)
+            pack = (self.wgt, insn.wgt, insn.out_blocks, taps, current, np.empty_like(current),
+                    np.zeros(1, np.bool_), w[k0:k0 + k])
+            segments.append((im2col, pack))
+            k0 += k
+        product = gemm.bind(x, w, y)
+        scatter = (y, acc, bool(first.accumulate))
 
+        def segment(im2col, pack):
+            def conv_mac_int8_part():
+                im2col_u8(*im2col)
+                pack_weights(*pack)
+            return conv_mac_int8_part
+
+        im2col, pack = segments[-1]
         if direct:
             def conv_mac_int8_direct():
                 im2col_u8(*im2col)
                 pack_weights(*pack)
                 product()
-            return conv_mac_int8_direct
-
-        def conv_mac_int8():
-            im2col_u8(*im2col)
-            pack_weights(*pack)
-            product()
-            scatter_acc(*scatter)
-        return conv_mac_int8
+            last = conv_mac_int8_direct
+        else:
+            def conv_mac_int8():
+                im2col_u8(*im2col)
+                pack_weights(*pack)
+                product()
+                scatter_acc(*scatter)
+            last = conv_mac_int8
+        return [segment(*parts) for parts in segments[:-1]] + [last]
 
     def _vector_operands(self, insn, src_name: str, src: int):
         """Operand and output of a vector op as (blocks, lines, line) views, the entries per line
@@ -449,6 +475,16 @@ class Machine:
 
 def _no_op():
     pass
+
+
+def acc_footprint(insn: Insn) -> tuple[int, int] | None:
+    """The accumulator entries [first, end) an instruction reads or writes, or None."""
+    if isinstance(insn, Conv):
+        blocks = insn.out_blocks if insn.mode == ConvMode.MAC else insn.in_blocks
+        return insn.acc, insn.acc + blocks * insn.out_h * insn.out_w
+    if isinstance(insn, (Requant, Narrow)):
+        return insn.acc, insn.acc + insn.blocks * insn.count
+    return None
 
 
 # entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop

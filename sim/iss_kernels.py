@@ -309,16 +309,17 @@ def words(a: np.ndarray, bytes_per_row: int) -> np.ndarray:
 
 @_jit
 def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stride_w, inp_row,
-              inp_block, x, row_words, flip):
+              inp_block, x, row_words, col0, flip):
     """The MAC conv's im2col rows, shifted to uint8: x[(oh, ow), (ci, i, j, lane)] =
     inp[first + ci*inp_block + (oh*stride_h + i)*inp_row + ow*stride_w + j, lane] + 128.
     `inp` is the input scratchpad's bytes and `x` the (out_h*out_w, K) uint8 rows, both as words
-    (`words` per scratchpad entry, `row_words` per row of x); the j and lane of one window row are
+    (`words` per scratchpad entry, `row_words` per row of x, this conv's columns from word `col0`:
+    the convs of an accumulation chain share the rows); the j and lane of one window row are
     consecutive bytes, copied a word at a time, each byte XOR 0x80 (`flip`): int8 x + 128 as uint8."""
     run = kw * words
     for ci in range(in_blocks):
         for i in range(kh):
-            col = (ci * kh + i) * run
+            col = col0 + (ci * kh + i) * run
             for oh in range(out_h):
                 src_row = (first + ci * inp_block + (oh * stride_h + i) * inp_row) * words
                 for ow in range(out_w):

@@ -194,3 +194,42 @@ def test_without_an_exact_int8_gemm_the_fast_iss_multiplies_in_float32(monkeypat
         results.append([bytes(iss.read(a, s)) for a, s in job.regions])
     assert "conv_mac" in names[0] and not any(name.startswith("conv_mac_int8") for name in names[0])
     assert results[0] == results[1]
+
+
+def test_accumulation_chains_join_into_one_gemm_and_equal_the_reference():
+    """Convs into the same accumulators join into one GEMM up to an op that reads them (REQUANT), with
+    LOADs between members overwriting the inputs and weights an earlier member read, and a second
+    chain open at the same time: the same accumulators and outputs as the reference ISS."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    conv = dict(mode=isa.ConvMode.MAC, out_blocks=2, in_blocks=2, kh=1, kw=1, stride_h=1, stride_w=1, out_h=2,
+                out_w=2, inp=0, wgt=0, inp_row=2, inp_block=4)
+    other = dict(conv, out_blocks=1, in_blocks=3, inp=16, wgt=16, inp_block=4)
+    a = [isa.Conv(**conv, acc=0, accumulate=int(i > 0), push_prev=int(i == 0), pop_prev=int(i == 1))
+         for i in range(5)]
+    b = [isa.Conv(**other, acc=100, accumulate=i) for i in range(2)]
+    loads = [isa.Load(buffer=isa.Buffer.INP, sram=0, dram=0x10000, blocks=1, rows=1, cols=8, pop_next=1),
+             isa.Load(buffer=isa.Buffer.WGT, sram=0, dram=0x20000, blocks=1, rows=1, cols=4, push_next=1)]
+    requant = isa.Requant(out=0, acc=0, param=0, blocks=2, count=4, zero_point=3, act_min=-128, act_max=127)
+    program = isa.encode_program([a[0], *loads, a[1], b[0], a[2], b[1], requant, a[3], a[4], isa.Finish()])
+    rng = np.random.default_rng(11)
+    dram = {0x10000: rng.integers(0, 256, 8 * 16, dtype=np.uint8),
+            0x20000: rng.integers(0, 256, 4 * 256, dtype=np.uint8)}
+    inp = rng.integers(-128, 128, (40, 16), dtype=np.int8)
+    wgt = rng.integers(-128, 128, (40, 16, 16), dtype=np.int8)
+    params = np.stack([rng.integers(-1000, 1000, (2, 16)), rng.integers(1 << 30, 1 << 31, (2, 16)),
+                       rng.integers(-12, -6, (2, 16))], axis=1).astype(np.int32).reshape(6, 16)
+    results, names = [], []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        for addr, data in dram.items():
+            iss.write(addr, data)
+        iss.machine.inp[:40], iss.machine.wgt[:40], iss.machine.param[:6] = inp, wgt, params
+        for _ in range(2):             # the second run: the cached packed weights of every member
+            iss.run_program(program, 0x1000)
+        names.append([op.__name__ for op in next(iter(iss._plans.values())).ops])
+        results.append((iss.machine.acc[:104].copy(), iss.machine.out[:8].copy()))
+    # chains [a0 a1 a2], [b0 b1], [a3 a4]: four members copy operands, three multiply
+    assert names[0].count("conv_mac_int8_part") == 4
+    assert names[0].count("conv_mac_int8") + names[0].count("conv_mac_int8_direct") == 3
+    for fast, reference in zip(*results, strict=True):
+        np.testing.assert_array_equal(fast, reference)
