@@ -84,6 +84,7 @@ class Machine:
         self.acc = np.zeros((config.acc_depth, r), np.int32)
         self.out = np.zeros((config.out_depth, r), np.int8)
         self._work: dict[tuple[int, type], np.ndarray] = {}
+        self._dma_memories: tuple[np.ndarray, ...] | None = None     # dram and scratchpads as bytes
 
     def clear_scratchpads(self):
         for buf in (self.inp, self.wgt, self.param, self.acc, self.out):
@@ -97,6 +98,12 @@ class Machine:
                         f"{what}: {name} entries [{first}, {first + count}) exceed its depth {depth}")
 
     def _dram_view(self, insn, entry_bytes: int, writeable: bool) -> np.ndarray:
+        self._check_dram(insn, entry_bytes)
+        return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
+                          strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
+
+    def _check_dram(self, insn, entry_bytes: int) -> None:
+        """The alignment and range faults of a DMA."""
         bus = self.config.dram_bus_bytes
         for name in ("dram", "row_stride", "block_stride"):
             if getattr(insn, name) % bus:
@@ -108,8 +115,6 @@ class Machine:
             raise Fault(ErrorCode.DRAM_RANGE,
                         f"DMA touches DRAM bytes up to {last - 1:#x}, beyond the device memory "
                         f"of {self.dram.size:#x} bytes (from dram={insn.dram:#x})")
-        return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
-                          strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
 
     def _workspace(self, slot: int, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         """A scratch array of the conv engine, taken when an op is prepared and shared by the ops of
@@ -143,6 +148,11 @@ class Machine:
         entry = self.config.entry_bytes(name)
         p, q = insn.padded_rows, insn.padded_cols
         self._check_sram(name, insn.sram, insn.blocks * p * q, "load")
+        if self.fast:
+            self._check_dram(insn, entry)
+            return self._dma_op(iss_kernels.DMA_LOAD, ("inp", "wgt", "param").index(name), insn.dram,
+                                insn.block_stride, insn.row_stride, insn.sram * entry, insn.blocks, insn.rows,
+                                insn.cols, p, q, entry, insn.pad_top, insn.pad_left, insn.pad_value & 0xFF)
         data = self._dram_view(insn, entry, writeable=False)
         tile = buf[insn.sram:insn.sram + insn.blocks * p * q].view(np.uint8).reshape(insn.blocks, p, q, entry)
         inner = tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left:insn.pad_left + insn.cols]
@@ -152,10 +162,6 @@ class Machine:
                    tile[:, insn.pad_top:insn.pad_top + insn.rows, :insn.pad_left],
                    tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left + insn.cols:]]
         borders = [b for b in borders if b.size]
-        if self.fast:
-            return self._dma_op(iss_kernels.DMA_LOAD, ("inp", "wgt", "param").index(name), insn.dram,
-                                insn.block_stride, insn.row_stride, insn.sram * entry, insn.blocks, insn.rows,
-                                insn.cols, p, q, entry, insn.pad_top, insn.pad_left, int(pad))
 
         def load():
             for border in borders:
@@ -166,12 +172,13 @@ class Machine:
     def _store(self, insn: Store) -> Op:
         n = insn.blocks * insn.rows * insn.cols
         self._check_sram("out", insn.sram, n, "store")
-        view = self._dram_view(insn, self.config.rows, writeable=True)
-        tile = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
         if self.fast:
+            self._check_dram(insn, self.config.rows)
             run = insn.cols * self.config.rows
             return self._dma_op(iss_kernels.DMA_STORE, insn.sram * self.config.rows, insn.rows * run, run,
                                 insn.dram, insn.block_stride, insn.row_stride, insn.blocks, insn.rows, run)
+        view = self._dram_view(insn, self.config.rows, writeable=True)
+        tile = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
 
         def store():
             np.copyto(view, tile)
@@ -189,8 +196,10 @@ class Machine:
     def dma_batch(self, table: np.ndarray) -> Op:
         """An Op performing the DMA rows of `table` (from _dma_op) in order."""
         kernel = iss_kernels.dma
-        args = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
-                                    (self.inp, self.wgt, self.param, self.out)) + (table,)
+        if self._dma_memories is None:
+            self._dma_memories = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
+                                                      (self.inp, self.wgt, self.param, self.out))
+        args = self._dma_memories + (table,)
 
         def dma():
             kernel(*args)
@@ -267,11 +276,17 @@ class Machine:
 
     def _conv_mac_int8(self, insn: Conv, acc: np.ndarray) -> Op:
         """The fast MAC conv: im2col rows shifted to uint8, the weight matrix packed, one int8 GEMM
-        into int32 (exact), then the accumulators set or added to (see sim/iss_kernels.py).  Its
-        `conv` attribute lets the plan join it to a chain (`int8_conv_chain`)."""
-        (op,) = self.int8_conv_chain([(insn, acc)])
-        op.conv = (insn, acc)
-        return op
+        into int32 (exact), then the accumulators set or added to (see sim/iss_kernels.py).  The op
+        is built when first run; a plan builds it, or its accumulation chain, from its `conv`
+        attribute instead (`int8_conv_chain`)."""
+        built: list[Op] = []
+
+        def conv_mac_int8_once():
+            if not built:
+                built.extend(self.int8_conv_chain([(insn, acc)]))
+            built[0]()
+        conv_mac_int8_once.conv = (insn, acc)
+        return conv_mac_int8_once
 
     def int8_conv_chain(self, convs: list[tuple[Conv, np.ndarray]], x: np.ndarray | None = None) -> list[Op]:
         """The ops of MAC convs into the same accumulators (`acc`, (out_blocks, m, rows)), all but the

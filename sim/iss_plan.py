@@ -248,7 +248,10 @@ class _Schedule:
         chains += open_chains.values()
         joined = list(ops)
         busy_until: list[int] = []                  # per im2col buffer: the last op of its chain
-        for chain in sorted((c for c in chains if len(c) > 1), key=lambda c: c[0]):
+        for chain in sorted(chains, key=lambda c: c[0]):
+            if len(chain) == 1:
+                (joined[chain[0]],) = self.machine.int8_conv_chain([ops[chain[0]].conv])
+                continue
             slot = next((b for b, end in enumerate(busy_until) if end < chain[0]), len(busy_until))
             busy_until[slot:slot + 1] = [chain[-1]]
             head = insns[chain[0]]
