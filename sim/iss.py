@@ -5,7 +5,9 @@ RTL's programming model (device memory, CSRs, interrupt).  A program is decoded,
 prepared once (sim/iss_plan.py: the order of execution, the counters and the trace do not depend on
 data) and the plan is cached by the program's bytes; every run replays its ops, the instruction
 semantics of sim/iss_exec.py on numpy views, so a served model pays for decoding and for its
-cycles once.
+cycles once.  By default the ops are the compiled kernels and int8 GEMM of sim/iss_kernels.py;
+`ISS(config, fast=False)` runs the numpy reference ops (same bits).  One device computes on one
+thread.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def _one_blas_thread():
 class ISS:
     """An NPU device in numpy: device memory, scratchpads, CSRs and a cycle model."""
 
-    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None):
+    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None, fast: bool = True):
         self.config = config
-        self.machine = Machine(config, dram)
+        self.machine = Machine(config, dram, fast=fast)      # fast=False: the numpy reference ops
         self._plans: OrderedDict[bytes, Plan] = OrderedDict()
         self._csr = {reg: 0 for reg in CSR}
         self.last_stats: RunStats | None = None

@@ -8,7 +8,12 @@ scratchpads computed once, with hdl/numerics doing the arithmetic.  `execute(ins
 violations raise `NPUFault` (hdl/faults.py) with the ErrorCode and address the hardware reports;
 the scheduler places it at the instruction's index and disassembly.  No Python loop runs per MAC,
 pixel or entry: a CONV in MAC mode, all its hardware loops included, is one im2col copy and one
-float32 matrix product (`numerics.int_matmul_f32`, exact).
+matrix product.
+
+A Machine has two sets of ops with the same semantics.  The reference (`fast=False`): numpy on whole
+tiles, numerics' functions on them, the conv's product in float32 (`numerics.int_matmul_f32`,
+exact).  The fast path (default): the compiled kernels of sim/iss_kernels.py, which restate
+numerics element by element and are tested against it, and an exact int8 GEMM.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from softnpu.hdl.isa import (
     Rounding,
     Store,
 )
+from softnpu.sim import iss_kernels
 
-__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
+__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX", "acc_footprint"]
 
 # What prepare() returns: runs one prepared instruction on the machine it was prepared for.
 Op = Callable[[], None]
@@ -50,10 +56,16 @@ SHIFT_MIN, SHIFT_MAX = -31, 30
 
 
 class Machine:
-    """Device memory plus the five scratchpads of an NPUConfig."""
+    """Device memory plus the five scratchpads of an NPUConfig.
 
-    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None):
+    `fast` (the default) performs LOAD, STORE, CONV, REQUANT (fixed-point rounding), NARROW, ADD
+    and MUL with the compiled kernels of sim/iss_kernels.py; `fast=False` is the reference: numpy on
+    whole tiles with hdl/numerics doing the arithmetic.  Both give the same bits
+    (tests/sim/test_iss_kernels.py runs random programs on both)."""
+
+    def __init__(self, config: NPUConfig, dram: np.ndarray | None = None, fast: bool = True):
         self.config = config
+        self.fast = fast
         if dram is None:
             dram = np.zeros(config.dram_bytes, dtype=np.uint8)   # calloc'd: pages appear on use
         if dram.dtype != np.uint8 or dram.ndim != 1:
@@ -65,7 +77,8 @@ class Machine:
         self.param = np.zeros((config.param_depth, r), np.int32)
         self.acc = np.zeros((config.acc_depth, r), np.int32)
         self.out = np.zeros((config.out_depth, r), np.int8)
-        self._work: dict[int, np.ndarray] = {}
+        self._work: dict[tuple[int, type], np.ndarray] = {}
+        self._dma_memories: tuple[np.ndarray, ...] | None = None     # dram and scratchpads as bytes
 
     def clear_scratchpads(self):
         for buf in (self.inp, self.wgt, self.param, self.acc, self.out):
@@ -80,6 +93,12 @@ class Machine:
                                     f"{depth}")
 
     def _dram_view(self, insn, entry_bytes: int, writeable: bool) -> np.ndarray:
+        self._check_dram(insn, entry_bytes)
+        return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
+                          strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
+
+    def _check_dram(self, insn, entry_bytes: int) -> None:
+        """The alignment and range faults of a DMA."""
         bus = self.config.dram_bus_bytes
         misaligned = dma_align_address(insn, bus)
         if misaligned is not None:
@@ -91,18 +110,16 @@ class Machine:
             raise NPUFault.unplaced(ErrorCode.DRAM_RANGE,
                                     f"DMA touches DRAM bytes up to {last:#x}, beyond the device memory "
                                     f"of {self.dram.size:#x} bytes (from dram={insn.dram:#x})", last)
-        return as_strided(self.dram[insn.dram:], shape=(insn.blocks, insn.rows, insn.cols, entry_bytes),
-                          strides=(insn.block_stride, insn.row_stride, entry_bytes, 1), writeable=writeable)
 
-    def _workspace(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 scratch array of the conv engine, taken when an op is prepared and shared by the
-        ops of this machine (they run one at a time).  It grows by doubling; ops prepared earlier
-        keep the smaller buffer they hold, so at most a few buffers per slot exist."""
+    def _workspace(self, slot: int, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """A scratch array of the conv engine, taken when an op is prepared and shared by the ops of
+        this machine (they run one at a time).  It grows by doubling; ops prepared earlier keep the
+        smaller buffer they hold, so at most a few buffers per slot exist."""
         size = math.prod(shape)
-        buf = self._work.get(slot)
+        key = (slot, np.dtype(dtype).type)
+        buf = self._work.get(key)
         if buf is None or buf.size < size:
-            buf = self._work[slot] = np.empty(max(size, 2 * buf.size if buf is not None else 0),
-                                              np.float32)
+            buf = self._work[key] = np.empty(max(size, 2 * buf.size if buf is not None else 0), dtype)
         return buf[:size].reshape(shape)
 
     # -- instructions -----------------------------------------------------------------------
@@ -126,6 +143,11 @@ class Machine:
         entry = self.config.entry_bytes(name)
         p, q = insn.padded_rows, insn.padded_cols
         self._check_sram(name, insn.sram, insn.blocks * p * q, "load")
+        if self.fast:
+            self._check_dram(insn, entry)
+            return self._dma_op(iss_kernels.DMA_LOAD, ("inp", "wgt", "param").index(name), insn.dram,
+                                insn.block_stride, insn.row_stride, insn.sram * entry, insn.blocks, insn.rows,
+                                insn.cols, p, q, entry, insn.pad_top, insn.pad_left, insn.pad_value & 0xFF)
         data = self._dram_view(insn, entry, writeable=False)
         tile = buf[insn.sram:insn.sram + insn.blocks * p * q].view(np.uint8).reshape(insn.blocks, p, q, entry)
         inner = tile[:, insn.pad_top:insn.pad_top + insn.rows, insn.pad_left:insn.pad_left + insn.cols]
@@ -145,12 +167,38 @@ class Machine:
     def _store(self, insn: Store) -> Op:
         n = insn.blocks * insn.rows * insn.cols
         self._check_sram("out", insn.sram, n, "store")
+        if self.fast:
+            self._check_dram(insn, self.config.rows)
+            run = insn.cols * self.config.rows
+            return self._dma_op(iss_kernels.DMA_STORE, insn.sram * self.config.rows, insn.rows * run, run,
+                                insn.dram, insn.block_stride, insn.row_stride, insn.blocks, insn.rows, run)
         view = self._dram_view(insn, self.config.rows, writeable=True)
         tile = self.out[insn.sram:insn.sram + n].view(np.uint8).reshape(view.shape)
 
         def store():
             np.copyto(view, tile)
         return store
+
+    def _dma_op(self, *fields: int) -> Op:
+        """The Op of one LOAD or STORE on the fast path: a row of iss_kernels.dma's table.  Its `dma`
+        attribute lets the plan join a run of DMAs into one call (`dma_batch`)."""
+        row = np.zeros((1, iss_kernels.DMA_FIELDS), np.int64)
+        row[0, :len(fields)] = fields
+        op = self.dma_batch(row)
+        op.dma = row
+        return op
+
+    def dma_batch(self, table: np.ndarray) -> Op:
+        """An Op performing the DMA rows of `table` (from _dma_op) in order."""
+        kernel = iss_kernels.dma
+        if self._dma_memories is None:
+            self._dma_memories = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
+                                                      (self.inp, self.wgt, self.param, self.out))
+        args = self._dma_memories + (table,)
+
+        def dma():
+            kernel(*args)
+        return dma
 
     def _conv(self, insn: Conv) -> Op:
         c = self.config.cols
@@ -169,6 +217,16 @@ class Machine:
         acc = self.acc[insn.acc:insn.acc + n_acc]
         if insn.mode == ConvMode.MAC:
             return self._conv_mac(insn, windows, acc)
+        if self.fast and insn.mode in (ConvMode.SUM, ConvMode.MAX):
+            kernel = iss_kernels.window_reduce
+            args = (self.inp, insn.inp, insn.in_blocks, insn.out_h, insn.out_w, insn.kh, insn.kw,
+                    insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, acc,
+                    insn.mode == ConvMode.MAX, bool(insn.accumulate))
+
+            def window_kernel():
+                kernel(*args)
+            window_kernel.__name__ = f"window_{ConvMode(insn.mode).name.lower()}_kernel"
+            return window_kernel
         if insn.mode == ConvMode.SUM:
             def window_sum():
                 result = windows.sum(axis=(3, 4), dtype=np.int64).reshape(n_acc, c)
@@ -194,6 +252,8 @@ class Machine:
         n_wgt = co * ci * kh * kw
         self._check_sram("wgt", insn.wgt, n_wgt, "conv weights")
         m, k, n = insn.out_h * insn.out_w, ci * kh * kw * c, co * r
+        if self.fast and k <= iss_kernels.MAX_GEMM_K and iss_kernels.int8_gemm() is not None:
+            return self._conv_mac_int8(insn, acc.reshape(co, m, r))
         # im2col rows, (oh, ow) x (ci, i, j, lane); and W as (ci, i, j, lane) x (co, r)
         x_src = windows.transpose(1, 2, 0, 3, 4, 5)
         w_src = self.wgt[insn.wgt:insn.wgt + n_wgt].reshape(co, ci, kh, kw, r, c).transpose(1, 2, 3, 5, 0, 4)
@@ -208,6 +268,80 @@ class Machine:
             np.copyto(w_fill, w_src)
             numerics.int_matmul_f32(x, w, out=acc_dst, accumulate=accumulate, scratch=product)
         return conv_mac
+
+    def _conv_mac_int8(self, insn: Conv, acc: np.ndarray) -> Op:
+        """The fast MAC conv: im2col rows shifted to uint8, the weight matrix packed, one int8 GEMM
+        into int32 (exact), then the accumulators set or added to (see sim/iss_kernels.py).  The op
+        is built when first run; a plan builds it, or its accumulation chain, from its `conv`
+        attribute instead (`int8_conv_chain`)."""
+        built: list[Op] = []
+
+        def conv_mac_int8_once():
+            if not built:
+                built.extend(self.int8_conv_chain([(insn, acc)]))
+            built[0]()
+        conv_mac_int8_once.conv = (insn, acc)
+        return conv_mac_int8_once
+
+    def int8_conv_chain(self, convs: list[tuple[Conv, np.ndarray]], x: np.ndarray | None = None) -> list[Op]:
+        """The ops of MAC convs into the same accumulators (`acc`, (out_blocks, m, rows)), all but the
+        first accumulating: acc (+)= X1 W1 + X2 W2 + ... = [X1 X2 ...] [W1; W2; ...], one GEMM.
+        Each conv's op copies its im2col rows and packed weights into its columns of x and rows of
+        the chain's weights, where the conv runs; the last one multiplies and adds, once.  Exact:
+        int32 sums wrap the same in any order.  x (m, sum of K) uint8 defaults to a workspace."""
+        first, acc = convs[0]
+        c, r = self.config.cols, self.config.rows
+        m, n = first.out_h * first.out_w, first.out_blocks * r
+        ks = [insn.in_blocks * insn.kh * insn.kw * c for insn, _ in convs]
+        gemm = iss_kernels.int8_gemm()(m, sum(ks), n)
+        x = self._workspace(0, (m, sum(ks)), np.uint8) if x is None else x
+        # one output block, not accumulated: acc[0] is the product's (m, rows) matrix, written in place
+        direct = first.out_blocks == 1 and not first.accumulate
+        y = acc.reshape(m, n) if direct else self._workspace(2, (m, n), np.int32)
+        # the packed weights, and the entries each conv packed them from: kept from run to run
+        w = np.empty((sum(ks), n), np.int8)
+        inp = iss_kernels.words(self.inp, c)
+        x_words = iss_kernels.words(x, c)
+        flip = x_words.dtype.type(int("80" * x_words.itemsize, 16))
+        im2col_u8, pack_weights, scatter_acc = (iss_kernels.im2col_u8, iss_kernels.pack_weights,
+                                                iss_kernels.scatter_acc)
+        segments = []
+        k0 = 0
+        for (insn, _), k in zip(convs, ks, strict=True):
+            im2col = (inp, inp.size // self.inp.shape[0], insn.inp, insn.in_blocks, insn.out_h, insn.out_w,
+                      insn.kh, insn.kw, insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, x_words,
+                      x_words.size // m, k0 // x_words.itemsize, flip)
+            taps = insn.in_blocks * insn.kh * insn.kw
+            entries = self.wgt[insn.wgt:insn.wgt + insn.out_blocks * taps]
+            current = iss_kernels.words(entries, entries[0].size)
+            pack = (self.wgt, insn.wgt, insn.out_blocks, taps, current, np.empty_like(current),
+                    np.zeros(1, np.bool_), w[k0:k0 + k])
+            segments.append((im2col, pack))
+            k0 += k
+        product = gemm.bind(x, w, y)
+        scatter = (y, acc, bool(first.accumulate))
+
+        def segment(im2col, pack):
+            def conv_mac_int8_part():
+                im2col_u8(*im2col)
+                pack_weights(*pack)
+            return conv_mac_int8_part
+
+        im2col, pack = segments[-1]
+        if direct:
+            def conv_mac_int8_direct():
+                im2col_u8(*im2col)
+                pack_weights(*pack)
+                product()
+            last = conv_mac_int8_direct
+        else:
+            def conv_mac_int8():
+                im2col_u8(*im2col)
+                pack_weights(*pack)
+                product()
+                scatter_acc(*scatter)
+            last = conv_mac_int8
+        return [segment(*parts) for parts in segments[:-1]] + [last]
 
     def _vector_operands(self, insn, src_name: str, src: int):
         """Operand and output of a vector op as (blocks, lines, line) views, the entries per line
@@ -236,6 +370,16 @@ class Machine:
 
     def _requant(self, insn: Requant) -> Op:
         acc, out, k, slices = self._vector_operands(insn, "acc", insn.acc)
+        if self.fast and insn.rounding != Rounding.DOUBLE:
+            r = self.config.rows
+            args = (acc.reshape(insn.blocks, insn.count, r),
+                    self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, r),
+                    out.reshape(insn.blocks, insn.count, r), insn.zero_point, insn.act_min, insn.act_max)
+            kernel = iss_kernels.requantize
+
+            def requant_kernel():
+                kernel(*args)
+            return requant_kernel
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
         zero_point, act_min, act_max = insn.zero_point, insn.act_min, insn.act_max
@@ -257,6 +401,14 @@ class Machine:
 
     def _narrow(self, insn: Narrow) -> Op:
         acc, out, _, slices = self._vector_operands(insn, "acc", insn.acc)
+        if self.fast and insn.divisor > 0:
+            r = self.config.rows
+            args = (acc.reshape(-1, r), insn.divisor, out.reshape(-1, r), insn.act_min, insn.act_max)
+            kernel = iss_kernels.narrow
+
+            def narrow_kernel():
+                kernel(*args)
+            return narrow_kernel
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
 
         def narrow():
@@ -280,6 +432,18 @@ class Machine:
         chunks = [(a[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, len(insn.PARAMS))
         fixed = dict(zero_point=insn.zero_point, act_min=insn.act_min, act_max=insn.act_max)
+        if self.fast:
+            r = self.config.rows
+            tile = (insn.blocks, insn.count, r)
+            b_operand = b_entries if insn.b_param else b.reshape(tile)
+            args = (a.reshape(tile), b_operand, bool(insn.b_param), params, out.reshape(tile),
+                    insn.zero_point, insn.act_min, insn.act_max)
+            kernel = iss_kernels.add if function is numerics.add else iss_kernels.mul
+
+            def binary_kernel():
+                kernel(*args)
+            binary_kernel.__name__ = f"{insn.MNEMONIC}_kernel"
+            return binary_kernel
         if insn.b_param and insn.count > _TABLE_ENTRIES:
             return self._binary_by_table(insn, function, a, out, k, b_entries, params, fixed)
 
@@ -321,6 +485,16 @@ class Machine:
 
 def _no_op():
     pass
+
+
+def acc_footprint(insn: Insn) -> tuple[int, int] | None:
+    """The accumulator entries [first, end) an instruction reads or writes, or None."""
+    if isinstance(insn, Conv):
+        blocks = insn.out_blocks if insn.mode == ConvMode.MAC else insn.in_blocks
+        return insn.acc, insn.acc + blocks * insn.out_h * insn.out_w
+    if isinstance(insn, (Requant, Narrow)):
+        return insn.acc, insn.acc + insn.blocks * insn.count
+    return None
 
 
 # entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop

@@ -20,13 +20,16 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
+import numpy as np
+
 from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.faults import NPUFault
 from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.sim.iss_exec import Machine, Op
+from softnpu.sim.iss_exec import Machine, Op, acc_footprint
+from softnpu.sim.iss_kernels import MAX_GEMM_K
 
 __all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]
 
@@ -81,6 +84,10 @@ class Plan:
             fault = self.fault
             raise NPUFault(fault.code, fault.pc, fault.insn, fault.addr, fault.detail)
         return self.stats.copy()
+
+
+def _gemm_k(config: NPUConfig, conv: Conv) -> int:
+    return conv.in_blocks * conv.kh * conv.kw * config.cols
 
 
 def build_plan(config: NPUConfig, machine: Machine, program: list[Insn],
@@ -152,6 +159,7 @@ class _Schedule:
     def run(self) -> Plan:
         config = self.config
         ops: list[Op] = []
+        insns: list[Insn] = []
         while True:
             self._dispatch()
             best = None
@@ -185,6 +193,7 @@ class _Schedule:
                 self.tokens[ch].popleft()
             try:
                 ops.append(self.machine.prepare(insn))
+                insns.append(insn)
             except NPUFault as fault:
                 return Plan(ops, None, self._fault(pc, fault))
             cost = insn_cycles(config, insn)
@@ -205,7 +214,75 @@ class _Schedule:
                 snapshot = dict(self.counters, cycles=start)
                 self.trace.append((insn.id, snapshot))
         self.counters["cycles"] = max(self.unit_free.values()) + 1
+        ops = self._join_dmas(self._chain_convs(insns, ops))
         return Plan(ops, RunStats(config, dict(self.counters), self.trace, len(self.program)), None)
+
+    def _chain_convs(self, insns: list[Insn], ops: list[Op]) -> list[Op]:
+        """Join accumulation chains of fast int8 convs into one GEMM each (Machine.int8_conv_chain).
+
+        A chain: MAC convs into the same accumulator entries, every one after the first accumulating,
+        with no op between them that reads or writes those entries (a REQUANT, NARROW or another
+        conv); whatever else runs between them (the loads of the next input and weights) runs in
+        place, as each conv copies its operands where it stands.  The chain's product is added where
+        its last conv stands, before anything else touches the entries.  Chains that are open at the
+        same time get distinct im2col buffers."""
+        chains: list[list[int]] = []
+        open_chains: dict[tuple[int, int], list[int]] = {}
+
+        def close_overlapping(lo: int, hi: int):
+            for key in [key for key in open_chains if key[0] < hi and lo < key[1]]:
+                chains.append(open_chains.pop(key))
+
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            footprint = acc_footprint(insn)
+            if footprint is None:
+                continue
+            chain = open_chains.get(footprint)
+            if hasattr(op, "conv") and chain is not None and insn.accumulate:
+                head = insns[chain[0]]
+                k = sum(_gemm_k(self.config, insns[j]) for j in chain) + _gemm_k(self.config, insn)
+                if ((head.out_blocks, head.out_h, head.out_w) == (insn.out_blocks, insn.out_h, insn.out_w)
+                        and k <= MAX_GEMM_K):
+                    chain.append(i)
+                    continue
+            close_overlapping(*footprint)
+            if hasattr(op, "conv"):
+                open_chains[footprint] = [i]
+        chains += open_chains.values()
+        joined = list(ops)
+        busy_until: list[int] = []                  # per im2col buffer: the last op of its chain
+        for chain in sorted(chains, key=lambda c: c[0]):
+            if len(chain) == 1:
+                (joined[chain[0]],) = self.machine.int8_conv_chain([ops[chain[0]].conv])
+                continue
+            slot = next((b for b, end in enumerate(busy_until) if end < chain[0]), len(busy_until))
+            busy_until[slot:slot + 1] = [chain[-1]]
+            head = insns[chain[0]]
+            m = head.out_h * head.out_w
+            x = self.machine._workspace(10 + slot, (m, sum(_gemm_k(self.config, insns[j]) for j in chain)),
+                                        np.uint8)
+            for j, op in zip(chain, self.machine.int8_conv_chain([ops[j].conv for j in chain], x),
+                             strict=True):
+                joined[j] = op
+        return joined
+
+    def _join_dmas(self, ops: list[Op]) -> list[Op]:
+        """Consecutive fast-path LOAD/STORE ops (those with a `dma` row) as one op of their rows, in
+        order: the same copies, one call."""
+        joined: list[Op] = []
+        run: list[Op] = []
+        for op in ops + [None]:
+            if op is not None and hasattr(op, "dma"):
+                run.append(op)
+                continue
+            if len(run) > 1:
+                joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run])))
+            else:
+                joined += run
+            run = []
+            if op is not None:
+                joined.append(op)
+        return joined
 
     def _deadlock(self) -> NPUFault:
         waiting = []

@@ -9,8 +9,10 @@ decoded, scheduled and prepared) and the peak resident memory of one ISS device 
     nox -s bench_compiler                     (ResNet-50 only, after compiler.bench)
     python -m softnpu.host.bench.inference --network resnet50 --network vgg16 --size 224 --images 5
 
-Set OPENBLAS_NUM_THREADS=1 (what the nox sessions do) to compare one ISS thread with one
-interpreter thread.
+The ISS computes on one thread: its numba kernels are serial, onnxruntime's int8 GEMM runs with one
+intra-op thread, and BLAS (the reference ops' float32 product) is held to one thread; set
+OPENBLAS_NUM_THREADS=1 as well (what the nox sessions do) so that nothing else spawns threads.  So
+the figures compare one ISS thread with one interpreter thread.
 """
 
 from __future__ import annotations
@@ -99,9 +101,13 @@ def main(argv=None) -> int:
                         help="skip the peak-memory run of the device in a child process")
     args = parser.parse_args(argv)
     networks = NETWORKS if args.all else tuple(args.network or ("resnet50",))
+    from softnpu.sim.iss_kernels import int8_gemm
+
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "all cores")
-    print(f"ISS vs TFLite interpreter (XNNPACK, 1 thread), {args.size}x{args.size}, config "
-          f"{args.config!r}, median of {args.images} images, OpenBLAS threads: {blas}")
+    gemm = "int8 (onnxruntime MLAS)" if int8_gemm() else "float32 BLAS (no exact int8 GEMM here)"
+    print(f"ISS (1 thread, {gemm} GEMM) vs TFLite interpreter (XNNPACK, 1 thread), {args.size}x{args.size}, "
+          f"config {args.config!r}, median of {args.images} images, OpenBLAS threads: {blas}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("wall: seconds per image; cpu: CPU seconds of the thread that ran it (both run in this "
           "thread), less sensitive to a loaded host")
     print(f"{'network':12s} {'ISS s/img':>10s} {'interp s/img':>13s} {'ratio':>7s} {'cpu ratio':>10s} "
