@@ -111,9 +111,11 @@ class Bundle:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             z.writestr(MANIFEST, self.manifest.to_json())
             z.writestr(PROGRAM, self.program)
-            z.writestr(WEIGHTS, self.weights)
+            # int8 weights barely deflate (a few percent) and cost most of a compile's time to try:
+            # stored, still CRC-checked on load
+            z.writestr(WEIGHTS, self.weights, compress_type=zipfile.ZIP_STORED)
             if self.tflite is not None:
-                z.writestr(TFLITE, self.tflite)
+                z.writestr(TFLITE, self.tflite, compress_type=zipfile.ZIP_STORED)
         tmp.replace(path)
         return path
 
