@@ -127,6 +127,9 @@ def cmd_serve(args) -> int:
                         if args.batching_parameters_file else BatchingParameters())
         except BatchingError as exc:
             raise SystemExit(f"softnpu serve: {exc}") from None
+    if args.max_loaded_mb <= 0:
+        raise SystemExit(f"softnpu serve: --max-loaded-mb must be positive, got {args.max_loaded_mb:g}")
+    loaded_budget = int(args.max_loaded_mb * 2**20)
     if args.model_config_file:
         if args.model_dir is not None:
             raise SystemExit("softnpu serve: give --model-dir or --model-config-file, not both (the config "
@@ -135,7 +138,8 @@ def cmd_serve(args) -> int:
         if poll < 0:
             raise SystemExit(f"softnpu serve: --model-config-file-poll-wait-seconds must be >= 0, got {poll}")
         try:
-            store = ModelStore.from_config_file(args.model_config_file, poll, top_k=args.top_k)
+            store = ModelStore.from_config_file(args.model_config_file, poll, top_k=args.top_k,
+                                                max_loaded_bytes=loaded_budget)
         except ConfigError as exc:
             raise SystemExit(f"softnpu serve: {exc}") from None
         status = store.preload()
@@ -148,7 +152,7 @@ def cmd_serve(args) -> int:
                   + ("" if name in status else f"; none under {source.base_path} yet"))
     else:
         repository = ModelRepository(args.model_dir if args.model_dir is not None else default_root())
-        store = ModelStore(repository, top_k=args.top_k)
+        store = ModelStore(repository, top_k=args.top_k, max_loaded_bytes=loaded_budget)
         status = store.preload()
         if not status:
             print(f"softnpu serve: no models in {repository.root} yet (register one with "
@@ -325,6 +329,9 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--max-calls-per-peer", type=int, default=None,
                    help="concurrent calls one client address may hold; more get RESOURCE_EXHAUSTED "
                         "(default: workers + max-queue + 2; 0: no limit)")
+    p.add_argument("--max-loaded-mb", type=float, default=4096,
+                   help="memory budget of the loaded model versions (their bundles), MiB; loading one more "
+                        "unloads the least recently used (default 4096)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait for a device; more get RESOURCE_EXHAUSTED (default 16)")
     p.add_argument("--max-message-mb", type=float, default=16, help="largest request, MiB (default 16)")

@@ -19,6 +19,12 @@ is a model whose versions are all servable (the implicit config: policy `all`, n
 version loaded when first asked for).  A version outside its model's policy is not servable
 (NOT_FOUND, as in TF Serving) and, if it was loaded, is unloaded.
 
+Loaded versions share a memory budget (`max_loaded_bytes`, `softnpu serve --max-loaded-mb`): the
+bytes of their bundles (program, weights, the TFLite model), which the worker pool's runtimes and
+device images mirror.  Loading a version that would exceed it first unloads the versions least
+recently asked for (they load again when next asked for); a version larger than the whole budget
+is not servable, and says so.
+
 Request-facing messages name the model and version, never a server path or another model.
 """
 
@@ -89,13 +95,18 @@ class ModelStore:
     `on_unload` callbacks get each ServedModel that was unloaded."""
 
     def __init__(self, repository: ModelRepository | str | Path | None, top_k: int = 5,
-                 max_bundle_bytes: int = MAX_BUNDLE_BYTES, *, models: dict[str, ModelSource] | None = None):
+                 max_bundle_bytes: int = MAX_BUNDLE_BYTES, *, models: dict[str, ModelSource] | None = None,
+                 max_loaded_bytes: int | None = None):
         if (repository is None) == (models is None):
             raise ValueError("a ModelStore serves a repository or configured models: give one of them")
         self.repository = repository if isinstance(repository, ModelRepository) or repository is None \
             else ModelRepository(repository)
         self.top_k = top_k
         self.max_bundle_bytes = max_bundle_bytes
+        if max_loaded_bytes is not None and max_loaded_bytes <= 0:
+            raise ValueError(f"the loaded-model memory budget must be positive, got {max_loaded_bytes} bytes")
+        self.max_loaded_bytes = max_loaded_bytes
+        self._used: dict[tuple[str, int], float] = {}    # when each loaded version was last asked for
         self.on_unload: list[Callable[[ServedModel], None]] = []
         self.config_file: Path | None = None
         self.config_poll_s = 0.0
@@ -114,7 +125,8 @@ class ModelStore:
 
     @classmethod
     def from_config_file(cls, path: str | Path, poll_s: float = 0.0, top_k: int = 5,
-                         max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> ModelStore:
+                         max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+                         max_loaded_bytes: int | None = None) -> ModelStore:
         """The models of a model config file; with poll_s > 0, `watch()` re-reads it that often.
         Raises ConfigError (a clear message naming the file) when it does not check out."""
         path = Path(path)
@@ -122,7 +134,8 @@ class ModelStore:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"model config file {path}: cannot read it ({exc})") from None
-        store = cls(None, top_k, max_bundle_bytes, models=parse_model_config(text, path))
+        store = cls(None, top_k, max_bundle_bytes, models=parse_model_config(text, path),
+                    max_loaded_bytes=max_loaded_bytes)
         store.config_file, store.config_poll_s, store._config_text = path, float(poll_s), text
         return store
 
@@ -312,9 +325,46 @@ class ModelStore:
             fresh = self._load(path, source, version, stamp)
             with self._lock:
                 old, self._versions[(name, version)] = self._versions.get((name, version)), fresh
+                evicted = self._fit_budget((name, version)) if fresh.model is not None else []
+                fresh = self._versions[(name, version)]
         if old is not None:
             self._unloaded(old)
+        for entry in evicted:
+            self._unloaded(entry)
         return fresh
+
+    @staticmethod
+    def _nbytes(model: ServedModel) -> int:
+        b = model.bundle
+        return len(b.program) + len(b.weights) + len(b.tflite or b"")
+
+    def _fit_budget(self, key: tuple[str, int]) -> list[_Version]:
+        """Under the lock, after `key` loaded: the entries unloaded to keep the loaded versions within
+        the budget, least recently asked for first; `key` itself if it alone exceeds it."""
+        budget = self.max_loaded_bytes
+        if budget is None:
+            return []
+        self._used[key] = time.monotonic()
+        entry = self._versions[key]
+        need = self._nbytes(entry.model)
+        if need > budget:
+            name, version = key
+            self._versions[key] = _Version(entry.stamp, None,
+                                           f"{name}/{version}: needs {need:,} bytes, more than the "
+                                           f"loaded-model memory budget of {budget:,} bytes")
+            log.warning("model %s version %d not loaded: %s", name, version, self._versions[key].error)
+            return [entry]
+        loaded = {k: self._nbytes(e.model) for k, e in self._versions.items() if e.model is not None}
+        evicted = []
+        for victim in sorted((k for k in loaded if k != key), key=lambda k: self._used.get(k, 0.0)):
+            if sum(loaded.values()) <= budget:
+                break
+            evicted.append(self._versions.pop(victim))
+            self._used.pop(victim, None)
+            del loaded[victim]
+            log.info("unloading %s:%d to stay within the loaded-model budget of %.1f MiB", *victim,
+                     budget / 2**20)
+        return evicted
 
     def _load(self, path: Path, source: ModelSource, version: int, stamp) -> _Version:
         name = source.name
@@ -384,16 +434,22 @@ class ModelStore:
             if entry.model is None:
                 raise ModelNotFound(f"Servable not found for request: {what}: "
                                     f"the version failed to load: {entry.error}")
-            return entry.model
+            return self._asked(entry.model)
         candidates = [v for v in versions if source.policy.allows(v)] if source is not None else []
         for v in reversed(candidates):
             entry = self._entry(source, v)
             if entry is not None and entry.model is not None:
-                return entry.model
+                return self._asked(entry.model)
         if not candidates:
             raise ModelNotFound(f"Servable not found for request: Latest({name})")
         raise ModelNotFound(f"Servable not found for request: Latest({name}): none of its "
                             f"{len(candidates)} version(s) loaded (GetModelStatus tells why)")
+
+    def _asked(self, model: ServedModel) -> ServedModel:
+        if self.max_loaded_bytes is not None:
+            with self._lock:
+                self._used[(model.name, model.version)] = time.monotonic()
+        return model
 
     def _default_name(self, name: str) -> str:
         if name:

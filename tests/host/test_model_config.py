@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (
 
 from softnpu.host.serving.model_config import ConfigError, VersionPolicy, load_model_config
 from softnpu.host.serving.models import ModelNotFound, UnknownLabel
+from softnpu.host.serving.repository import ModelRepository
 from softnpu.host.serving.store import ModelStore
 from softnpu.host.tensors import to_proto
 
@@ -199,6 +200,32 @@ def test_a_version_leaving_the_policy_is_unloaded(tmp_path, bundle_path):
     store.refresh()
     assert store.get("sample").version == 4 and [m.version for m in store.loaded()] == [4]
     assert sorted(unloaded) == [1, 2, 3]
+
+
+def test_loaded_versions_share_a_memory_budget_least_recently_used_first(tmp_path, bundle_path):
+    """--max-loaded-mb: loading a version beyond the budget unloads the one asked for longest ago (it
+    loads again when asked for); a version larger than the whole budget is not servable and says so."""
+    from softnpu.compiler.bundle import Bundle
+
+    layout(tmp_path, bundle_path, versions=(1, 2, 3))
+    b = Bundle.load(bundle_path)
+    one = len(b.program) + len(b.weights) + len(b.tflite or b"")
+    store = ModelStore(ModelRepository(tmp_path), max_loaded_bytes=2 * one + one // 2)
+    unloaded = []
+    store.on_unload.append(lambda m: unloaded.append(m.version))
+    for v in (1, 2):
+        store.get("sample", v)
+    store.get("sample", 1)                       # 2 is now the least recently asked for
+    assert store.get("sample", 3).version == 3
+    assert unloaded == [2] and sorted(m.version for m in store.loaded()) == [1, 3]
+    assert store.get("sample", 2).version == 2   # loads again, unloading 1
+    assert unloaded == [2, 1] and sorted(m.version for m in store.loaded()) == [2, 3]
+    small = ModelStore(ModelRepository(tmp_path), max_loaded_bytes=one // 2)
+    with pytest.raises(ModelNotFound, match=r"more than the loaded-model memory budget of"):
+        small.get("sample", 1)
+    assert small.loaded() == []
+    with pytest.raises(ValueError, match="must be positive"):
+        ModelStore(ModelRepository(tmp_path), max_loaded_bytes=0)
 
 
 def test_a_bad_file_while_serving_is_logged_once_and_a_write_in_progress_never(tmp_path, bundle_path, caplog):
