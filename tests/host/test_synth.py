@@ -172,6 +172,22 @@ def test_a_design_over_the_device_is_not_placed(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "report.json").read_text())["fits"] is False
 
 
+def test_resume_reuses_a_finished_synthesis_of_the_same_design_only(tmp_path):
+    from softnpu.hdl.config import preset
+
+    def run(source, resume):
+        return synth.synthesize(preset("tiny"), "xilinx", tmp_path, source=source, resume=resume,
+                                log=lambda m: None)
+
+    first = run(COUNTER, False)
+    again = run(COUNTER, True)
+    assert again.cells == first.cells and "synthesis" not in again.cpu_seconds
+    assert any(n.startswith("synthesis reused (--resume)") for n in again.notes)
+    assert again.seconds["synthesis"] > 0
+    changed = run(COUNTER.replace("[15:0] a", "[7:0] a"), True)
+    assert "synthesis" in changed.cpu_seconds and not any("reused" in n for n in changed.notes)
+
+
 def test_a_failing_tool_says_which_and_shows_its_log(tmp_path):
     from softnpu.hdl.config import preset
 
