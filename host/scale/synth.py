@@ -17,13 +17,14 @@ Targets:
   it, Yosys 0.70's ABC9 reintegration of the `default` NPU's `perf` submodule read from RTLIL fails
   an internal assertion on a duplicate wire name).
 
-Place and route runs nextpnr's analytic placer (HeAP) and router2 (``PNR_FLAGS``).  Placement
-is wirelength-driven (``--no-tmdriv``): the NPU's critical path is one combinational cycle through
-the vector unit's 32x32-bit requantization multiplies (long MULT18X18D + carry chains), tens of
-times the 100 MHz target, where timing-driven placement only makes every net critical and its
-annealing refinement costs several times the rest of the flow (measured, see README).  The Fmax
-is nextpnr's static timing analysis of the routed design either way; the report names the
-critical path (``critical_path``).
+Place and route runs nextpnr's analytic placer (HeAP) and router1, nextpnr's default for ECP5
+(``PNR_FLAGS``; router2 did not converge on the `tiny` NPU: its overuse stopped falling after 20
+iterations).  Placement is wirelength-driven (``--no-tmdriv``): the NPU's critical path is one
+combinational cycle through the vector unit's 32x32-bit requantization multiplies (long MULT18X18D
+and carry chains), some twenty times the 100 MHz target, where the timing-driven annealing
+refinement after HeAP costs about 18 CPU-seconds per pass against 3 without timing and ran 35
+passes (measured on `tiny`, see README).  The Fmax is nextpnr's static timing analysis of the
+routed design either way; the report names the critical path (``critical_path``).
 
 Units: resources are cells of the named kind; Fmax and clocks in MHz; latency in ms.
 """
