@@ -514,7 +514,7 @@ class LayerBuilders:
 def fold_bias(graph: Graph, op: Op, w: np.ndarray, zp_in: int) -> np.ndarray:
     """bias - zp_in * sum(w) per output channel: the input zero point folded into the bias, so the
     array multiplies raw int8 inputs (padding with zp_in then contributes exactly zero)."""
-    sums = w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+    sums = w.reshape(w.shape[0], -1).sum(axis=1, dtype=np.int64)     # no int64 copy of the weights
     folded = np.asarray(op.params["bias"], np.int64) - zp_in * sums
     if folded.min() < numerics.INT32_MIN or folded.max() > numerics.INT32_MAX:
         raise fail(graph, op, "the bias folded with the input zero point overflows int32")
@@ -526,14 +526,10 @@ def flatten_weights(w: np.ndarray, h: int, wd: int, c: int, b: int) -> np.ndarra
     an HxWxC blocked tensor lies in memory ([C/b][H][W][b], K' = ceil(C/b)*b*H*W), zero for the
     padding channels, so the FC reads the tensor in place as a 1x1xK' activation."""
     cb = -(-c // b)
-    k2 = np.arange(cb * h * wd * b)
-    block, rem = np.divmod(k2, h * wd * b)
-    pixel, lane = np.divmod(rem, b)
-    channel = block * b + lane
-    valid = channel < c
-    out = np.zeros((w.shape[0], k2.size), w.dtype)
-    out[:, valid] = w[:, pixel[valid] * c + channel[valid]]
-    return out
+    hwc = w.reshape(w.shape[0], h, wd, c)
+    if cb * b != c:
+        hwc = np.concatenate([hwc, np.zeros((w.shape[0], h, wd, cb * b - c), w.dtype)], axis=3)
+    return hwc.reshape(w.shape[0], h, wd, cb, b).transpose(0, 3, 1, 2, 4).reshape(w.shape[0], -1)
 
 
 def space_to_depth_weights(w: np.ndarray) -> np.ndarray:
