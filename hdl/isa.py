@@ -47,6 +47,7 @@ when FINISH retires, or when the last of `INSN_COUNT` instructions has completed
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from softnpu.hdl.faults import ErrorCode  # the fault codes are declared in hdl/faults.py
@@ -110,11 +111,11 @@ class Field:
     enum: type[enum.IntEnum] | None = None
     min: int | None = None      # smallest legal value (decode accepts anything that fits)
 
-    @property
+    @functools.cached_property
     def lo(self) -> int:
         return -(1 << (self.width - 1)) if self.signed else 0
 
-    @property
+    @functools.cached_property
     def hi(self) -> int:
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
@@ -130,13 +131,17 @@ class Insn:
     OPCODE: int = 0
     QUEUE: Queue = Queue.COMPUTE
     FIELDS: tuple[Field, ...] = ()
+    _FIELD_NAMES: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._FIELD_NAMES = frozenset(f.name for f in cls.FIELDS)
 
     def __init__(self, *, pop_prev=False, pop_next=False, push_prev=False, push_next=False,
                  **values):
         self.pop_prev, self.pop_next = bool(pop_prev), bool(pop_next)
         self.push_prev, self.push_next = bool(push_prev), bool(push_next)
-        names = {f.name for f in self.FIELDS}
-        unknown = set(values) - names
+        unknown = values.keys() - self._FIELD_NAMES
         if unknown:
             raise TypeError(f"{self.MNEMONIC}: unknown field(s) {sorted(unknown)}; "
                             f"fields are {[f.name for f in self.FIELDS]}")
