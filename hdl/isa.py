@@ -119,6 +119,11 @@ class Field:
     def hi(self) -> int:
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
+    @functools.cached_property
+    def enum_values(self) -> frozenset[int]:
+        """The enum's legal values (empty for a plain integer field)."""
+        return frozenset(int(m) for m in self.enum) if self.enum is not None else frozenset()
+
 
 def _f(name, width, doc, **kw) -> Field:
     return Field(name, width, doc, **kw)
@@ -132,10 +137,20 @@ class Insn:
     QUEUE: Queue = Queue.COMPUTE
     FIELDS: tuple[Field, ...] = ()
     _FIELD_NAMES: frozenset[str] = frozenset()
+    _SLICES: tuple = ()         # (field, bit offset, mask, sign bit or 0) in encoding order
+    _CHECKED: tuple = ()        # fields with an enum or a minimum (illegal_reason)
+    _END: int = HEADER_BITS
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls._FIELD_NAMES = frozenset(f.name for f in cls.FIELDS)
+        slices, offset = [], HEADER_BITS
+        for f in cls.FIELDS:
+            slices.append((f, offset, (1 << f.width) - 1, 1 << (f.width - 1) if f.signed else 0))
+            offset += f.width
+        cls._SLICES = tuple(slices)
+        cls._END = offset           # bits above this are zero in a legal encoding
+        cls._CHECKED = tuple(f for f in cls.FIELDS if f.enum is not None or f.min is not None)
 
     def __init__(self, *, pop_prev=False, pop_next=False, push_prev=False, push_next=False,
                  **values):
@@ -173,9 +188,9 @@ class Insn:
             return "a load has no previous unit: pop_prev/push_prev are illegal"
         if self.QUEUE == Queue.STORE and (self.pop_next or self.push_next):
             return "a store has no next unit: pop_next/push_next are illegal"
-        for f in self.FIELDS:
+        for f in self._CHECKED:
             value = getattr(self, f.name)
-            if f.enum is not None and value not in {int(m) for m in f.enum}:
+            if f.enum is not None and value not in f.enum_values:
                 return f"{f.name}={value} is not a valid {f.enum.__name__}"
             if f.min is not None and value < f.min:
                 return f"{f.name}={value} is below its minimum {f.min}"
@@ -200,24 +215,16 @@ class Insn:
 
     @classmethod
     def decode_fields(cls, word: int) -> Insn:
-        values = {}
-        offset = HEADER_BITS
-        for f in cls.FIELDS:
-            raw = (word >> offset) & ((1 << f.width) - 1)
-            if f.signed and raw >> (f.width - 1):
-                raw -= 1 << f.width
-            values[f.name] = raw
-            offset += f.width
-        if word >> offset:
-            raise IllegalInstruction(f"{cls.MNEMONIC}: bits above {offset} are not zero")
-        flags = {name: bool((word >> (OPCODE_BITS + i)) & 1) for i, name in enumerate(TOKEN_FLAGS)}
+        values = {name: bool((word >> (OPCODE_BITS + i)) & 1) for i, name in enumerate(TOKEN_FLAGS)}
+        for f, offset, mask, sign in cls._SLICES:
+            raw = (word >> offset) & mask
+            if raw & sign:
+                raw -= sign << 1
+            values[f.name] = f.enum(raw) if raw in f.enum_values else raw
+        if word >> cls._END:
+            raise IllegalInstruction(f"{cls.MNEMONIC}: bits above {cls._END} are not zero")
         insn = cls.__new__(cls)
-        insn.__dict__.update(flags)
-        for f in cls.FIELDS:
-            value = values[f.name]
-            if f.enum is not None and value in {int(m) for m in f.enum}:
-                value = f.enum(value)
-            setattr(insn, f.name, value)
+        insn.__dict__.update(values)
         return insn
 
     # -- comparison and text ------------------------------------------------------------------
