@@ -14,6 +14,9 @@ from pathlib import Path
 __all__ = ["NPUConfig", "PRESETS", "load_config", "preset"]
 
 
+SCRATCHPADS = ("inp", "wgt", "acc", "out", "param")
+
+
 @dataclasses.dataclass(frozen=True)
 class NPUConfig:
     """A soft-NPU instance.
@@ -93,19 +96,24 @@ class NPUConfig:
 
     def entry_bytes(self, buffer: str) -> int:
         """Bytes of one entry of a scratchpad (`inp`, `wgt`, `acc`, `out`, `param`)."""
-        sizes = {"inp": self.cols, "wgt": self.rows * self.cols, "acc": 4 * self.rows,
-                 "out": self.rows, "param": 4 * self.rows}
-        if buffer not in sizes:
-            raise ValueError(f"unknown scratchpad {buffer!r}; expected one of {sorted(sizes)}")
-        return sizes[buffer]
+        if buffer == "inp":
+            return self.cols
+        if buffer == "wgt":
+            return self.rows * self.cols
+        if buffer == "acc" or buffer == "param":
+            return 4 * self.rows
+        if buffer == "out":
+            return self.rows
+        raise ValueError(f"unknown scratchpad {buffer!r}; expected one of {sorted(SCRATCHPADS)}")
 
     def depth(self, buffer: str) -> int:
         """Entries of a scratchpad."""
-        self.entry_bytes(buffer)
+        if buffer not in SCRATCHPADS:
+            raise ValueError(f"unknown scratchpad {buffer!r}; expected one of {sorted(SCRATCHPADS)}")
         return getattr(self, f"{buffer}_depth")
 
     def scratchpad_bytes(self) -> dict[str, int]:
-        return {b: self.depth(b) * self.entry_bytes(b) for b in ("inp", "wgt", "acc", "out", "param")}
+        return {b: self.depth(b) * self.entry_bytes(b) for b in SCRATCHPADS}
 
     def cycles_to_seconds(self, cycles: int) -> float:
         return cycles / (self.clock_mhz * 1e6)
