@@ -1,9 +1,11 @@
 """The memory arbiter: the NPU's one AXI4 master, shared by fetch and the load unit (reads) and
 owned by the store unit (writes).
 
-A reader owns the read channels from its address request to its burst's last beat, so the address
-stays stable until the handshake, as AXI requires; when both ask in the same cycle the load unit
-wins (fetch only runs ahead of it).  The grant costs one cycle: a requester's `arvalid` reaches
+A reader owns the read channels from its address request until the last beat of its last burst in
+flight (the load unit keeps up to `dram_outstanding` bursts in flight, and in-order AXI returns
+their beats in request order, so beats are never another reader's), and while its address is
+offered, so the address stays stable until the handshake, as AXI requires; when both ask in the
+same cycle the load unit wins (fetch only runs ahead of it).  The grant costs one cycle: a requester's `arvalid` reaches
 the bus the cycle after it rises.  The write channels pass straight through.
 """
 
@@ -45,6 +47,7 @@ class MemoryArbiter(wiring.Component):
         m = Module()
         axi = self.bus
         owner = Signal(Owner, name="owner")
+        in_flight = Signal(range(self.config.dram_outstanding + 2))    # the owner's bursts owing beats
         for index, port in ((Owner.LOAD, self.load), (Owner.FETCH, self.fetch)):
             mine = owner == index
             m.d.comb += [port.rdata.eq(axi.rdata), port.rlast.eq(axi.rlast),
@@ -57,7 +60,9 @@ class MemoryArbiter(wiring.Component):
                 m.d.sync += owner.eq(Owner.LOAD)
             with m.Elif(self.fetch.arvalid):
                 m.d.sync += owner.eq(Owner.FETCH)
-        with m.Elif(axi.rvalid & axi.rready & axi.rlast):
+        accepted, last = axi.arvalid & axi.arready, axi.rvalid & axi.rready & axi.rlast
+        m.d.sync += in_flight.eq(in_flight + accepted - last)
+        with m.If((owner != Owner.NONE) & ~axi.arvalid & (in_flight == last)):
             m.d.sync += owner.eq(Owner.NONE)
 
         for name in WRITE_CHANNELS:
