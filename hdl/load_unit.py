@@ -74,6 +74,8 @@ class LoadUnit(Unit):
         pad_entry = Cat(*([insn.pad_value] * c.cols))
         data_row = (y >= insn.pad_top) & (y < insn.pad_top + insn.rows)
         in_data = data_row & (x >= insn.pad_left) & (x < insn.pad_left + insn.cols)
+        # without pads every entry is data: the beats run on from row to row
+        padded = (insn.pad_top | insn.pad_bottom | insn.pad_left | insn.pad_right) != 0
 
         def write(value_for):
             for buf, port in ((isa.Buffer.INP, self.inp_w), (isa.Buffer.WGT, self.wgt_w),
@@ -143,7 +145,7 @@ class LoadUnit(Unit):
                         last = next_entry()
                         with m.If(last):
                             m.next = "DONE"
-                        with m.Elif(x == insn.pad_left + insn.cols - 1):
+                        with m.Elif((x == insn.pad_left + insn.cols - 1) & padded):
                             m.next = "ENTRY"          # row finished: right pads or next row
                     with m.Else():
                         m.d.sync += [assemble.word_select(k, 8 * bus).eq(beat), k.eq(k + 1)]
