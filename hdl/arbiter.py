@@ -5,8 +5,8 @@ A reader owns the read channels from its address request until the last beat of 
 flight (the load unit keeps up to `dram_outstanding` bursts in flight, and in-order AXI returns
 their beats in request order, so beats are never another reader's), and while its address is
 offered, so the address stays stable until the handshake, as AXI requires; when both ask in the
-same cycle the load unit wins (fetch only runs ahead of it).  The grant costs one cycle: a requester's `arvalid` reaches
-the bus the cycle after it rises.  The write channels pass straight through.
+same cycle the load unit wins (fetch only runs ahead of it).  The grant costs one cycle: a
+requester's `arvalid` reaches the bus the cycle after it rises.  The write channels pass straight through.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ class BurstEngine(wiring.Component):
             m.d.sync += [dma.eq(self.start.p), requesting.eq((self.start.p.blocks != 0)
                                                             & (self.start.p.rows != 0)
                                                             & (self.start.p.beats != 0)),
-                         blk.eq(0), row.eq(0), block_addr.eq(self.start.p.addr), row_base.eq(self.start.p.addr),
+                         blk.eq(0), row.eq(0), block_addr.eq(self.start.p.addr),
+                         row_base.eq(self.start.p.addr),
                          row_addr.eq(self.start.p.addr), row_left.eq(self.start.p.beats)]
         with m.Elif(accepted):
             with m.If(row_left != beats):

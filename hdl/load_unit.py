@@ -117,7 +117,8 @@ class LoadUnit(Unit):
                     m.d.comb += [burst.start.valid.eq(1), burst.start.p.addr.eq(insn.dram),
                                  burst.start.p.blocks.eq(insn.blocks),
                                  burst.start.p.block_stride.eq(insn.block_stride),
-                                 burst.start.p.rows.eq(insn.rows), burst.start.p.row_stride.eq(insn.row_stride),
+                                 burst.start.p.rows.eq(insn.rows),
+                                 burst.start.p.row_stride.eq(insn.row_stride),
                                  burst.start.p.beats.eq(insn.cols * beats_per_entry)]
                     m.next = "ENTRY"
             with m.State("ENTRY"):

@@ -79,7 +79,8 @@ class StoreUnit(Unit):
             with m.State("PREFETCH"):
                 m.d.comb += [self.out_r.en.eq(1),          # entry `sram` is on out_r.data next cycle
                              burst.start.valid.eq(1), burst.start.p.addr.eq(insn.dram),
-                             burst.start.p.blocks.eq(insn.blocks), burst.start.p.block_stride.eq(insn.block_stride),
+                             burst.start.p.blocks.eq(insn.blocks),
+                             burst.start.p.block_stride.eq(insn.block_stride),
                              burst.start.p.rows.eq(insn.rows), burst.start.p.row_stride.eq(insn.row_stride),
                              burst.start.p.beats.eq(insn.cols * bpe)]
                 m.next = "BEATS"
