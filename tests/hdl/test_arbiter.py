@@ -1,7 +1,7 @@
-"""hdl/arbiter.py on Amaranth's simulator: fetch and the load unit share the AXI read channels (each
-gets its own bursts' beats, none of the other's; a reader with several bursts in flight keeps the
-channels until its last beat), the load unit wins a tie, a grant costs one cycle, and the store
-unit's write channels pass straight through."""
+"""hdl/arbiter.py on Amaranth's simulator: fetch and the load unit share the AXI read channels, the
+address channel one burst at a time (each reader gets its own bursts' beats, none of the other's,
+also when fetch's burst slips in between the load unit's bursts in flight), the load unit wins a
+tie, a grant costs one cycle, and the store unit's write channels pass straight through."""
 
 import pytest
 
@@ -82,7 +82,7 @@ def _pipelined_reader(port, name, bursts, log):
 
 
 @pytest.mark.parametrize("pattern", [(1,), STALLY], ids=["steady", "stalls"])
-def test_a_reader_keeps_the_channels_while_its_bursts_are_in_flight(pattern):
+def test_fetch_slips_in_between_the_load_units_bursts_in_flight(pattern):
     dut = MemoryArbiter(CFG)
     memory = ReadMemory(dut.bus, BUS, data={a: a * 7 & 0xFF for a in range(0x3000)}, pattern=pattern,
                         latency=6)
@@ -99,11 +99,13 @@ def test_a_reader_keeps_the_channels_while_its_bursts_are_in_flight(pattern):
     simulate(dut, bench, processes=[memory.serve],
              background=[_pipelined_reader(dut.load, "load", load, log),
                          _reader(dut.fetch, "fetch", [(0x1000, 8)], log, delay=2)])
-    assert [name for name, *_ in log] == ["load"] * 3 + ["fetch"]
     for name, addr, data in log:
         assert data == [memory.beat(addr + i * BUS) for i in range(len(data))], f"{name} at {addr:#x}"
-    assert [(b.addr, b.beats) for b in memory.bursts] == load + [(0x1000, 8)]
-    assert memory.max_in_flight == 3
+    order = [(b.addr, b.beats) for b in memory.bursts]
+    assert sorted(order) == sorted(load + [(0x1000, 8)])
+    assert [burst for burst in order if burst in load] == load, "the load unit's bursts in its order"
+    assert order[-1] in load, "fetch's burst is granted between the load unit's"
+    assert memory.max_in_flight >= 3
 
 
 def test_a_grant_costs_one_cycle():
