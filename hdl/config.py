@@ -22,6 +22,12 @@ class NPUConfig:
     channels (one pixel's channel block) by a ``rows x cols`` int8 weight block and adds the
     ``rows`` int32 dot products into one accumulator entry.  ``cols`` is therefore the channel
     block of the DRAM activation layout and ``rows`` the output-channel block.
+
+    The memory is an AXI4 slave that answers in order: a read burst's first beat comes
+    ``dram_latency`` cycles after its address, then one beat of ``dram_bus_bytes`` per cycle.  The
+    load and the store unit each keep up to ``dram_outstanding`` bursts of at most
+    ``dram_max_burst`` beats in flight, so a DMA streams at the bus's bandwidth once
+    ``dram_outstanding * dram_max_burst`` beats cover the latency (hdl/burst.py, hdl/timing.py).
     """
 
     name: str = "custom"
