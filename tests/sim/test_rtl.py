@@ -142,7 +142,7 @@ def test_random_programs_under_memory_back_pressure_match_the_iss(results):
 def test_counters_agree_with_the_iss_where_they_are_exact(results):
     for key, (_, (_, _, stats), res) in results.items():
         if key.startswith(("kind:", "random:")):
-            for name in ("mac_active", "dram_write_bytes"):
+            for name in ("mac_active", "dram_read_bytes", "dram_write_bytes"):
                 assert res.counters[name] == stats.counters[name], f"{key} {name}"
             assert [m for m, _ in res.trace] == [m for m, _ in stats.trace], key
 
