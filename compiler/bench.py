@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     cfg = preset(args.config)
     print(f"NPU config {cfg.name!r}: {cfg.rows}x{cfg.cols} MACs at {cfg.clock_mhz:g} MHz, "
           f"{cfg.dram_bus_bytes}-byte bus, bursts of {cfg.dram_max_burst} beats after {cfg.dram_latency} "
-          "cycles of latency")
+          f"cycles of latency, {cfg.dram_outstanding} in flight per direction")
     r50_size = args.size or zoo.default_input_size("resnet50")
     times = compile_time("resnet50", r50_size, args.config, args.repeat)
     print(f"compile time resnet50@{r50_size} (import + lowering + encoding, conversion excluded): median "
@@ -97,9 +97,10 @@ def main(argv=None) -> int:
               f"{r['util']:6.1%} "
               f"{r['conv_util']:9.1%} {dw} {r['busy']:10.1%}  {kinds}")
     print()
-    print("limits: ADD/MUL/pooling are DRAM-latency bound (each burst of dram_max_burst beats waits "
-          "dram_latency cycles, one burst at a time); FULLY_CONNECTED at batch 1 streams every weight "
-          "once (weight-bandwidth bound); in convolutions REQUANT takes one compute cycle per output "
+    print("limits: ADD/MUL/pooling are DRAM-bandwidth bound (dram_outstanding bursts of dram_max_burst "
+          "beats in flight hide dram_latency when they cover it; fewer pay it once per dram_outstanding "
+          "bursts); FULLY_CONNECTED at batch 1 streams every weight once (weight-bandwidth bound); in "
+          "convolutions REQUANT takes one compute cycle per output "
           "entry (1/K of a 1x1 conv's time), and 7x7 layers with 2048 channels wait for their weights; "
           "DEPTHWISE_CONV_2D uses one lane per array row (diagonal weights, compiler/depthwise.py): at most "
           f"1/rows = {1 / cfg.rows:.1%}.")

@@ -10,15 +10,18 @@ anything is outstanding, it holds the inside off the bus and completes the trans
 re-offers an address that was not accepted yet (latched), takes read beats, sends the missing write
 beats with no byte strobes (they write nothing) and takes the responses.
 
-A program that does not fault never sees it: a run ends with nothing outstanding.  The write side
-assumes one write burst owes beats at a time (the store unit sends a burst's beats after its
-address and waits for the response before the next).
+A program that does not fault never sees it: a run ends with nothing outstanding.  Up to
+`dram_outstanding` bursts may be in flight per direction; the write side keeps the lengths of the
+accepted bursts that still owe beats (in address order, as AXI takes their beats), so that it can
+end each burst it completes with wlast.  The store unit sends a burst's beats only after its
+address was accepted.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from softnpu.hdl.axi import AXI4Signature
@@ -26,7 +29,7 @@ from softnpu.hdl.config import NPUConfig
 
 __all__ = ["BusDrain"]
 
-_OUTSTANDING = 8        # counter bits: bursts and beats in flight (a burst is at most 256 beats)
+_OUTSTANDING = 8        # counter bits: bursts in flight (NPUConfig allows at most 64 per direction)
 
 
 class BusDrain(wiring.Component):
@@ -48,13 +51,15 @@ class BusDrain(wiring.Component):
         m = Module()
         i, o = self.inner, self.outer
         reads = Signal(_OUTSTANDING)          # read bursts accepted, last beat not yet taken
-        w_owed = Signal(_OUTSTANDING + 1)     # write beats of accepted bursts not yet sent
+        m.submodules.w_owed = w_owed = SyncFIFO(width=8, depth=self.config.dram_outstanding)
+        w_sent = Signal(8)                    # beats of the head burst of w_owed sent
+        w_last = w_owed.r_rdy & (w_sent == w_owed.r_data)
         b_owed = Signal(_OUTSTANDING)         # write responses not yet taken
         ar_hold, aw_hold = Signal(), Signal()  # an address offered but not accepted when cut off
         araddr, arlen = Signal.like(i.araddr), Signal.like(i.arlen)
         awaddr, awlen = Signal.like(i.awaddr), Signal.like(i.awlen)
         orphans = Signal()                    # since the last abort, until nothing is outstanding
-        idle = (reads == 0) & (w_owed == 0) & (b_owed == 0) & ~ar_hold & ~aw_hold
+        idle = (reads == 0) & ~w_owed.r_rdy & (b_owed == 0) & ~ar_hold & ~aw_hold
         draining = orphans & ~idle
         m.d.comb += self.draining.eq(draining)
 
@@ -72,7 +77,7 @@ class BusDrain(wiring.Component):
             # the inside sees an idle bus: nothing accepted, nothing delivered
             m.d.comb += [o.araddr.eq(araddr), o.arlen.eq(arlen), o.arvalid.eq(ar_hold), o.rready.eq(1),
                          o.awaddr.eq(awaddr), o.awlen.eq(awlen), o.awvalid.eq(aw_hold),
-                         o.wvalid.eq(~aw_hold & (w_owed != 0)), o.wstrb.eq(0), o.wlast.eq(w_owed == 1),
+                         o.wvalid.eq(w_owed.r_rdy), o.wstrb.eq(0), o.wlast.eq(w_last),
                          o.bready.eq(1)]
             with m.If(o.arvalid & o.arready):
                 m.d.sync += ar_hold.eq(0)
@@ -88,6 +93,8 @@ class BusDrain(wiring.Component):
         ar_done, r_last = o.arvalid & o.arready, o.rvalid & o.rready & o.rlast
         m.d.sync += reads.eq(reads + ar_done - r_last)
         aw_done, w_done, b_done = o.awvalid & o.awready, o.wvalid & o.wready, o.bvalid & o.bready
-        m.d.sync += [w_owed.eq(w_owed + (aw_done * (o.awlen + 1)) - w_done),
-                     b_owed.eq(b_owed + aw_done - b_done)]
+        m.d.comb += [w_owed.w_en.eq(aw_done), w_owed.w_data.eq(o.awlen), w_owed.r_en.eq(w_done & w_last)]
+        with m.If(w_done):
+            m.d.sync += w_sent.eq(Mux(w_last, 0, w_sent + 1))
+        m.d.sync += b_owed.eq(b_owed + aw_done - b_done)
         return m

@@ -25,6 +25,12 @@ class NPUConfig:
     channels (one pixel's channel block) by a ``rows x cols`` int8 weight block and adds the
     ``rows`` int32 dot products into one accumulator entry.  ``cols`` is therefore the channel
     block of the DRAM activation layout and ``rows`` the output-channel block.
+
+    The memory is an AXI4 slave that answers in order: a read burst's first beat comes
+    ``dram_latency`` cycles after its address, then one beat of ``dram_bus_bytes`` per cycle.  The
+    load and the store unit each keep up to ``dram_outstanding`` bursts of at most
+    ``dram_max_burst`` beats in flight, so a DMA streams at the bus's bandwidth once
+    ``dram_outstanding * dram_max_burst`` beats cover the latency (hdl/burst.py, hdl/timing.py).
     """
 
     name: str = "custom"
@@ -39,6 +45,7 @@ class NPUConfig:
     dram_bus_bytes: int = 16        # AXI data width, bytes per beat (one beat per cycle)
     dram_latency: int = 32          # cycles from a burst's address to its first data beat
     dram_max_burst: int = 16        # beats per AXI burst (AXI4 INCR allows up to 256)
+    dram_outstanding: int = 4       # AXI bursts in flight per direction (load: AR/R, store: AW/W/B)
     insn_queue_depth: int = 16      # instructions buffered per unit queue after dispatch
     token_queue_depth: int = 8      # dependency tokens held per direction
     trace_depth: int = 1024         # marker snapshots kept in the trace buffer
@@ -80,6 +87,9 @@ class NPUConfig:
         if self.dram_max_burst > 256:
             raise ValueError(f"NPUConfig.dram_max_burst={self.dram_max_burst}: AXI4 bursts are at "
                              "most 256 beats")
+        if self.dram_outstanding > 64:
+            raise ValueError(f"NPUConfig.dram_outstanding={self.dram_outstanding}: at most 64 bursts in "
+                             "flight per direction")
         if self.dram_bus_bytes > self.cols:
             raise ValueError(f"NPUConfig.dram_bus_bytes={self.dram_bus_bytes} exceeds cols={self.cols}: "
                              "every scratchpad entry must be a whole number of bus beats")

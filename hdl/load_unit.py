@@ -1,11 +1,13 @@
 """The load unit: LOAD, a 2-D strided DMA from DRAM into the input, weight or parameter
 scratchpad with pad fill (hdl/isa.py `Load`).
 
-Per padded row of each plane it writes pad entries (one per cycle), then reads the row's bytes in
-AXI bursts of at most `dram_max_burst` beats (split at 4 KiB boundaries, which AXI4 bursts must
-not cross), one burst in flight at a time, packing beats into
-scratchpad entries (an entry is a whole number of beats), then the right-hand pads.  Entries are
-written at consecutive addresses from `sram`, which is the padded tile's layout.
+The burst engine (hdl/burst.py) requests the data rows' bytes in AXI bursts of at most
+`dram_max_burst` beats (split at 4 KiB boundaries, which AXI4 bursts must not cross), up to
+`dram_outstanding` bursts ahead of the data and across rows.  The data side walks the padded tile:
+per padded row of each plane it writes the left pad entries (one per cycle), then takes the row's
+beats as they arrive (in request order) and packs them into scratchpad entries (an entry is a whole
+number of beats), then the right-hand pads.  Entries are written at consecutive addresses from
+`sram`, which is the padded tile's layout.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class LoadUnit(Unit):
         y = Signal(17)                 # padded row within the plane
         x = Signal(17)                 # entry within the padded row
         ptr = Signal(17)               # next scratchpad entry
-        m.submodules.burst = burst = BurstEngine(c)     # the row's bursts: address, beats left
+        m.submodules.burst = burst = BurstEngine(c)     # the data rows' bursts, requested ahead
         k = Signal(range(max_entry // bus + 1))   # beat within the entry being assembled
         assemble = Signal(8 * max_entry)
         beat = self.mem.rdata
@@ -72,6 +74,8 @@ class LoadUnit(Unit):
         pad_entry = Cat(*([insn.pad_value] * c.cols))
         data_row = (y >= insn.pad_top) & (y < insn.pad_top + insn.rows)
         in_data = data_row & (x >= insn.pad_left) & (x < insn.pad_left + insn.cols)
+        # without pads every entry is data: the beats run on from row to row
+        padded = (insn.pad_top | insn.pad_bottom | insn.pad_left | insn.pad_right) != 0
 
         def write(value_for):
             for buf, port in ((isa.Buffer.INP, self.inp_w), (isa.Buffer.WGT, self.wgt_w),
@@ -110,27 +114,25 @@ class LoadUnit(Unit):
                 with m.Elif(last_byte > c.dram_bytes):
                     self.fault(m, isa.ErrorCode.DRAM_RANGE, last_byte - 1)
                 with m.Else():
+                    m.d.comb += [burst.start.valid.eq(1), burst.start.p.addr.eq(insn.dram),
+                                 burst.start.p.blocks.eq(insn.blocks),
+                                 burst.start.p.block_stride.eq(insn.block_stride),
+                                 burst.start.p.rows.eq(insn.rows),
+                                 burst.start.p.row_stride.eq(insn.row_stride),
+                                 burst.start.p.beats.eq(insn.cols * beats_per_entry)]
                     m.next = "ENTRY"
             with m.State("ENTRY"):
-                # pad entries are written one per cycle; a data row's first data entry starts bursts
+                # pad entries are written one per cycle; a data row's first data entry takes beats
                 with m.If(in_data):
-                    m.d.comb += [burst.row.valid.eq(1),
-                                 burst.row.p.addr.eq(insn.dram + blk * insn.block_stride
-                                                     + (y - insn.pad_top) * insn.row_stride),
-                                 burst.row.p.beats.eq(insn.cols * beats_per_entry)]
-                    m.next = "ADDR"
+                    m.next = "BEATS"
                 with m.Else():
                     write(lambda buf: pad_entry if buf == isa.Buffer.INP else Const(0))
                     with m.If(next_entry()):
                         m.next = "DONE"
-            with m.State("ADDR"):
-                m.d.comb += burst.request.eq(1)
-                with m.If(self.mem.arready):
-                    m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += self.mem.rready.eq(1)
                 with m.If(self.mem.rvalid):
-                    m.d.comb += [self.read_beats.eq(1), burst.beat.eq(1)]
+                    m.d.comb += [self.read_beats.eq(1), burst.beat.eq(1), burst.done.eq(burst.last_beat)]
                     done_entry = k == beats_per_entry - 1
                     with m.If(done_entry):
                         # the completing beat lands above the bytes assembled so far
@@ -144,14 +146,10 @@ class LoadUnit(Unit):
                         last = next_entry()
                         with m.If(last):
                             m.next = "DONE"
-                        with m.Elif(x == insn.pad_left + insn.cols - 1):
+                        with m.Elif((x == insn.pad_left + insn.cols - 1) & padded):
                             m.next = "ENTRY"          # row finished: right pads or next row
-                        with m.Elif(burst.last_beat):
-                            m.next = "ADDR"
                     with m.Else():
                         m.d.sync += [assemble.word_select(k, 8 * bus).eq(beat), k.eq(k + 1)]
-                        with m.If(burst.last_beat):
-                            m.next = "ADDR"
             with m.State("DONE"):
                 self.retire(m)
         m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))

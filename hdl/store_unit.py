@@ -1,8 +1,11 @@
 """The store unit: STORE, a 2-D strided DMA from the output scratchpad to DRAM (hdl/isa.py
 `Store`).  Entries are read at consecutive addresses from `sram`; each row of `cols` entries is
 written in AXI bursts of at most `dram_max_burst` beats (split at 4 KiB boundaries, which AXI4
-bursts must not cross), one burst (address, beats, response) at a time.  The next entry is read
-while the last beat of the current one is accepted, so beats flow one per cycle."""
+bursts must not cross).  The burst engine (hdl/burst.py) offers the addresses up to
+`dram_outstanding` bursts ahead, across rows; the data side sends each accepted burst's beats in
+address order without waiting for the responses before, and the instruction completes (its tokens
+are pushed) once every burst's response is in.  The next entry is read while the last beat of the
+current one is accepted, so beats flow one per cycle."""
 
 from __future__ import annotations
 
@@ -43,10 +46,8 @@ class StoreUnit(Unit):
         bus = c.dram_bus_bytes
         bpe = c.rows // bus                       # beats per output entry
         insn = view(isa.Store, self.cur)
-        blk = Signal(16)
-        y = Signal(16)
         ptr = Signal(17)
-        m.submodules.burst = burst = BurstEngine(c)     # the row's bursts: address, beats left
+        m.submodules.burst = burst = BurstEngine(c)     # the rows' bursts, requested ahead
         k = Signal(range(max(bpe, 2)))
         advance = Signal()
 
@@ -58,14 +59,15 @@ class StoreUnit(Unit):
             self.mem.wdata.eq(self.out_r.data.word_select(k, 8 * bus) if bpe > 1 else self.out_r.data),
             self.mem.wstrb.eq((1 << bus) - 1),
             self.mem.wlast.eq(burst.last_beat),
+            self.mem.bready.eq(1),
+            burst.done.eq(self.mem.bvalid),
         ]
         misaligned, align_addr, last_byte = dma_fault_addresses(insn, c.rows, bus)
-        last_row = (y == insn.rows - 1) & (blk == insn.blocks - 1)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 self.issue(m, "CHECK")
             with m.State("CHECK"):
-                m.d.sync += [blk.eq(0), y.eq(0), ptr.eq(insn.sram), k.eq(0)]
+                m.d.sync += [ptr.eq(insn.sram), k.eq(0)]
                 with m.If(insn.sram + insn.blocks * insn.rows * insn.cols > c.out_depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
                 with m.Elif(misaligned):
@@ -75,41 +77,25 @@ class StoreUnit(Unit):
                 with m.Else():
                     m.next = "PREFETCH"
             with m.State("PREFETCH"):
-                m.d.comb += self.out_r.en.eq(1)          # entry `sram` is on out_r.data next cycle
-                m.next = "ROW"
-            with m.State("ROW"):
-                m.d.comb += [burst.row.valid.eq(1),
-                             burst.row.p.addr.eq(insn.dram + blk * insn.block_stride + y * insn.row_stride),
-                             burst.row.p.beats.eq(insn.cols * bpe)]
-                m.next = "ADDR"
-            with m.State("ADDR"):
-                m.d.comb += burst.request.eq(1)
-                with m.If(self.mem.awready):
-                    m.next = "BEATS"
+                m.d.comb += [self.out_r.en.eq(1),          # entry `sram` is on out_r.data next cycle
+                             burst.start.valid.eq(1), burst.start.p.addr.eq(insn.dram),
+                             burst.start.p.blocks.eq(insn.blocks),
+                             burst.start.p.block_stride.eq(insn.block_stride),
+                             burst.start.p.rows.eq(insn.rows), burst.start.p.row_stride.eq(insn.row_stride),
+                             burst.start.p.beats.eq(insn.cols * bpe)]
+                m.next = "BEATS"
             with m.State("BEATS"):
-                m.d.comb += self.mem.wvalid.eq(1)
-                with m.If(self.mem.wready):
+                # the beats of every burst whose address was accepted, in order; then the responses
+                m.d.comb += self.mem.wvalid.eq(burst.pending)
+                with m.If(burst.pending & self.mem.wready):
                     m.d.comb += [self.write_beats.eq(1), burst.beat.eq(1)]
                     with m.If(k == bpe - 1):
                         m.d.comb += [advance.eq(1), self.out_r.en.eq(1)]
                         m.d.sync += [k.eq(0), ptr.eq(ptr + 1)]
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
-                    with m.If(burst.last_beat):
-                        m.next = "RESPONSE"
-            with m.State("RESPONSE"):
-                m.d.comb += self.mem.bready.eq(1)
-                with m.If(self.mem.bvalid):
-                    with m.If(burst.row_left != 0):
-                        m.next = "ADDR"
-                    with m.Elif(last_row):
-                        m.next = "DONE"
-                    with m.Else():
-                        with m.If(y == insn.rows - 1):
-                            m.d.sync += [y.eq(0), blk.eq(blk + 1)]
-                        with m.Else():
-                            m.d.sync += y.eq(y + 1)
-                        m.next = "ROW"
+                with m.If(~burst.busy):
+                    m.next = "DONE"
             with m.State("DONE"):
                 self.retire(m)
         m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))

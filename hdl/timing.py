@@ -29,9 +29,11 @@ _LOAD_BUFFER = {Buffer.INP: "inp", Buffer.WGT: "wgt", Buffer.PARAM: "param"}
 # Fixed costs measured on the RTL (hdl/*.py FSMs), in cycles:
 ISSUE = 2            # take the head instruction, decode/check it
 RETIRE = 1           # push tokens, back to idle
-READ_BURST = 3       # arbitration and address handshake of a read burst
-WRITE_BURST = 3      # address handshake and response of a write burst
-ROW = 1              # a DMA row's address computation
+READ_BURST = 0       # arbitration and address handshake of a read burst (under ISSUE)
+WRITE_BURST = 1      # address handshake of a write burst
+READ_SLOT = 2        # a read burst's place in flight beyond latency and beats: the next address waits
+WRITE_SLOT = 1       # the same for a write burst
+DMA = 1              # starting the burst engine
 FETCH = 7            # fetch per instruction: next, arbitration, handshake, decode, dispatch
 PARAM = 1            # the vector unit's parameter fetch, per block
 DRAIN = 1            # the two-stage pipelines' last stage
@@ -40,15 +42,34 @@ QUEUE = 2            # an instruction written into a queue reaches the unit two 
 RECIPROCAL = 32      # NARROW's floor(2**31 / divisor), one bit per cycle
 
 
+def _stream_cycles(config: NPUConfig, rows: int, row_bytes: int, write: bool) -> tuple[int, int]:
+    """(first, rest) of a 2-D DMA of `rows` runs of `row_bytes`: the cycles from its first
+    address to its first data beat, and from there to the end of its data (for a write, to its
+    last response).  The burst engine (hdl/burst.py) keeps up to dram_outstanding bursts of at
+    most dram_max_burst beats in flight, across rows; a burst holds its place from its address to
+    its last beat (a write: to its response, dram_latency after the last beat), and beats move one
+    per cycle.  When dram_outstanding bursts cover the latency the data streams at one beat per
+    cycle; otherwise every dram_outstanding bursts wait out one burst's time in flight."""
+    bus, n_out, latency = config.dram_bus_bytes, config.dram_outstanding, config.dram_latency
+    beats = rows * -(-row_bytes // bus)
+    bursts = rows * -(-row_bytes // (bus * config.dram_max_burst))
+    if not beats:
+        return 0, 0
+    first = latency + (WRITE_BURST if write else READ_BURST)
+    in_flight = first + beats / bursts + (WRITE_SLOT if write else READ_SLOT)   # one burst's place
+    windows, tail = divmod(bursts - 1, n_out)
+    rest = max(beats, windows * in_flight + (tail + 1) * beats / bursts)
+    if write:      # the last response comes dram_latency after the last beat
+        return WRITE_BURST, -(-int(rest * 16) // 16) + latency
+    return first, -(-int(rest * 16) // 16)
+
+
 def dma_cycles(config: NPUConfig, rows: int, row_bytes: int, write: bool = False) -> int:
-    """`rows` contiguous runs of `row_bytes`: each run is split into bursts of at most
-    dram_max_burst beats, and each burst pays dram_latency and a handshake before its beats
-    (one per cycle)."""
-    burst_bytes = config.dram_bus_bytes * config.dram_max_burst
-    beats = -(-row_bytes // config.dram_bus_bytes)
-    bursts = -(-row_bytes // burst_bytes)
-    per_burst = config.dram_latency + (WRITE_BURST if write else READ_BURST)
-    return rows * (ROW + bursts * per_burst + beats)
+    """Cycles of a DMA of `rows` contiguous runs of `row_bytes` (one LOAD or STORE's data
+    movement, without pad entries): one latency, then the data as the bursts in flight allow
+    (see `_stream_cycles`)."""
+    first, rest = _stream_cycles(config, rows, row_bytes, write)
+    return DMA + first + rest
 
 
 def fetch_cycles(config: NPUConfig) -> int:
@@ -61,7 +82,16 @@ def insn_cycles(config: NPUConfig, insn: Insn) -> int:
     if isinstance(insn, Load):
         entry = config.entry_bytes(_LOAD_BUFFER[insn.buffer])
         pads = insn.blocks * (insn.padded_rows * insn.padded_cols - insn.rows * insn.cols)
-        return ISSUE + RETIRE + dma_cycles(config, insn.blocks * insn.rows, insn.cols * entry) + pads
+        # pad entries are written one per cycle by the data side while bursts are in flight: those
+        # before the first data entry under the latency, those between rows under the data's
+        # waits if any, those after the last data entry at the end
+        lead = insn.pad_top * insn.padded_cols + insn.pad_left
+        trail = insn.pad_right + insn.pad_bottom * insn.padded_cols
+        first, rest = _stream_cycles(config, insn.blocks * insn.rows, insn.cols * entry, write=False)
+        beats = insn.blocks * insn.rows * -(-insn.cols * entry // config.dram_bus_bytes)
+        if pads:       # a cycle per data row to go from pads to beats
+            pads += insn.blocks * insn.rows
+        return ISSUE + RETIRE + DMA + max(lead, first) + max(rest, beats + pads - lead - trail) + trail
     if isinstance(insn, Store):
         return ISSUE + RETIRE + 1 + dma_cycles(config, insn.blocks * insn.rows, insn.cols * config.rows,
                                                write=True)

@@ -7,6 +7,7 @@ come from `itertools.cycle` patterns so tests cross back-pressure with data.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 
@@ -36,15 +37,19 @@ class Burst:
 
 
 class ReadMemory:
-    """An AXI4 read slave over a sparse byte memory: `latency` cycles from the address handshake to
-    the first beat, then beats on the cycles `pattern` allows.  Records every burst."""
+    """A pipelined, in-order AXI4 read slave over a sparse byte memory: it accepts addresses (on
+    the cycles `accept` allows, up to `depth` bursts held) while it serves earlier bursts; a
+    burst's first beat is ready `latency` cycles after its address handshake, beats go out on the
+    cycles `pattern` allows, in address order.  Records every burst, and the most bursts that were
+    ever accepted and not finished (`max_in_flight`)."""
 
     def __init__(self, port, bus_bytes: int, data: dict[int, int] | None = None, latency: int = 2,
-                 pattern=ALWAYS, accept=ALWAYS):
-        self.port, self.bus, self.latency = port, bus_bytes, latency
+                 pattern=ALWAYS, accept=ALWAYS, depth: int = 16):
+        self.port, self.bus, self.latency, self.depth = port, bus_bytes, latency, depth
         self.data = data if data is not None else {}
         self.pattern, self.accept = pattern, accept
         self.bursts: list[Burst] = []
+        self.max_in_flight = 0
 
     def beat(self, addr: int) -> int:
         return int.from_bytes(bytes(self.data.get(addr + i, 0) for i in range(self.bus)), "little")
@@ -57,66 +62,84 @@ class ReadMemory:
         p = self.port
         accept = itertools.cycle(self.accept)
         valid = itertools.cycle(self.pattern)
+        queue: collections.deque[list[int]] = collections.deque()     # [addr, beats, due, sent]
+        now, presenting = 0, False
         while True:
-            ctx.set(p.arready, next(accept))
-            _, _, arvalid, arready, addr, arlen = await ctx.tick().sample(p.arvalid, p.arready, p.araddr,
-                                                                          p.arlen)
-            if not (arvalid and arready):
-                continue
-            ctx.set(p.arready, 0)
-            self.bursts.append(Burst(addr, arlen + 1))
-            for _ in range(self.latency):
-                await ctx.tick()
-            for i in range(arlen + 1):
-                while not next(valid):
+            ready = next(accept) if len(queue) < self.depth else 0
+            ctx.set(p.arready, ready)
+            if not presenting:
+                if queue and queue[0][2] <= now and next(valid):
+                    addr, beats, _, sent = queue[0]
+                    ctx.set(p.rdata, self.beat(addr + sent * self.bus))
+                    ctx.set(p.rlast, sent == beats - 1)
+                    ctx.set(p.rvalid, 1)
+                    presenting = True
+                else:
                     ctx.set(p.rvalid, 0)
-                    await ctx.tick()
-                ctx.set(p.rvalid, 1)
-                ctx.set(p.rdata, self.beat(addr + i * self.bus))
-                ctx.set(p.rlast, i == arlen)
-                await edge_where(ctx, p.rready)
-            ctx.set(p.rvalid, 0)
-            ctx.set(p.rlast, 0)
+                    ctx.set(p.rlast, 0)
+            _, _, arvalid, addr, arlen, rready = await ctx.tick().sample(p.arvalid, p.araddr, p.arlen,
+                                                                         p.rready)
+            now += 1
+            if presenting and rready:
+                presenting = False
+                queue[0][3] += 1
+                if queue[0][3] == queue[0][1]:
+                    queue.popleft()
+            if arvalid and ready:
+                self.bursts.append(Burst(addr, arlen + 1))
+                queue.append([addr, arlen + 1, now + self.latency, 0])
+                self.max_in_flight = max(self.max_in_flight, len(queue))
 
 
 class WriteMemory:
-    """An AXI4 write slave: accepts an address, then beats when `pattern` allows, then answers
-    with bvalid after `latency` cycles.  Records bursts, bytes written and every beat's wlast."""
+    """A pipelined, in-order AXI4 write slave: accepts addresses (up to `depth` bursts held) while
+    it takes the beats of earlier ones, in address order, on the cycles `pattern` allows; answers
+    each burst with bvalid `latency` cycles after its last beat.  Records bursts, bytes written,
+    every beat's wlast and the most bursts ever accepted and not answered (`max_in_flight`)."""
 
-    def __init__(self, port, bus_bytes: int, latency: int = 2, pattern=ALWAYS):
-        self.port, self.bus, self.latency, self.pattern = port, bus_bytes, latency, pattern
+    def __init__(self, port, bus_bytes: int, latency: int = 2, pattern=ALWAYS, depth: int = 16):
+        self.port, self.bus, self.latency, self.pattern, self.depth = port, bus_bytes, latency, pattern, depth
         self.data: dict[int, int] = {}
         self.bursts: list[Burst] = []
         self.wlast_errors: list[str] = []
+        self.max_in_flight = 0
 
     async def serve(self, ctx):
         p = self.port
         ready = itertools.cycle(self.pattern)
+        bursts: collections.deque[list[int]] = collections.deque()    # [addr, beats, sent]
+        responses: collections.deque[int] = collections.deque()       # due cycles
+        now, answering = 0, False
         while True:
-            ctx.set(p.awready, 1)
-            addr, beats = await edge_where(ctx, p.awvalid, p.awaddr, p.awlen)
-            ctx.set(p.awready, 0)
-            beats += 1
-            self.bursts.append(Burst(addr, beats))
-            for i in range(beats):
-                while True:
-                    r = next(ready)
-                    ctx.set(p.wready, r)
-                    _, _, valid, wdata, wstrb, wlast = await ctx.tick().sample(p.wvalid, p.wdata, p.wstrb,
-                                                                               p.wlast)
-                    if r and valid:
-                        break
+            in_flight = len(bursts) + len(responses)
+            awready = int(in_flight < self.depth)
+            ctx.set(p.awready, awready)
+            wready = next(ready) if bursts else 0
+            ctx.set(p.wready, wready)
+            if not answering and responses and responses[0] <= now:
+                answering = True
+            ctx.set(p.bvalid, int(answering))
+            _, _, awvalid, awaddr, awlen, wvalid, wdata, wstrb, wlast, bready = await ctx.tick().sample(
+                p.awvalid, p.awaddr, p.awlen, p.wvalid, p.wdata, p.wstrb, p.wlast, p.bready)
+            now += 1
+            if answering and bready:
+                answering = False
+                responses.popleft()
+            if wready and wvalid:
+                addr, beats, i = bursts[0]
                 for b in range(self.bus):
                     if wstrb >> b & 1:
                         self.data[addr + i * self.bus + b] = (wdata >> (8 * b)) & 0xFF
                 if bool(wlast) != (i == beats - 1):
                     self.wlast_errors.append(f"burst at {addr:#x}: beat {i} of {beats} has wlast={wlast}")
-            ctx.set(p.wready, 0)
-            for _ in range(self.latency):
-                await ctx.tick()
-            ctx.set(p.bvalid, 1)
-            await edge_where(ctx, p.bready)
-            ctx.set(p.bvalid, 0)
+                bursts[0][2] += 1
+                if i == beats - 1:
+                    bursts.popleft()
+                    responses.append(now + self.latency)
+            if awvalid and awready:
+                self.bursts.append(Burst(awaddr, awlen + 1))
+                bursts.append([awaddr, awlen + 1, 0])
+            self.max_in_flight = max(self.max_in_flight, len(bursts) + len(responses))
 
     def read(self, addr: int, size: int) -> bytes:
         return bytes(self.data.get(addr + i, 0) for i in range(size))

@@ -145,3 +145,45 @@ def test_a_write_burst_cut_off_gets_its_beats_without_strobes_and_its_response()
     assert writes.bursts == [Burst(0x300, 4), Burst(0x400, 1)] and not writes.wlast_errors
     assert writes.read(0x300, 4 * BUS) == bytes([0x11] * BUS + [0] * 3 * BUS), "drained beats wrote nothing"
     assert writes.read(0x400, BUS) == bytes([0x11] * BUS)
+
+
+def test_several_bursts_cut_off_in_flight_are_all_completed_each_with_its_wlast():
+    """dram_outstanding bursts per direction: two read bursts and two write bursts accepted, one
+    beat of each direction taken or sent, then the abort."""
+    dut = BusDrain(CFG)
+    reads, writes = _memories(dut)
+    ones = (1 << BUS) - 1
+    got = {}
+
+    async def offer(ctx, prefix, addr, beats):
+        i = dut.inner
+        ctx.set(getattr(i, f"{prefix}addr"), addr)
+        ctx.set(getattr(i, f"{prefix}len"), beats - 1)
+        ctx.set(getattr(i, f"{prefix}valid"), 1)
+        await edge_where(ctx, getattr(i, f"{prefix}ready"))
+        ctx.set(getattr(i, f"{prefix}valid"), 0)
+
+    async def bench(ctx):
+        i = dut.inner
+        await offer(ctx, "ar", 0x100, 4)
+        await offer(ctx, "ar", 0x200, 3)
+        await offer(ctx, "aw", 0x300, 3)
+        await offer(ctx, "aw", 0x400, 2)
+        ctx.set(i.rready, 1)
+        await edge_where(ctx, i.rvalid)
+        ctx.set(i.rready, 0)
+        ctx.set(i.wstrb, ones)
+        ctx.set(i.wdata, int.from_bytes(bytes([0x22]) * BUS, "little"))
+        ctx.set(i.wvalid, 1)
+        await edge_where(ctx, i.wready)
+        ctx.set(i.wvalid, 0)
+        await _abort(ctx, dut)
+        while ctx.get(dut.draining):
+            await ctx.tick()
+        got["data"] = await _read(ctx, dut, 0x40, 2)
+
+    simulate(dut, bench, processes=[reads.serve, writes.serve])
+    assert reads.bursts == [Burst(0x100, 4), Burst(0x200, 3), Burst(0x40, 2)]
+    assert got["data"] == _beats(0x40, 2)
+    assert writes.bursts == [Burst(0x300, 3), Burst(0x400, 2)] and not writes.wlast_errors
+    assert writes.read(0x300, 5 * BUS) == bytes([0x22] * BUS + [0] * 4 * BUS), "drained beats wrote nothing"

@@ -26,6 +26,9 @@ def test_unknown_preset_is_named():
     (dict(clock_mhz=0), "clock_mhz"),
     (dict(acc_depth=1.5), "must be an int"),
     (dict(dram_bus_bytes=32), "whole number of bus beats"),
+    (dict(dram_outstanding=0), "dram_outstanding must be positive"),
+    (dict(dram_outstanding=65), "at most 64 bursts in flight"),
+    (dict(dram_outstanding=True), "dram_outstanding must be an int"),
 ])
 def test_validation_names_the_field(changes, message):
     with pytest.raises((ValueError, TypeError), match=message):

@@ -54,10 +54,10 @@ def expected(insn: isa.Load, mem: dict[int, int]) -> dict[int, int]:
     return out
 
 
-def run(insns, *, pattern=(1,), tokens=True):
+def run(insns, *, pattern=(1,), tokens=True, config=CFG, latency=3):
     """Issue `insns` one after the other; return the BFM, the writes per buffer and the strobes."""
-    dut = LoadUnit(CFG)
-    memory = ReadMemory(dut.mem, CFG.dram_bus_bytes, _memory(), latency=3, pattern=pattern)
+    dut = LoadUnit(config)
+    memory = ReadMemory(dut.mem, CFG.dram_bus_bytes, _memory(), latency=latency, pattern=pattern)
     writes = {Buffer.INP: WriteRecorder(dut.inp_w), Buffer.WGT: WriteRecorder(dut.wgt_w),
               Buffer.PARAM: WriteRecorder(dut.param_w)}
     strobes = Strobes(fault=dut.status.fault, code=dut.status.fault_code, addr=dut.status.fault_addr,
@@ -115,6 +115,14 @@ def test_bursts_never_cross_a_4k_boundary():
     assert [(b.addr, b.beats) for b in memory.bursts] == [
         (0xFF8, 2), (0x1000, 4), (0x1010, 2), (0x1FF8, 2), (0x2000, 4), (0x2010, 2)]
     assert writes[Buffer.WGT].entries() == expected(insn, memory.data)
+
+
+@pytest.mark.parametrize("outstanding", [1, 2, 4])
+def test_bursts_are_requested_ahead_of_the_data_up_to_dram_outstanding(outstanding):
+    """Up to `dram_outstanding` bursts in flight, across rows and pads; the data is the same."""
+    memory, writes, _ = run([PADDED], config=CFG.replace(dram_outstanding=outstanding), latency=20)
+    assert memory.max_in_flight == outstanding
+    assert writes[Buffer.INP].entries() == expected(PADDED, memory.data)
 
 
 def test_memory_back_pressure_changes_timing_not_data():

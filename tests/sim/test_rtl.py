@@ -1,7 +1,7 @@
 """The NPU RTL under cocotb/Verilator (the `tiny` config unless asked otherwise) against the ISS:
 every instruction kind, dependency tokens, memory back-pressure, seeded random programs (identical
-memory images), error paths (codes and interrupt, never a hang), and the cycle model's deviation per
-program.
+memory images; a third of them also under back-pressure), error paths (codes and interrupt, never
+a hang), and the cycle model's deviation per program.
 
 All jobs run in one simulator process (sim/rtl/jobs.py); the build is cached by its hash.
 SOFTNPU_RTL_PROGRAMS sets how many random programs run (default 24; `nox -s rtl_regress` runs more),
@@ -75,6 +75,8 @@ def results():
         jobs[f"backpressure:{kind}"] = random_program(CFG, 1000 + i, kinds=[kind], backpressure=True)
     for seed in range(N_RANDOM):
         jobs[f"random:{seed}"] = random_program(CFG, seed)
+    for seed in range(0, N_RANDOM, 3):      # a third of them again with a stalling memory
+        jobs[f"random-backpressure:{seed}"] = random_program(CFG, seed, backpressure=True)
     for job in _error_jobs():
         jobs[f"error:{job.name}"] = job
     rtl = run_jobs(CFG, list(jobs.values()))
@@ -131,10 +133,16 @@ def test_random_programs_match_the_iss(results):
           f"max {max(deviations):.1%}")
 
 
+def test_random_programs_under_memory_back_pressure_match_the_iss(results):
+    """The memory model withholds beats, drops wready and delays addresses at random while several
+    bursts are in flight per direction."""
+    _assert_same(results, "random-backpressure:")
+
+
 def test_counters_agree_with_the_iss_where_they_are_exact(results):
     for key, (_, (_, _, stats), res) in results.items():
         if key.startswith(("kind:", "random:")):
-            for name in ("mac_active", "dram_write_bytes"):
+            for name in ("mac_active", "dram_read_bytes", "dram_write_bytes"):
                 assert res.counters[name] == stats.counters[name], f"{key} {name}"
             assert [m for m, _ in res.trace] == [m for m, _ in stats.trace], key
 
