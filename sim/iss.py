@@ -76,7 +76,7 @@ class ISS:
         return self.machine.dram
 
     def write(self, addr: int, data) -> None:
-        data = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else \
+        data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else \
             np.ascontiguousarray(data).view(np.uint8).reshape(-1)
         if addr < 0 or addr + data.size > self.dram.size:
             raise ValueError(f"write of {data.size} bytes at {addr:#x} exceeds device memory "

@@ -54,7 +54,7 @@ _REQ = struct.Struct("<BQQI")
 _RESP = struct.Struct("<BQI")
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -63,7 +63,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         if k == 0:
             raise ConnectionError("connection closed by the peer")
         got += k
-    return bytes(buf)
+    return buf             # not copied into bytes: a tensor's payload is read once, where it lies
 
 
 class ProcessDevice(Device):
@@ -146,7 +146,9 @@ class ProcessDevice(Device):
             self._spawn()
         self.sock.settimeout(self.call_timeout_s if timeout_s is None else timeout_s)
         try:
-            self.sock.sendall(_REQ.pack(op, a, b, len(payload)) + payload)
+            self.sock.sendall(_REQ.pack(op, a, b, len(payload)))
+            if payload:
+                self.sock.sendall(payload)          # not concatenated: a tensor is sent where it lies
             ok, value, n = _RESP.unpack(_recv_exact(self.sock, _RESP.size))
             data = _recv_exact(self.sock, n) if n else b""
         except TimeoutError:
@@ -160,7 +162,7 @@ class ProcessDevice(Device):
 
     # -- the driver interface -------------------------------------------------------------------
     def write_memory(self, addr: int, data) -> None:
-        raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+        raw = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
         self._call(WRITE_MEM, addr, 0, raw)
 
     def read_memory(self, addr: int, size: int) -> np.ndarray:
