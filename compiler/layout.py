@@ -18,9 +18,11 @@ def to_blocked(x: np.ndarray, b: int) -> np.ndarray:
     """[H, W, C] int8 -> [C/b, H, W, b], zero-filling the channels past C."""
     h, w, c = x.shape
     cb = -(-c // b)
-    out = np.zeros((cb * b, h, w), dtype=x.dtype)
-    out[:c] = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(out.reshape(cb, b, h, w).transpose(0, 2, 3, 1))
+    out = np.zeros((cb, h, w, b), dtype=x.dtype)
+    for k in range(cb):             # one strided copy per block, straight into its place
+        part = x[:, :, k * b:(k + 1) * b]
+        out[k, :, :, :part.shape[2]] = part
+    return out
 
 
 def from_blocked(x: np.ndarray, c: int) -> np.ndarray:
