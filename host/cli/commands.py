@@ -161,6 +161,8 @@ def cmd_serve(args) -> int:
         for version, error in versions:
             print(f"  {describe(store.get(name, version))}" if error is None else f"  {name}:{version} "
                   f"NOT LOADED: {error}")
+    if args.backend is None:
+        args.backend = "iss" if args.workers == 1 else "iss-process"
     try:
         server = Server(store, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
                         api_keys=keys or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -313,9 +315,11 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--rest-port", type=int, default=None,
                    help="also serve TF Serving's REST API and Prometheus metrics "
                         "(/monitoring/prometheus/metrics) on this port (TF Serving's: 8501; 0: any)")
-    p.add_argument("--backend", choices=sorted(BACKENDS), default="iss",
-                   help="device backend: iss (in this process, default); iss-process (one child "
-                        "process per device, killed and restarted if it hangs or dies)")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default=None,
+                   help="device backend: iss (in this process; the default with one worker); "
+                        "iss-process (one child process per device, killed and restarted if it hangs "
+                        "or dies; the default with several workers, which then run in parallel "
+                        "instead of sharing this process's interpreter lock); rtl")
     p.add_argument("--workers", type=int, default=1, help="device workers, one device each (default 1)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")

@@ -396,9 +396,11 @@ def _server_process(root: Path, workers: int, *extra: str):
 # ----------------------------------------------------------------------------------------------
 # The three parts
 # ----------------------------------------------------------------------------------------------
-def _latency(root: Path, modes: dict, requests: int, backend: str) -> None:
+def _latency(root: Path, modes: dict, requests: int, backend: str | None) -> None:
     for workers in (1, 2):
-        with _server_process(root, workers, "--backend", backend) as served:
+        # without --backend the server picks: iss with one worker, iss-process with two
+        chosen = ("--backend", backend) if backend else ()
+        with _server_process(root, workers, *chosen) as served:
             if workers == 1:
                 print(f"gRPC floor (health-check round trip) p50 {_health_rtt(served.address):.2f} ms")
                 print(HEADER)
@@ -506,8 +508,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stall-requests", type=int, default=1000,
                         help="authorised requests with and without the attacker, each (default 1000)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
-    parser.add_argument("--backend", choices=("iss", "iss-process"), default="iss",
-                        help="device backend of the latency rows' servers (default iss)")
+    parser.add_argument("--backend", choices=("iss", "iss-process"), default=None,
+                        help="device backend of the latency rows' servers (default: the server's own "
+                             "choice, iss with one worker and iss-process with two)")
     parser.add_argument("--only", choices=("latency", "batching", "stalls"), action="append",
                         help="run only this part (repeatable; default: all three)")
     parser.add_argument("--attack", metavar="ADDRESS", help=argparse.SUPPRESS)
@@ -547,7 +550,8 @@ def main(argv=None) -> int:
         if images:
             modes["JPEG image"] = (lambda i: {"images": [images[i % 8]]}, ["classes", "device_ms"])
         print(f"bench_serve: model {manifest.model} (config {manifest.config.get('name')}, "
-              f"{manifest.program_instructions} instructions), backend {args.backend}, "
+              f"{manifest.program_instructions} instructions), backend "
+              f"{args.backend or 'iss (1 worker), iss-process (2 workers)'}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         parts = args.only or ("latency", "batching", "stalls")
         if "latency" in parts:
