@@ -1,6 +1,7 @@
 """`softnpu synth` and `softnpu sweep`: FPGA figures of a config, design-space sweeps on Ray.
 
     softnpu synth [--config NAME|FILE] --target ecp5|xilinx [-o DIR] [--model M --input-size N | --cycles C]
+                  [--synth-only] [--resume]
     softnpu sweep SPEC [--ray-address A] [--verify iss|rtl] -o DIR
 """
 
@@ -44,11 +45,14 @@ def cmd_synth(args) -> int:
               "latency)")
         cycles, workload = network_cycles(config, args.model, size), f"{args.model} {size}x{size}"
     try:
-        report = synthesize(config, args.target, out, cycles=cycles, workload=workload, seed=args.seed)
+        report = synthesize(config, args.target, out, cycles=cycles, workload=workload, seed=args.seed,
+                            place=not args.synth_only, resume=args.resume)
     except SynthError as exc:
         raise SystemExit(f"softnpu synth: {exc}") from None
     print(report.summary())
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
+    if report.cpu_seconds:
+        steps += "; CPU " + ", ".join(f"{k} {v:.0f} s" for k, v in report.cpu_seconds.items())
     print(f"report: {out / 'report.json'} ({steps})")
     for note in report.notes:
         print(f"note: {note}")
@@ -138,6 +142,11 @@ def add_commands(sub) -> None:
     p.add_argument("--cycles", type=positive_int,
                    help="cycles of one inference, instead of compiling --model")
     p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
+    p.add_argument("--synth-only", action="store_true",
+                   help="ecp5: synthesis counts only, no place and route (no Fmax)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse a finished synthesis in DIR of the same design and script (place and route "
+                        "run again)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("sweep", help="design-space exploration over NPU configs x networks on Ray",

@@ -42,6 +42,47 @@ def test_nextpnr_report_gives_resources_and_the_slowest_clock(tmp_path):
     assert synth._pnr_figures(report) == (dict(luts=20000, ffs=6000, dsps=103, brams=27, lutram=77), 61.5)
 
 
+def test_a_design_over_the_device_names_the_resources_over():
+    need = dict(luts=90000, ffs=6000, dsps=620, brams=345, lutram=3)
+    assert synth.ecp5_overflow(need) == {"luts": (90000, 83640), "dsps": (620, 156), "brams": (345, 208)}
+    assert synth.ecp5_overflow(dict(luts=1, ffs=1, dsps=0, brams=0)) == {}
+
+
+def _segment(kind, delay, net=None, cell="c"):
+    seg = {"type": kind, "delay": delay, "from": {"cell": cell, "port": "A"},
+           "to": {"cell": cell, "port": "Z"}}
+    if net is not None:
+        seg["net"] = net
+    return seg
+
+
+def test_critical_path_in_figures_and_the_signals_it_runs_through():
+    path = [_segment("clk-to-q", 5.0, cell="acc.0.1"),
+            _segment("routing", 2.0, "acc.0.1_DOA15[1]"),
+            _segment("logic", 1.0),
+            _segment("routing", 3.0, "compute.rdr_product$90_MULT18X18D_P9_P35_CCU2C_B1$CCU2_FCI_INT"),
+            _segment("logic", 0.5),
+            _segment("routing", 1.5, "compute.rdr_product$90_MULT18X18D_P9_A15"),
+            _segment("logic", 0.5),
+            _segment("routing", 1.0, "compute.srdhm_ab$25_MULT18X18D_P9_P35_CCU2C_B1_S1"),
+            _segment("logic", 0.5),
+            _segment("routing", 0.25, "out.0.0_DIA16_TRELLIS_FF_Q_DI", cell="out.0.0"),
+            _segment("setup", 0.25, cell="out.0.0")]
+    shorter = [_segment("clk-to-q", 1.0), _segment("routing", 1.0, "x"), _segment("setup", 0.5)]
+    cp = synth.critical_path({"critical_paths": [{"path": shorter}, {"path": path}]})
+    assert cp == dict(ns=15.5, logic_ns=7.75, routing_ns=7.75, cells=4, start="acc.0.1", end="out.0.0",
+                      through=["acc.0.1", "compute.rdr_product", "compute.srdhm_ab", "out.0.0"])
+    assert synth.critical_path({"critical_paths": []}) is None
+
+
+def test_nextpnr_step_times_from_its_log(tmp_path):
+    log = tmp_path / "nextpnr.log"
+    log.write_text("Info: HeAP Placer Time: 116.90s\nInfo:   of which solving equations: 50.1s\n"
+                   "Info: SA placement time 80.25s\nInfo: Router2 time 212.50s\n")
+    assert synth._pnr_step_seconds(log) == dict(placement_heap=116.9, placement_refine=80.25, routing=212.5)
+    assert synth._pnr_step_seconds(tmp_path / "absent.log") == {}
+
+
 def test_latency_at_fmax_beside_the_nominal_clock():
     r = synth.SynthReport(config={"name": "x", "rows": 4, "cols": 4}, target="ecp5", part="p",
                           resources=dict(luts=1, ffs=1, dsps=1, brams=1), cells={}, fmax_mhz=50.0,
@@ -112,6 +153,39 @@ def test_ecp5_flow_end_to_end_on_a_small_design(tmp_path):
     assert report.latency_ms_nominal == pytest.approx(1000 / (100.0 * 1e3))
     assert json.loads((tmp_path / "report.json").read_text())["fmax_mhz"] == report.fmax_mhz
     assert (tmp_path / "nextpnr.log").stat().st_size > 0
+    assert report.fits is True and "--no-tmdriv" in report.pnr_flags
+    assert report.critical_path["ns"] == pytest.approx(1000 / report.fmax_mhz, rel=0.05)
+    assert "routing" in report.seconds and report.cpu_seconds["place_and_route"] > 0
+
+
+def test_a_design_over_the_device_is_not_placed(tmp_path, monkeypatch):
+    """Synthesis counts over the device's: no nextpnr run, the counts, fits=false and a note."""
+    from softnpu.hdl.config import preset
+
+    monkeypatch.setattr(synth, "ECP5_CAPACITY", dict(luts=100_000, ffs=10, dsps=0, brams=10))
+    report = synth.synthesize(preset("tiny"), "ecp5", tmp_path, source=COUNTER, log=lambda m: None)
+    assert report.fits is False and report.fmax_mhz is None and report.critical_path is None
+    assert report.resources["ffs"] >= 64 and report.resources["dsps"] >= 1
+    assert any(n.startswith(f"does not fit the {synth.ECP5_PART}: ffs {report.resources['ffs']} > 10, dsps")
+               for n in report.notes)
+    assert not (tmp_path / "nextpnr.log").exists() and "place_and_route" not in report.seconds
+    assert json.loads((tmp_path / "report.json").read_text())["fits"] is False
+
+
+def test_resume_reuses_a_finished_synthesis_of_the_same_design_only(tmp_path):
+    from softnpu.hdl.config import preset
+
+    def run(source, resume):
+        return synth.synthesize(preset("tiny"), "xilinx", tmp_path, source=source, resume=resume,
+                                log=lambda m: None)
+
+    first = run(COUNTER, False)
+    again = run(COUNTER, True)
+    assert again.cells == first.cells and "synthesis" not in again.cpu_seconds
+    assert any(n.startswith("synthesis reused (--resume)") for n in again.notes)
+    assert again.seconds["synthesis"] > 0
+    changed = run(COUNTER.replace("[15:0] a", "[7:0] a"), True)
+    assert "synthesis" in changed.cpu_seconds and not any("reused" in n for n in changed.notes)
 
 
 def test_a_failing_tool_says_which_and_shows_its_log(tmp_path):
