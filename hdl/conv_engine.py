@@ -70,15 +70,26 @@ class ConvEngine(wiring.Component):
         o0, oh, ow, tci, ki, kj = (Signal(16, name=n) for n in ("o0", "oh", "ow", "tci", "ki", "kj"))
         window = conv.mode != isa.ConvMode.MAC
         n_taps_ci = Mux(window, 1, conv.in_blocks)
-        ci = Mux(window, o0, tci)
         first_tap = (tci == 0) & (ki == 0) & (kj == 0)
         last_tap = (tci == n_taps_ci - 1) & (ki == conv.kh - 1) & (kj == conv.kw - 1)
-        last_out = (o0 == Mux(window, conv.in_blocks, conv.out_blocks) - 1) & (oh == conv.out_h - 1) & \
-            (ow == conv.out_w - 1)
-        inp_addr = conv.inp + ci * conv.inp_block + (oh * conv.stride_h + ki) * conv.inp_row + \
-            ow * conv.stride_w + kj
-        wgt_addr = conv.wgt + ((o0 * conv.in_blocks + tci) * conv.kh + ki) * conv.kw + kj
-        acc_addr = conv.acc + (o0 * conv.out_h + oh) * conv.out_w + ow
+        last_row = oh == conv.out_h - 1
+        last_col = ow == conv.out_w - 1
+        last_out = (o0 == Mux(window, conv.in_blocks, conv.out_blocks) - 1) & last_row & last_col
+        # The addresses of the loops, kept as running sums (no multiplier between the counters and
+        # the scratchpads):
+        #   inp = inp + ci*inp_block + (oh*stride_h + ki)*inp_row + ow*stride_w + kj
+        #       = pix (the output's window origin: block, row and column) + tap_row (ci, ki) + kj
+        #   wgt = wgt + ((o0*in_blocks + tci)*kh + ki)*kw + kj: one more per tap, back to the out
+        #         block's first weight for its next output
+        #   acc = acc + (o0*out_h + oh)*out_w + ow: one more per output
+        blk_base, row_base, pix = Signal(16), Signal(16), Signal(16)    # window origins
+        tap_blk, tap_row = Signal(16), Signal(16)                       # ci*inp_block, + ki*inp_row
+        row_step = Signal(16)                                           # stride_h * inp_row
+        wgt_base, wgt_ptr = Signal(16), Signal(16)
+        acc_ptr = Signal(16)
+        inp_addr = pix + tap_row + kj
+        wgt_addr = wgt_ptr
+        acc_addr = acc_ptr
         inp_last = conv.inp + (conv.in_blocks - 1) * conv.inp_block + \
             ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row + \
             (conv.out_w - 1) * conv.stride_w + conv.kw
@@ -119,6 +130,9 @@ class ConvEngine(wiring.Component):
             with m.Case(self.State.IDLE):
                 with m.If(self.start):
                     m.d.sync += [o0.eq(0), oh.eq(0), ow.eq(0), tci.eq(0), ki.eq(0), kj.eq(0),
+                                 blk_base.eq(conv.inp), row_base.eq(conv.inp), pix.eq(conv.inp),
+                                 tap_blk.eq(0), tap_row.eq(0), row_step.eq(conv.stride_h * conv.inp_row),
+                                 wgt_base.eq(conv.wgt), wgt_ptr.eq(conv.wgt), acc_ptr.eq(conv.acc),
                                  s1_valid.eq(0), state.eq(self.State.TAPS)]
             with m.Case(self.State.TAPS):
                 m.d.comb += [self.inp.addr.eq(inp_addr), self.inp.en.eq(1),
@@ -126,27 +140,37 @@ class ConvEngine(wiring.Component):
                              self.acc_r.addr.eq(acc_addr), self.acc_r.en.eq(first_tap),
                              self.mac_active.eq(1)]
                 m.d.sync += [s1_valid.eq(1), s1_first.eq(first_tap), s1_last.eq(last_tap),
-                             s1_acc.eq(acc_addr)]
+                             s1_acc.eq(acc_addr), wgt_ptr.eq(wgt_ptr + 1)]
                 with m.If(kj != conv.kw - 1):
                     m.d.sync += kj.eq(kj + 1)
                 with m.Else():
                     m.d.sync += kj.eq(0)
                     with m.If(ki != conv.kh - 1):
-                        m.d.sync += ki.eq(ki + 1)
+                        m.d.sync += [ki.eq(ki + 1), tap_row.eq(tap_row + conv.inp_row)]
                     with m.Else():
                         m.d.sync += ki.eq(0)
                         with m.If(tci != n_taps_ci - 1):
-                            m.d.sync += tci.eq(tci + 1)
+                            m.d.sync += [tci.eq(tci + 1), tap_blk.eq(tap_blk + conv.inp_block),
+                                         tap_row.eq(tap_blk + conv.inp_block)]
                         with m.Else():
-                            m.d.sync += tci.eq(0)
-                            with m.If(ow != conv.out_w - 1):
-                                m.d.sync += ow.eq(ow + 1)
+                            # the output is done: the next one
+                            m.d.sync += [tci.eq(0), tap_blk.eq(0), tap_row.eq(0), acc_ptr.eq(acc_ptr + 1)]
+                            with m.If(~(last_row & last_col)):
+                                m.d.sync += wgt_ptr.eq(wgt_base)
+                            with m.Else():
+                                m.d.sync += wgt_base.eq(wgt_ptr + 1)
+                            with m.If(~last_col):
+                                m.d.sync += [ow.eq(ow + 1), pix.eq(pix + conv.stride_w)]
                             with m.Else():
                                 m.d.sync += ow.eq(0)
-                                with m.If(oh != conv.out_h - 1):
-                                    m.d.sync += oh.eq(oh + 1)
+                                with m.If(~last_row):
+                                    m.d.sync += [oh.eq(oh + 1), row_base.eq(row_base + row_step),
+                                                 pix.eq(row_base + row_step)]
                                 with m.Else():
-                                    m.d.sync += [oh.eq(0), o0.eq(o0 + 1)]
+                                    # the next out block; a window's reads its own input block
+                                    next_blk = Mux(window, blk_base + conv.inp_block, blk_base)
+                                    m.d.sync += [oh.eq(0), o0.eq(o0 + 1), blk_base.eq(next_blk),
+                                                 row_base.eq(next_blk), pix.eq(next_blk)]
                 with m.If(last_tap & last_out):
                     m.d.sync += state.eq(self.State.DRAIN)
             with m.Case(self.State.DRAIN):

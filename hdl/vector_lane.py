@@ -203,7 +203,8 @@ def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb) -> Signal:
         cut(m, unsigned(32), magnitude, "rdr_mag")
     r0 = cut(m, signed(36), magnitude - qd, "rdr_r0")
     q0, neg = cut(m, unsigned(34), q0, "rdr_q0"), cut(m, 1, neg, "rdr_neg")
-    steps = sum((r0 >= d * i).as_unsigned() for i in range(1, 5))
+    multiples = (d, d << 1, d + (d << 1), d << 2)          # shifts and an add, not multipliers
+    steps = sum((r0 >= k).as_unsigned() for k in multiples)
     q = cut(m, unsigned(34), q0 + steps, "rdr_q")
     neg = cut(m, 1, neg, "rdr_neg")
     return _sig(m, signed(35), Mux(neg, -q.as_signed(), q.as_signed()), "rdr")
