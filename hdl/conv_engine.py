@@ -1,22 +1,25 @@
 """The conv engine: CONV (hdl/isa.py `Conv`) on the MAC array, with hardware loops.
 
-A two-stage pipeline, one window tap per cycle.  Stage 0 walks the loop counters (outer block,
-output row, output column, then the taps: input block, kernel row, kernel column) and issues the
-synchronous reads of the input and weight entries (and, on an output's first tap, of the
-accumulator entry it may add to).  Stage 1, a cycle later when the reads have landed, multiplies
-on the array (MAC mode) or takes the input lanes (SUM and MAX window modes), folds the tap into a
-running value and, on an output's last tap, writes the accumulator entry (adding to, or taking
-the maximum with, the old entry when `accumulate`).
+A pipeline, one window tap per cycle.  Stage 0 walks the loop counters (outer block, output row,
+output column, then the taps: input block, kernel row, kernel column) with their addresses as
+running sums, and issues the synchronous reads of the input and weight entries (and, on an
+output's first tap, of the accumulator entry it may add to).  When the reads have landed, stage 1
+multiplies on the array (the products registered), stage 2 sums them in the adder trees (MAC mode)
+or takes the input lanes (SUM and MAX window modes), stage 3 folds the tap into a running value
+and, on an output's last tap, stage 4 writes the accumulator entry (adding to, or taking the
+maximum with, the old entry when `accumulate`): `config.mac_latency` cycles (at least 4) from a
+tap's reads to its write.  The entries an instruction writes are distinct, so no tap reads what
+the pipeline still holds.
 
 `start` (one cycle, with `insn` valid) runs the instruction; the engine holds no copy of it, so
-`insn` must stay put until `done`, which is high for one cycle, the one after the last tap's
-stage 0 (the drain of stage 1).  `range_bad` says, from `insn` alone, that the instruction would
-address past a scratchpad (the unit faults SRAM_RANGE instead of starting it).
+`insn` must stay put until `done`, which is high for one cycle, the one in which the last tap is
+written (the drain).  `range_bad` says, from `insn` alone, that the instruction would address past
+a scratchpad (the unit faults SRAM_RANGE instead of starting it).
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,7 +44,7 @@ class ConvEngine(wiring.Component):
     class State(enum.Enum):
         IDLE = 0
         TAPS = 1      # stage 0 of one tap per cycle
-        DRAIN = 2     # stage 1 of the last tap
+        DRAIN = 2     # stages 1-4 of the last tap
 
     def __init__(self, config: NPUConfig):
         if not isinstance(config, NPUConfig):
@@ -64,7 +67,7 @@ class ConvEngine(wiring.Component):
         m = Module()
         c = self.config
         rows = c.rows
-        m.submodules.array = array = MACArray(c)
+        m.submodules.array = array = MACArray(c, registered_products=True)
         conv = self.insn
 
         o0, oh, ow, tci, ki, kj = (Signal(16, name=n) for n in ("o0", "oh", "ow", "tci", "ki", "kj"))
@@ -98,34 +101,63 @@ class ConvEngine(wiring.Component):
         m.d.comb += self.range_bad.eq((inp_last > c.inp_depth) | (conv.acc + n_acc > c.acc_depth)
                                       | (~window & (conv.wgt + n_wgt > c.wgt_depth)))
 
-        # stage 1: fold the tap into the running value; on the last tap, into the old entry
+        # Stages 1-4 (mac_latency cycles from a tap's reads to its write, the minimum 4):
+        #   1: the reads land: the products (registered in the array); the old entry, taken on an
+        #      output's first tap, is carried with every tap of the output
+        #   2: the adder trees (MAC) or the input lanes (SUM, MAX): the tap
+        #   3: the tap folded into the running value (a one-cycle recurrence)
+        #   4: on an output's last tap, into the old entry (accumulate), written
+        # Any further latency the config asks for delays the write.
+        is_max = conv.mode == isa.ConvMode.MAX
         s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
         s1_acc = Signal(16)
-        running = Signal(accumulator_lanes(c))
-        old = Signal(accumulator_lanes(c))
         m.d.comb += [array.x.eq(self.inp.data), array.w.eq(self.wgt.data)]
-        old_now = Signal(accumulator_lanes(c))
-        m.d.comb += old_now.eq(Mux(s1_first, self.acc_r.data.as_value(), old.as_value()))
-        is_max = conv.mode == isa.ConvMode.MAX
-        new_lanes = Signal(accumulator_lanes(c))
+        old_hold = Signal(accumulator_lanes(c))
+        old1 = Signal(accumulator_lanes(c))
+        m.d.comb += old1.eq(Mux(s1_first, self.acc_r.data.as_value(), old_hold.as_value()))
+        with m.If(s1_valid & s1_first):
+            m.d.sync += old_hold.eq(self.acc_r.data)
+
+        def carry(values, stage):
+            """The stage's registers for `values` (name -> value) of the stage before."""
+            out = {}
+            for name, value in values.items():
+                reg = Signal(value.shape(), name=f"s{stage}_{name}")
+                m.d.sync += reg.eq(value)
+                out[name] = reg
+            return out
+
+        ctl1 = dict(valid=s1_valid, first=s1_first, last=s1_last, acc=s1_acc)
+        s2 = carry({**ctl1, "old": Value.cast(old1), "x": Value.cast(self.inp.data)}, 2)
+        tap = Signal(accumulator_lanes(c))
         for r in range(rows):
-            tap = Mux(conv.mode == isa.ConvMode.MAC, array.dots[r], self.inp.data[r])
-            identity = Mux(is_max, INT32_MIN, 0)
-            base = Mux(s1_first, identity, running[r])
-            new = Mux(is_max, Mux(tap > base, tap, base), vector_lane.wrap32(base + tap))
-            combined = Mux(is_max, Mux(old_now[r] > new, old_now[r], new),
-                           vector_lane.wrap32(old_now[r] + new))
-            m.d.comb += [new_lanes[r].eq(new[:32]),
-                         self.acc_w.data[r].eq(Mux(conv.accumulate, combined, new)[:32])]
-        m.d.comb += self.acc_w.addr.eq(s1_acc)
-        with m.If(s1_valid):
+            m.d.comb += tap[r].eq(Mux(conv.mode == isa.ConvMode.MAC, array.dots[r],
+                                      s2["x"].word_select(r, 8).as_signed()))
+        s3 = carry({k: s2[k] for k in ("valid", "first", "last", "acc", "old")} | {"tap": Value.cast(tap)}, 3)
+        running = Signal(accumulator_lanes(c))
+        new_lanes = Signal(accumulator_lanes(c))
+        identity = Mux(is_max, INT32_MIN, 0)
+        for r in range(rows):
+            t = s3["tap"].word_select(r, 32).as_signed()
+            base = Mux(s3["first"], identity, running[r])
+            m.d.comb += new_lanes[r].eq(Mux(is_max, Mux(t > base, t, base), vector_lane.wrap32(base + t)))
+        with m.If(s3["valid"]):
             m.d.sync += running.eq(new_lanes)
-            with m.If(s1_first):
-                m.d.sync += old.eq(self.acc_r.data)
-            m.d.comb += self.acc_w.en.eq(s1_last)
+        s4 = carry({k: s3[k] for k in ("valid", "last", "acc", "old")} | {"new": Value.cast(new_lanes)}, 4)
+        out_lanes = Signal(accumulator_lanes(c))
+        for r in range(rows):
+            old, new = s4["old"].word_select(r, 32).as_signed(), s4["new"].word_select(r, 32).as_signed()
+            combined = Mux(is_max, Mux(old > new, old, new), vector_lane.wrap32(old + new))
+            m.d.comb += out_lanes[r].eq(Mux(conv.accumulate, combined, new))
+        w_en, w_addr, w_data = s4["valid"] & s4["last"], s4["acc"], Value.cast(out_lanes)
+        for stage in range(5, c.mac_latency + 1):
+            w = carry(dict(en=w_en, addr=w_addr, data=w_data), stage)
+            w_en, w_addr, w_data = w["en"], w["addr"], w["data"]
+        m.d.comb += [self.acc_w.addr.eq(w_addr), self.acc_w.data.eq(w_data), self.acc_w.en.eq(w_en)]
 
         # stage 0: the loops
         state = Signal(self.State)
+        wait = Signal(range(c.mac_latency))
         with m.Switch(state):
             with m.Case(self.State.IDLE):
                 with m.If(self.start):
@@ -172,8 +204,11 @@ class ConvEngine(wiring.Component):
                                     m.d.sync += [oh.eq(0), o0.eq(o0 + 1), blk_base.eq(next_blk),
                                                  row_base.eq(next_blk), pix.eq(next_blk)]
                 with m.If(last_tap & last_out):
-                    m.d.sync += state.eq(self.State.DRAIN)
+                    m.d.sync += [state.eq(self.State.DRAIN), wait.eq(c.mac_latency - 1)]
             with m.Case(self.State.DRAIN):
-                m.d.sync += [s1_valid.eq(0), state.eq(self.State.IDLE)]
-                m.d.comb += self.done.eq(1)
+                # the last tap is written in the cycle `wait` reaches 0
+                m.d.sync += [s1_valid.eq(0), wait.eq(wait - 1)]
+                with m.If(wait == 0):
+                    m.d.sync += state.eq(self.State.IDLE)
+                    m.d.comb += self.done.eq(1)
         return m

@@ -34,7 +34,6 @@ WRITE_BURST = 3      # address handshake and response of a write burst
 ROW = 1              # a DMA row's address computation
 FETCH = 7            # fetch per instruction: next, arbitration, handshake, decode, dispatch
 PARAM = 1            # the vector unit's parameter fetch, per block
-DRAIN = 1            # the conv engine's second stage
 RQD_LATENCY = 9      # REQUANT rounding=double: a lane's result lands this long after it enters
 TOKEN = 1            # a token pushed at a unit's retire cycle is seen by its peer one cycle later
 QUEUE = 2            # an instruction written into a queue reaches the unit two cycles later
@@ -67,7 +66,8 @@ def insn_cycles(config: NPUConfig, insn: Insn) -> int:
         return ISSUE + RETIRE + 1 + dma_cycles(config, insn.blocks * insn.rows, insn.cols * config.rows,
                                                write=True)
     if isinstance(insn, Conv):
-        return ISSUE + insn.array_cycles + DRAIN
+        # one tap per cycle, then the last tap's write (config.mac_latency) before done
+        return ISSUE + insn.array_cycles + config.mac_latency
     if isinstance(insn, Marker):
         return ISSUE
     if isinstance(insn, Finish):

@@ -1,8 +1,8 @@
 """The RTL's cycle behaviour is pinned: every counter, the marker trace, the fault and a digest of the
 memory regions read back, for the programs of tests/sim/test_rtl.py at `tiny`, must equal the
 figures recorded in rtl_cycles_tiny.json (recorded on the RTL before the typed-interface refactor
-of hdl/, commit 968529e; counters and trace re-recorded for the pipelined vector unit, whose
-outputs, faults and marker order did not change).  A refactor of hdl/ that moves one counter by
+of hdl/, commit 968529e; counters and trace re-recorded for the pipelined vector unit and conv
+engine, whose outputs, faults and marker order did not change).  A refactor of hdl/ that moves one counter by
 one cycle fails here.
 
 Re-record only for an intended timing change: SOFTNPU_RECORD_CYCLES=1 pytest tests/sim/test_rtl_cycles.py
