@@ -13,8 +13,9 @@ the pipeline still holds.
 
 `start` (one cycle, with `insn` valid) runs the instruction; the engine holds no copy of it, so
 `insn` must stay put until `done`, which is high for one cycle, the one in which the last tap is
-written (the drain).  `range_bad` says, from `insn` alone, that the instruction would address past
-a scratchpad (the unit faults SRAM_RANGE instead of starting it).
+written (the drain).  `range_bad` says that `insn` would address past a scratchpad (the unit faults
+SRAM_RANGE instead of starting it); it needs the same instruction on `head` the cycle before (the
+compute unit's queue head as it issues): its products are registered from there.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ConvEngine(wiring.Component):
         c = config
         super().__init__({
             "insn": In(layout(isa.Conv)),
+            "head": In(layout(isa.Conv)),     # the instruction a cycle before `insn` (range check)
             "start": In(1),
             "done": Out(1),
             "range_bad": Out(1),
@@ -93,11 +95,24 @@ class ConvEngine(wiring.Component):
         inp_addr = pix + tap_row + kj
         wgt_addr = wgt_ptr
         acc_addr = acc_ptr
-        inp_last = conv.inp + (conv.in_blocks - 1) * conv.inp_block + \
-            ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row + \
-            (conv.out_w - 1) * conv.stride_w + conv.kw
-        n_acc = Mux(window, conv.in_blocks, conv.out_blocks) * conv.out_h * conv.out_w
-        n_wgt = conv.out_blocks * conv.in_blocks * conv.kh * conv.kw
+        # the range check in two steps: products of `head`'s fields registered, then `insn`'s sums
+        head = self.head
+
+        def early(width, value, name):
+            reg = Signal(width, name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        blocks_span = early(32, (head.in_blocks - 1) * head.inp_block, "blocks_span")
+        rows_before = early(21, (head.out_h - 1) * head.stride_h + head.kh - 1, "rows_before")
+        cols_span = early(21, (head.out_w - 1) * head.stride_w + head.kw, "cols_span")
+        head_planes = Mux(head.mode != isa.ConvMode.MAC, head.in_blocks, head.out_blocks)
+        planes_rows = early(32, head_planes * head.out_h, "planes_rows")
+        weight_blocks = early(24, head.out_blocks * head.in_blocks, "weight_blocks")
+        kernel = early(8, head.kh * head.kw, "kernel")
+        inp_last = conv.inp + blocks_span + rows_before * conv.inp_row + cols_span
+        n_acc = planes_rows * conv.out_w
+        n_wgt = weight_blocks * kernel
         m.d.comb += self.range_bad.eq((inp_last > c.inp_depth) | (conv.acc + n_acc > c.acc_depth)
                                       | (~window & (conv.wgt + n_wgt > c.wgt_depth)))
 

@@ -66,14 +66,17 @@ def saturating_rounding_doubling_high_mul(m, a, b, cut=comb) -> Signal:
     return _sig(m, signed(32), Mux(overflow, INT32_MAX, wrap32(high)), "srdhm")
 
 
-def rounding_divide_by_pot(m, x, exponent) -> Signal:
-    """exponent: unsigned, 0..31."""
+def rounding_divide_by_pot(m, x, exponent, static=comb) -> Signal:
+    """exponent: unsigned, 0..31, static."""
     x = _sig(m, signed(32), x, "rdbpot_x")
     e = exponent.as_unsigned()
-    mask = _sig(m, unsigned(32), ((1 << e) - 1)[:32], "rdbpot_mask")
+    mask = static(m, unsigned(32), ((1 << e) - 1)[:32], "rdbpot_mask")
+    # the threshold is mask/2, one more for a negative x: both made from the exponent alone
+    threshold = static(m, unsigned(31), ((1 << e) - 1)[:32] >> 1, "rdbpot_threshold")
+    threshold_neg = static(m, unsigned(32), (((1 << e) - 1)[:32] >> 1) + 1, "rdbpot_threshold_neg")
     remainder = x.as_unsigned() & mask
-    threshold = (mask >> 1) + (x < 0)
-    return _sig(m, signed(32), wrap32((x >> e) + (remainder > threshold)), "rdbpot")
+    up = Mux(x < 0, remainder > threshold_neg, remainder > threshold)
+    return _sig(m, signed(32), wrap32((x >> e) + up), "rdbpot")
 
 
 def clamp_shift(m, shift) -> Signal:
@@ -82,15 +85,17 @@ def clamp_shift(m, shift) -> Signal:
     return _sig(m, signed(6), Mux(s < -31, -31, Mux(s > 30, 30, s)), "shift")
 
 
-def multiply_by_quantized_multiplier(m, x, multiplier, shift, cut=comb) -> Signal:
+def multiply_by_quantized_multiplier(m, x, multiplier, shift, cut=comb, static=comb) -> Signal:
     """Four stages: the left shift | the multiply | the nudge | the rounding right shift.
-    shift: signed, already in [-31, 30]; multiplier and shift static."""
+    shift: signed, already in [-31, 30]; multiplier and shift static.  `static` is how the shift
+    amounts made from `shift` are held: `register` takes them off the entries' path (the shift must
+    then be in place a cycle before the first entry's first stage)."""
     s = shift.as_signed()
-    left = Mux(s > 0, s, 0).as_unsigned()[:5]
-    right = Mux(s > 0, 0, -s).as_unsigned()[:5]
+    left = static(m, unsigned(5), Mux(s > 0, s, 0).as_unsigned()[:5], "mbqm_left")
+    right = static(m, unsigned(5), Mux(s > 0, 0, -s).as_unsigned()[:5], "mbqm_right")
     scaled = cut(m, signed(32), wrap32(x.as_unsigned()[:32] << left), "mbqm_scaled")
     high = cut(m, signed(32), saturating_rounding_doubling_high_mul(m, scaled, multiplier, cut), "mbqm_high")
-    return rounding_divide_by_pot(m, high, right)
+    return rounding_divide_by_pot(m, high, right, static)
 
 
 def clamp(m, x, lo, hi) -> Signal:
@@ -106,6 +111,16 @@ def requantize(m, acc, bias, multiplier, shift, zero_point, lo, hi, cut=comb) ->
     scaled = multiply_by_quantized_multiplier(m, total, multiplier, clamp_shift(m, shift), cut)
     scaled = cut(m, signed(32), scaled, "rq_scaled")
     return clamp(m, scaled + zero_point.as_signed(), lo, hi)
+
+
+def _bit_length(value: Value) -> Value:
+    """The number of bits up to the highest set one (0 for 0): a balanced tree of halves, log2(width)
+    muxes deep (a flat priority encoder is a chain as long as the value is wide)."""
+    width = len(value)
+    if width == 1:
+        return value[0]
+    low = 1 << ((width - 1).bit_length() - 1)         # the largest power of two below width
+    return Mux(value[low:] != 0, _bit_length(value[low:]) + low, _bit_length(value[:low]))
 
 
 def requantize_double(m, acc, bias, multiplier_lo, multiplier_hi, zero_point, lo, hi, cut=comb) -> Signal:
@@ -132,12 +147,9 @@ def requantize_double(m, acc, bias, multiplier_lo, multiplier_hi, zero_point, lo
     # 3: the 32 x 53-bit multiply
     v = carry(q=_sig(m, unsigned(85), v["magnitude"] * v["mant"], "rqd_q"), neg=v["neg"], exp=v["exp"],
               zero=v["zero"])
-    # 4: the bit length of q (a flat priority encoder: the highest set bit wins), the bits to drop
+    # 4: the bit length of q, the bits to drop
     q = v["q"]
-    n = Signal(range(86), name="rqd_n")
-    for i in range(85):
-        with m.If(q[i]):
-            m.d.comb += n.eq(i + 1)
+    n = _sig(m, range(86), _bit_length(q), "rqd_n")
     k = _sig(m, unsigned(6), Mux(n > 53, n - 53, 0), "rqd_k")
     v = carry(q=q, k=k, neg=v["neg"], exp=v["exp"], zero=v["zero"])
     # 5: q split at bit k
@@ -179,7 +191,7 @@ def round_divide(m, acc, divisor) -> Signal:
     return _sig(m, signed(35), Mux(num < 0, -quotient, quotient), "rd")
 
 
-def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb) -> Signal:
+def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb, static=comb) -> Signal:
     """round_divide without a divider: `reciprocal` = floor(2**31 / divisor) (made once per
     instruction).  The magnitude (< 2**32) times the reciprocal fits 64 bits and underestimates
     the quotient by at most 2; it is corrected by comparing the remainder with 1..4 divisors
@@ -203,7 +215,8 @@ def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb) -> Signal:
         cut(m, unsigned(32), magnitude, "rdr_mag")
     r0 = cut(m, signed(36), magnitude - qd, "rdr_r0")
     q0, neg = cut(m, unsigned(34), q0, "rdr_q0"), cut(m, 1, neg, "rdr_neg")
-    multiples = (d, d << 1, d + (d << 1), d << 2)          # shifts and an add, not multipliers
+    multiples = [static(m, unsigned(18), k, f"rdr_divisor_x{i + 1}")      # shifts and an add
+                 for i, k in enumerate((d, d << 1, d + (d << 1), d << 2))]
     steps = sum((r0 >= k).as_unsigned() for k in multiples)
     q = cut(m, unsigned(34), q0 + steps, "rdr_q")
     neg = cut(m, 1, neg, "rdr_neg")

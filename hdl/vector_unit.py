@@ -18,7 +18,9 @@ multiply or one wide add):
     10+   the output register (and any further delay the config asks for), written
 
 The parameter registers and the instruction's fields that the lanes use (op, zero point, clamp
-bounds, divisor) are registers that stay put while the pipeline holds entries: each block drains
+bounds, divisor) are registers that stay put while the pipeline holds entries; what the lanes
+derive from them (shift amounts, rounding masks, the divisor's multiples) is registered again, off
+the entries' path: each block drains
 its pipeline before the next block's parameters are fetched, and the last block's drain ends with
 `done`, so an instruction's every output entry is written when the compute unit retires it (the
 next instruction, and the tokens it pushes, see them).  NARROW first divides 2**31 by its divisor
@@ -26,8 +28,10 @@ next instruction, and the tokens it pushes, see them).  NARROW first divides 2**
 (FULLY_CONNECTED) goes one lane per cycle through one shared, pipelined lane instead.
 
 `start` (one cycle, with `insn` valid) runs the instruction; `insn` must stay put until `done`,
-high for one cycle as the last entry is written.  `range_bad` says, from `insn` alone, that the
-instruction would address past a scratchpad (the unit faults SRAM_RANGE instead of starting it).
+high for one cycle as the last entry is written.  `range_bad` says that `insn` would address past a
+scratchpad (the unit faults SRAM_RANGE instead of starting it); it needs the same instruction on
+`head` the cycle before (the compute unit's queue head as it issues): its product is registered
+from there.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class VectorUnit(wiring.Component):
         c = config
         super().__init__({
             "insn": In(VectorInsnLayout),
+            "head": In(VectorInsnLayout),     # the instruction a cycle before `insn` (range check)
             "start": In(1),
             "done": Out(1),
             "range_bad": Out(1),
@@ -133,9 +138,9 @@ class VectorUnit(wiring.Component):
             b = Mux(op_b_param, p[8][r], self.inp_b.data[r])
             # ADD: both inputs scaled (u2, u3: stages 1-4)
             u2 = mbqm(m, wrap32((a + p[0][r]) << isa.ADD_LEFT_SHIFT), p[1][r],
-                      vector_lane.clamp_shift(m, p[2][r]), reg)
+                      vector_lane.clamp_shift(m, p[2][r]), reg, reg)
             u3 = mbqm(m, wrap32((b + p[3][r]) << isa.ADD_LEFT_SHIFT), p[4][r],
-                      vector_lane.clamp_shift(m, p[5][r]), reg)
+                      vector_lane.clamp_shift(m, p[5][r]), reg, reg)
             # REQUANT: acc + bias (stage 1); MUL: the offsets (1), the product (2); both wait to stage 5
             requant_x = reg(m, signed(32), wrap32(acc + p[0][r]), "rq_x")
             mul_a = reg(m, signed(32), wrap32(a + p[0][r]), "mul_a")
@@ -145,11 +150,11 @@ class VectorUnit(wiring.Component):
             early = reg(m, signed(32), early, "x")
             # stage 5: the value to scale; u1 (stages 5-8) scales it
             x1 = Mux(op_add, wrap32(reg(m, signed(32), u2, "u2") + reg(m, signed(32), u3, "u3")), early)
-            mult1 = Mux(op_requant, p[1][r], Mux(op_add, p[6][r], p[2][r]))
+            mult1 = reg(m, signed(32), Mux(op_requant, p[1][r], Mux(op_add, p[6][r], p[2][r])), "mult1")
             shift1 = vector_lane.clamp_shift(m, Mux(op_requant, p[2][r], Mux(op_add, p[7][r], p[3][r])))
-            u1 = reg(m, signed(32), mbqm(m, x1, mult1, shift1, reg), "u1")
+            u1 = reg(m, signed(32), mbqm(m, x1, mult1, shift1, reg, reg), "u1")
             # NARROW: stages 1-6, then clamped and carried to stage 9
-            quotient = vector_lane.round_divide_by_reciprocal(m, acc, divisor, recip, reg)
+            quotient = vector_lane.round_divide_by_reciprocal(m, acc, divisor, recip, reg, reg)
             narrowed = vector_lane.clamp(m, quotient, lo, hi)
             for _ in range(3):
                 narrowed = reg(m, signed(8), narrowed, "narrowed")
@@ -187,7 +192,12 @@ class VectorUnit(wiring.Component):
         with m.If(rqd_valid):
             m.d.sync += rqd_out.eq(rqd_entry)
 
-        v_n = v_blocks * v_count
+        # the range check's product from `head`, registered; the sums and compares on `insn`
+        h_req, h_nar, h_add = self.head.requant, self.head.narrow, self.head.add
+        h_requant, h_narrow = h_req.opcode == isa.Requant.OPCODE, h_req.opcode == isa.Narrow.OPCODE
+        v_n = Signal(32)
+        m.d.sync += v_n.eq(Mux(h_requant, h_req.blocks, Mux(h_narrow, h_nar.blocks, h_add.blocks))
+                           * Mux(h_requant, h_req.count, Mux(h_narrow, h_nar.count, h_add.count)))
         src_depth = Mux(is_binary, c.inp_depth, c.acc_depth)
         b_bad = Mux(add.b_param, add.b + add.blocks > c.param_depth, add.b + v_n > c.inp_depth)
         p_bad = Mux(is_requant, req.param + 3 * req.blocks > c.param_depth,

@@ -41,23 +41,24 @@ class Lane(wiring.Component):
     add: Out(signed(8))
     mul: Out(signed(8))
 
-    def __init__(self, cut=vector_lane.comb):
-        self.cut = cut
+    def __init__(self, cut=vector_lane.comb, static=vector_lane.comb):
+        self.cut, self.static = cut, static
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         lane = vector_lane
-        cut = self.cut
+        cut, static = self.cut, self.static
         m.d.comb += [
             self.requant.eq(lane.requantize(m, self.acc, self.x, self.mult, self.shift, self.zp, self.lo,
                                             self.hi, cut)),
             self.requant_double.eq(lane.requantize_double(m, self.acc, self.x, self.dbl[:32], self.dbl[32:],
                                                           self.zp, self.lo, self.hi, cut)),
             self.mbqm.eq(lane.multiply_by_quantized_multiplier(m, self.acc, self.mult,
-                                                               lane.clamp_shift(m, self.shift), cut)),
+                                                               lane.clamp_shift(m, self.shift), cut, static)),
             self.pool.eq(lane.pool_output(m, self.acc, self.divisor, self.lo, self.hi)),
-            self.pool_recip.eq(lane.round_divide_by_reciprocal(m, self.acc, self.divisor, self.recip, cut)),
+            self.pool_recip.eq(lane.round_divide_by_reciprocal(m, self.acc, self.divisor, self.recip, cut,
+                                                               static)),
             self.add.eq(lane.add(m, self.a, self.b, self.off_a, self.mult, self.shift, self.off_b,
                                  self.mult_b, self.shift_b, self.x, self.shift_b, self.zp, self.lo, self.hi,
                                  cut)),
@@ -128,13 +129,14 @@ def _expected(c):
     )
 
 
-PIPELINE_DEPTH = 9          # the deepest function's cuts (add, requantize_double: 8), plus one
+PIPELINE_DEPTH = 11         # the deepest function's cuts (add, requantize_double: 8), plus the static
+                            # operands' two registers, plus one
 
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["comb", "registered"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lane_matches_numerics(seed, pipelined):
-    dut = Lane(vector_lane.register if pipelined else vector_lane.comb)
+    dut = Lane(vector_lane.register, vector_lane.register) if pipelined else Lane()
     cases = _cases(seed=seed)
     mismatches = []
 

@@ -125,6 +125,8 @@ def run(insn, pads: Pads, config=CFG, strobes=None):
     got = {}
 
     async def bench(ctx):
+        ctx.set(Value.cast(dut.head), insn.encode_int())       # as the queue head issues
+        await ctx.tick()
         ctx.set(Value.cast(dut.insn), insn.encode_int())
         got["range_bad"] = ctx.get(dut.range_bad)
         ctx.set(dut.start, 1)
@@ -219,6 +221,8 @@ def test_range_check_covers_every_scratchpad(insn, bad):
     got = {}
 
     async def bench(ctx):
+        ctx.set(Value.cast(dut.head), insn.encode_int())       # as the queue head issues
+        await ctx.tick()
         ctx.set(Value.cast(dut.insn), insn.encode_int())
         got["bad"] = ctx.get(dut.range_bad)
 

@@ -16,7 +16,7 @@ from softnpu.hdl import isa, numerics
 from softnpu.hdl.config import preset
 from softnpu.hdl.isa import Buffer, ConvMode, Rounding
 from softnpu.hdl.timing import insn_cycles
-from softnpu.sim.iss import ISS
+from softnpu.sim.iss import ISS, NPUFault
 from softnpu.sim.rtl.jobs import Job, run_jobs
 from tests.sim.programs import PROGRAM_AT
 
@@ -113,3 +113,31 @@ def test_vector_instructions_take_their_modelled_cycles(runs):
 
         modelled = sum(insn_cycles(CFG, insn) for insn in (RQ, ADD, isa.Marker(id=3)))
         assert between(res.trace) == between(stats.trace) == modelled
+
+
+BOUNDS = {
+    # the compute unit's range checks take their products from the queue head as it issues
+    "conv_acc_overrun": isa.Conv(mode=ConvMode.MAC, accumulate=0, out_blocks=2, in_blocks=1, kh=1, kw=1,
+                                 stride_h=1, stride_w=1, out_h=2, out_w=3, acc=CFG.acc_depth - 11, inp=0,
+                                 wgt=0, inp_row=3, inp_block=6),
+    "conv_inp_overrun": isa.Conv(mode=ConvMode.SUM, accumulate=0, out_blocks=1, in_blocks=2, kh=3, kw=3,
+                                 stride_h=2, stride_w=1, out_h=2, out_w=2, acc=0, inp=CFG.inp_depth - 30,
+                                 wgt=0, inp_row=4, inp_block=15),
+    "requant_out_overrun": isa.Requant(out=CFG.out_depth - 5, acc=0, param=0, blocks=2, count=3, zero_point=0,
+                                       act_min=-128, act_max=127, rounding=Rounding.FIXED),
+    "add_b_overrun": isa.Add(out=0, a=0, b=CFG.inp_depth - 5, b_param=0, param=0, blocks=2, count=3,
+                             **ADD_Q),
+}
+
+
+@pytest.mark.parametrize("name", list(BOUNDS))
+def test_compute_range_faults_match_the_iss(name):
+    program = [isa.Marker(id=1), isa.Marker(id=2), BOUNDS[name], isa.Finish()]
+    job = Job(name, [(PROGRAM_AT, isa.encode_program(program))], PROGRAM_AT, len(program), [],
+              max_cycles=20_000)
+    (res,) = run_jobs(CFG, [job])
+    iss = ISS(CFG)
+    iss.write(PROGRAM_AT, isa.encode_program(program))
+    with pytest.raises(NPUFault) as fault:
+        iss.run(PROGRAM_AT, len(program))
+    assert res.fault == (isa.ErrorCode.SRAM_RANGE, 2) == (fault.value.code, fault.value.pc)
