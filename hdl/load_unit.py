@@ -16,7 +16,7 @@ from amaranth.lib.wiring import Out
 
 from softnpu.hdl import isa
 from softnpu.hdl.axi import ReadPortSignature
-from softnpu.hdl.burst import BurstEngine
+from softnpu.hdl.burst import ADDR_BITS, BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
 from softnpu.hdl.unit import Unit, dma_fault_addresses, dma_spans
@@ -64,6 +64,9 @@ class LoadUnit(Unit):
         y = Signal(17)                 # padded row within the plane
         x = Signal(17)                 # entry within the padded row
         ptr = Signal(17)               # next scratchpad entry
+        # DRAM address of the plane and of the data row: dram + blk * block_stride
+        # (+ (y - pad_top) * row_stride), as running sums (no multiplier before the burst engine)
+        plane_addr, row_addr = Signal(ADDR_BITS), Signal(ADDR_BITS)
         m.submodules.burst = burst = BurstEngine(c)     # the row's bursts: address, beats left
         k = Signal(range(max_entry // bus + 1))   # beat within the entry being assembled
         assemble = Signal(8 * max_entry)
@@ -88,10 +91,13 @@ class LoadUnit(Unit):
                 m.d.sync += x.eq(x + 1)
             with m.Else():
                 m.d.sync += x.eq(0)
+                with m.If(data_row):
+                    m.d.sync += row_addr.eq(row_addr + insn.row_stride)
                 with m.If(~last_y):
                     m.d.sync += y.eq(y + 1)
                 with m.Else():
-                    m.d.sync += [y.eq(0), blk.eq(blk + 1)]
+                    m.d.sync += [y.eq(0), blk.eq(blk + 1), plane_addr.eq(plane_addr + insn.block_stride),
+                                 row_addr.eq(plane_addr + insn.block_stride)]
             return last_x & last_y & (blk == insn.blocks - 1)
 
         m.d.comb += [self.status.pc.eq(self.cur_pc), self.mem.araddr.eq(burst.addr.p.addr),
@@ -109,7 +115,8 @@ class LoadUnit(Unit):
             with m.State("IDLE"):
                 self.issue(m, "CHECK")
             with m.State("CHECK"):
-                m.d.sync += [blk.eq(0), y.eq(0), x.eq(0), ptr.eq(insn.sram), k.eq(0)]
+                m.d.sync += [blk.eq(0), y.eq(0), x.eq(0), ptr.eq(insn.sram), k.eq(0),
+                             plane_addr.eq(insn.dram), row_addr.eq(insn.dram)]
                 with m.If(insn.sram + planes_rows * padded_cols > depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
                 with m.Elif(misaligned):
@@ -122,8 +129,7 @@ class LoadUnit(Unit):
                 # pad entries are written one per cycle; a data row's first data entry starts bursts
                 with m.If(in_data):
                     m.d.comb += [burst.row.valid.eq(1),
-                                 burst.row.p.addr.eq(insn.dram + blk * insn.block_stride
-                                                     + (y - insn.pad_top) * insn.row_stride),
+                                 burst.row.p.addr.eq(row_addr),
                                  burst.row.p.beats.eq(insn.cols * beats_per_entry)]
                     m.next = "ADDR"
                 with m.Else():

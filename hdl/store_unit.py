@@ -12,7 +12,7 @@ from amaranth.lib.wiring import Out
 
 from softnpu.hdl import isa
 from softnpu.hdl.axi import WritePortSignature
-from softnpu.hdl.burst import BurstEngine
+from softnpu.hdl.burst import ADDR_BITS, BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
 from softnpu.hdl.unit import Unit, dma_fault_addresses, dma_spans
@@ -46,6 +46,9 @@ class StoreUnit(Unit):
         blk = Signal(16)
         y = Signal(16)
         ptr = Signal(17)
+        # DRAM address of the plane and of the row: dram + blk * block_stride (+ y * row_stride), as
+        # running sums (no multiplier before the burst engine)
+        plane_addr, row_addr = Signal(ADDR_BITS), Signal(ADDR_BITS)
         m.submodules.burst = burst = BurstEngine(c)     # the row's bursts: address, beats left
         k = Signal(range(max(bpe, 2)))
         advance = Signal()
@@ -69,7 +72,8 @@ class StoreUnit(Unit):
             with m.State("IDLE"):
                 self.issue(m, "CHECK")
             with m.State("CHECK"):
-                m.d.sync += [blk.eq(0), y.eq(0), ptr.eq(insn.sram), k.eq(0)]
+                m.d.sync += [blk.eq(0), y.eq(0), ptr.eq(insn.sram), k.eq(0), plane_addr.eq(insn.dram),
+                             row_addr.eq(insn.dram)]
                 with m.If(insn.sram + planes_rows * insn.cols > c.out_depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
                 with m.Elif(misaligned):
@@ -83,7 +87,7 @@ class StoreUnit(Unit):
                 m.next = "ROW"
             with m.State("ROW"):
                 m.d.comb += [burst.row.valid.eq(1),
-                             burst.row.p.addr.eq(insn.dram + blk * insn.block_stride + y * insn.row_stride),
+                             burst.row.p.addr.eq(row_addr),
                              burst.row.p.beats.eq(insn.cols * bpe)]
                 m.next = "ADDR"
             with m.State("ADDR"):
@@ -110,9 +114,11 @@ class StoreUnit(Unit):
                         m.next = "DONE"
                     with m.Else():
                         with m.If(y == insn.rows - 1):
-                            m.d.sync += [y.eq(0), blk.eq(blk + 1)]
+                            next_plane = plane_addr + insn.block_stride
+                            m.d.sync += [y.eq(0), blk.eq(blk + 1), plane_addr.eq(next_plane),
+                                         row_addr.eq(next_plane)]
                         with m.Else():
-                            m.d.sync += y.eq(y + 1)
+                            m.d.sync += [y.eq(y + 1), row_addr.eq(row_addr + insn.row_stride)]
                         m.next = "ROW"
             with m.State("DONE"):
                 self.retire(m)
