@@ -20,12 +20,12 @@ multiply or one wide add):
 The parameter registers and the instruction's fields that the lanes use (op, zero point, clamp
 bounds, divisor) are registers that stay put while the pipeline holds entries; what the lanes
 derive from them (shift amounts, rounding masks, the divisor's multiples) is registered again, off
-the entries' path: each block drains
-its pipeline before the next block's parameters are fetched, and the last block's drain ends with
-`done`, so an instruction's every output entry is written when the compute unit retires it (the
-next instruction, and the tokens it pushes, see them).  NARROW first divides 2**31 by its divisor
-(one quotient bit per cycle) to get the reciprocal it rounds with.  REQUANT with rounding=double
-(FULLY_CONNECTED) goes one lane per cycle through one shared, pipelined lane instead.
+the entries' path.  Each block drains its pipeline before the next block's parameters are fetched,
+and the last block's drain ends with `done`, so an instruction's every output entry is written
+when the compute unit retires it (the next instruction, and the tokens it pushes, see them).
+NARROW first divides 2**31 by its divisor (one quotient bit per cycle) to get the reciprocal it
+rounds with.  REQUANT with rounding=double (FULLY_CONNECTED) goes one lane per cycle through one
+shared, pipelined lane instead.
 
 `start` (one cycle, with `insn` valid) runs the instruction; `insn` must stay put until `done`,
 high for one cycle as the last entry is written.  `range_bad` says that `insn` would address past a
