@@ -65,6 +65,7 @@ class ComputeUnit(Unit):
         word = self.cur
         opcode = word[:isa.OPCODE_BITS]
         m.d.comb += [self.status.pc.eq(self.cur_pc), conv.insn.eq(word), vector.insn.eq(word),
+                     conv.head.eq(self.head), vector.head.eq(self.head),
                      self.marker_id.eq(view(isa.Marker, word).id), self.mac_active.eq(conv.mac_active)]
 
         # scratchpad ports: the conv engine owns the weights and the accumulator writes, the

@@ -11,7 +11,15 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["NPUConfig", "PRESETS", "load_config", "preset"]
+__all__ = ["NPUConfig", "PRESETS", "load_config", "preset", "MIN_VECTOR_LATENCY", "MIN_MAC_LATENCY"]
+
+# The vector unit's shortest pipeline (hdl/vector_unit.py): the read, eight stages of arithmetic
+# (ADD's two multiply-by-quantized-multiplier in series, at most one 32 x 32-bit multiply or one
+# wide add per stage), the output register.  A longer `vector_latency` adds delay registers.
+MIN_VECTOR_LATENCY = 10
+# The conv engine's shortest pipeline (hdl/conv_engine.py): the reads, the products, the adder
+# trees, the fold into the running value, then the write.  A longer `mac_latency` delays the write.
+MIN_MAC_LATENCY = 4
 
 
 SCRATCHPADS = ("inp", "wgt", "acc", "out", "param")
@@ -49,8 +57,8 @@ class NPUConfig:
     insn_queue_depth: int = 16      # instructions buffered per unit queue after dispatch
     token_queue_depth: int = 8      # dependency tokens held per direction
     trace_depth: int = 1024         # marker snapshots kept in the trace buffer
-    vector_latency: int = 6         # pipeline depth of the vector unit, cycles
-    mac_latency: int = 4            # pipeline depth of the MAC array and adder tree, cycles
+    vector_latency: int = MIN_VECTOR_LATENCY  # cycles from an entry's read to its write, vector unit
+    mac_latency: int = MIN_MAC_LATENCY  # cycles from a conv tap's reads to its write
     clock_mhz: float = 250.0        # used only to report latencies in seconds
 
     def __post_init__(self):
@@ -81,6 +89,12 @@ class NPUConfig:
             if getattr(self, name) > 1 << 16:
                 raise ValueError(f"NPUConfig.{name}={getattr(self, name)} exceeds the ISA's 16-bit "
                                  "scratchpad addresses (65536 entries)")
+        if self.vector_latency < MIN_VECTOR_LATENCY:
+            raise ValueError(f"NPUConfig.vector_latency={self.vector_latency} is shorter than the vector "
+                             f"unit's pipeline: at least {MIN_VECTOR_LATENCY} cycles")
+        if self.mac_latency < MIN_MAC_LATENCY:
+            raise ValueError(f"NPUConfig.mac_latency={self.mac_latency} is shorter than the conv engine's "
+                             f"pipeline: at least {MIN_MAC_LATENCY} cycles")
         if self.dram_bytes > 1 << 32:
             raise ValueError(f"NPUConfig.dram_bytes={self.dram_bytes} exceeds the ISA's 32-bit DRAM "
                              "addresses (4 GiB)")

@@ -21,7 +21,7 @@ from softnpu.hdl.axi import ReadPortSignature
 from softnpu.hdl.burst import BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
-from softnpu.hdl.unit import Unit, dma_fault_addresses
+from softnpu.hdl.unit import Unit, dma_fault_addresses, dma_spans
 
 __all__ = ["LoadUnit", "ScratchpadWriteSignature"]
 
@@ -52,9 +52,9 @@ class LoadUnit(Unit):
         depths = {isa.Buffer.INP: c.inp_depth, isa.Buffer.WGT: c.wgt_depth, isa.Buffer.PARAM: c.param_depth}
         max_entry = max(entry_bytes.values())
 
-        def per_buffer(table):
-            return Mux(insn.buffer == isa.Buffer.INP, table[isa.Buffer.INP],
-                       Mux(insn.buffer == isa.Buffer.WGT, table[isa.Buffer.WGT], table[isa.Buffer.PARAM]))
+        def per_buffer(table, of=insn):
+            return Mux(of.buffer == isa.Buffer.INP, table[isa.Buffer.INP],
+                       Mux(of.buffer == isa.Buffer.WGT, table[isa.Buffer.WGT], table[isa.Buffer.PARAM]))
 
         entry = per_buffer(entry_bytes)
         beats_per_entry = per_buffer({k: v // bus for k, v in entry_bytes.items()})
@@ -101,13 +101,20 @@ class LoadUnit(Unit):
         m.d.comb += [self.status.pc.eq(self.cur_pc), self.mem.araddr.eq(burst.addr.p.addr),
                      self.mem.arvalid.eq(burst.addr.valid), self.mem.arlen.eq(burst.addr.p.len),
                      burst.addr.ready.eq(self.mem.arready)]
-        misaligned, align_addr, last_byte = dma_fault_addresses(insn, entry, bus)
+        # the checks' products, from the queue head in the issue cycle (Unit.early)
+        head = view(isa.Load, self.head)
+        head_rows = head.pad_top + head.rows + head.pad_bottom
+        planes_rows = self.early(m, 34, head.blocks * head_rows, "planes_rows")
+        padded_cols = self.early(m, 18, head.pad_left + head.cols + head.pad_right, "padded_cols")
+        spans = [self.early(m, 49, span, f"span{i}")
+                 for i, span in enumerate(dma_spans(head, per_buffer(entry_bytes, head)))]
+        misaligned, align_addr, last_byte = dma_fault_addresses(insn, entry, bus, spans)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 self.issue(m, "CHECK")
             with m.State("CHECK"):
                 m.d.sync += [blk.eq(0), y.eq(0), x.eq(0), ptr.eq(insn.sram), k.eq(0)]
-                with m.If(insn.sram + insn.blocks * prows * pcols > depth):
+                with m.If(insn.sram + planes_rows * padded_cols > depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
                 with m.Elif(misaligned):
                     self.fault(m, isa.ErrorCode.DRAM_ALIGN, align_addr)

@@ -18,7 +18,7 @@ from softnpu.hdl.axi import WritePortSignature
 from softnpu.hdl.burst import BurstEngine
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.insn_layout import view
-from softnpu.hdl.unit import Unit, dma_fault_addresses
+from softnpu.hdl.unit import Unit, dma_fault_addresses, dma_spans
 
 __all__ = ["StoreUnit", "ScratchpadReadSignature"]
 
@@ -62,13 +62,17 @@ class StoreUnit(Unit):
             self.mem.bready.eq(1),
             burst.done.eq(self.mem.bvalid),
         ]
-        misaligned, align_addr, last_byte = dma_fault_addresses(insn, c.rows, bus)
+        # the checks' products, from the queue head in the issue cycle (Unit.early)
+        head = view(isa.Store, self.head)
+        planes_rows = self.early(m, 32, head.blocks * head.rows, "planes_rows")
+        spans = [self.early(m, 49, span, f"span{i}") for i, span in enumerate(dma_spans(head, c.rows))]
+        misaligned, align_addr, last_byte = dma_fault_addresses(insn, c.rows, bus, spans)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 self.issue(m, "CHECK")
             with m.State("CHECK"):
                 m.d.sync += [ptr.eq(insn.sram), k.eq(0)]
-                with m.If(insn.sram + insn.blocks * insn.rows * insn.cols > c.out_depth):
+                with m.If(insn.sram + planes_rows * insn.cols > c.out_depth):
                     self.fault(m, isa.ErrorCode.SRAM_RANGE)
                 with m.Elif(misaligned):
                     self.fault(m, isa.ErrorCode.DRAM_ALIGN, align_addr)

@@ -36,7 +36,7 @@ WRITE_SLOT = 1       # the same for a write burst
 DMA = 1              # starting the burst engine
 FETCH = 7            # fetch per instruction: next, arbitration, handshake, decode, dispatch
 PARAM = 1            # the vector unit's parameter fetch, per block
-DRAIN = 1            # the two-stage pipelines' last stage
+RQD_LATENCY = 9      # REQUANT rounding=double: a lane's result lands this long after it enters
 TOKEN = 1            # a token pushed at a unit's retire cycle is seen by its peer one cycle later
 QUEUE = 2            # an instruction written into a queue reaches the unit two cycles later
 RECIPROCAL = 32      # NARROW's floor(2**31 / divisor), one bit per cycle
@@ -96,15 +96,19 @@ def insn_cycles(config: NPUConfig, insn: Insn) -> int:
         return ISSUE + RETIRE + 1 + dma_cycles(config, insn.blocks * insn.rows, insn.cols * config.rows,
                                                write=True)
     if isinstance(insn, Conv):
-        return ISSUE + insn.array_cycles + DRAIN
+        # one tap per cycle, then the last tap's write (config.mac_latency) before done
+        return ISSUE + insn.array_cycles + config.mac_latency
     if isinstance(insn, Marker):
         return ISSUE
     if isinstance(insn, Finish):
         return ISSUE + RETIRE
     if isinstance(insn, Requant) and insn.rounding == Rounding.DOUBLE:
-        # one shared lane: each entry is read, latched, then computed one lane per cycle
-        return ISSUE + insn.blocks * (PARAM + 3 + insn.count * (config.rows + 2))
-    per_block = insn.count + PARAM + DRAIN
+        # one shared pipelined lane: each entry is read, latched, fed one lane per cycle, then
+        # written when its last lane comes out
+        return ISSUE + insn.blocks * (PARAM + 3 + insn.count * (config.rows + 2 + RQD_LATENCY))
+    # one entry per cycle, then the pipeline drains (config.vector_latency) before the next
+    # block's parameters are fetched, and before the instruction retires
+    per_block = insn.count + PARAM + config.vector_latency
     if isinstance(insn, Narrow):
         return ISSUE + RECIPROCAL + insn.blocks * per_block
     if isinstance(insn, Requant):

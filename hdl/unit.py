@@ -19,7 +19,7 @@ from softnpu.hdl.faults import ADDR_BITS
 from softnpu.hdl.insn_layout import InsnLayout
 
 __all__ = ["QueueEntry", "QueueSignature", "TokenSignature", "StatusSignature", "Unit", "PC_BITS",
-           "dma_fault_addresses"]
+           "dma_fault_addresses", "dma_spans"]
 
 PC_BITS = 32
 # What fetch dispatches and a unit takes: the instruction word and its index in the program.
@@ -75,6 +75,20 @@ class Unit(wiring.Component):
             m.next = next_state
         return start
 
+    @property
+    def head(self):
+        """The queue's head instruction word (valid with `queue.valid`)."""
+        return self.queue.payload.insn.as_value()
+
+    def early(self, m, shape, value, name: str) -> Signal:
+        """`value`, a function of `head`, registered: in the state after the issue it is the value of
+        `cur` (the head taken in the issue cycle).  A check splits its arithmetic here: products of
+        the instruction's fields early, sums and comparisons in the checking state, so no path
+        chains two multipliers into the fault logic."""
+        s = Signal(shape, name=name)
+        m.d.sync += s.eq(value)
+        return s
+
     def retire(self, m):
         """Call in the cycle an instruction completes: pushes its tokens and returns to idle."""
         flags = isa_flags(self.cur)
@@ -90,17 +104,23 @@ class Unit(wiring.Component):
         m.next = "IDLE"
 
 
-def dma_fault_addresses(insn, entry_bytes, bus_bytes: int):
+def dma_spans(insn, entry_bytes) -> tuple:
+    """The products in a DMA's extent: bytes spanned by the planes and by the rows before the last,
+    bytes of one row (what `dma_fault_addresses` adds up; `Unit.early` registers them)."""
+    return ((insn.blocks - 1) * insn.block_stride, (insn.rows - 1) * insn.row_stride, insn.cols * entry_bytes)
+
+
+def dma_fault_addresses(insn, entry_bytes, bus_bytes: int, spans=None):
     """The DRAM checks of a LOAD or STORE: (misaligned, the first misaligned address, end), `end` one
     past the last byte the DMA touches; hdl/faults.py ADDRESSED defines the DRAM_ALIGN and
-    DRAM_RANGE addresses from them."""
+    DRAM_RANGE addresses from them.  `spans`: `dma_spans` of the instruction, registered early."""
     low = (bus_bytes - 1).bit_length()
     bad_dram, bad_row = insn.dram[:low] != 0, insn.row_stride[:low] != 0
     misaligned = (insn.dram | insn.row_stride | insn.block_stride)[:low] != 0
     align_addr = Mux(bad_dram, insn.dram, Mux(bad_row, insn.dram + insn.row_stride,
                                                insn.dram + insn.block_stride))
-    end = (insn.dram + (insn.blocks - 1) * insn.block_stride + (insn.rows - 1) * insn.row_stride
-           + insn.cols * entry_bytes)
+    blocks_span, rows_span, row_bytes = dma_spans(insn, entry_bytes) if spans is None else spans
+    end = insn.dram + blocks_span + rows_span + row_bytes
     return misaligned, align_addr, end
 
 

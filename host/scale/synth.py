@@ -19,10 +19,10 @@ Targets:
 
 Place and route runs nextpnr's analytic placer (HeAP) and router1, nextpnr's default for ECP5
 (``PNR_FLAGS``; router2 did not converge on the `tiny` NPU: its overuse stopped falling after 20
-iterations).  Placement is wirelength-driven (``--no-tmdriv``): the NPU's critical path is one
-combinational cycle through the vector unit's 32x32-bit requantization multiplies (long MULT18X18D
-and carry chains), some twenty times the 100 MHz target, where the timing-driven annealing
-refinement after HeAP costs about 18 CPU-seconds per pass against 3 without timing and ran 35
+iterations).  Placement is wirelength-driven (``--no-tmdriv``): with the NPU's critical path many
+times the 100 MHz target (twenty times when the vector unit's requantization was one combinational
+cycle; about four times after placement now that it is pipelined), the timing-driven annealing
+refinement after HeAP cost about 18 CPU-seconds per pass against 3 without timing and ran 35
 passes (measured on `tiny`, see README).  The Fmax is nextpnr's static timing analysis of the
 routed design either way; the report names the critical path (``critical_path``).
 

@@ -1,7 +1,8 @@
 """hdl/conv_engine.py on Amaranth's simulator, against the CONV semantics of hdl/isa.py `Conv`:
 MAC over every window tap and input block, SUM and MAX pooling windows, `accumulate` adding to (or
 taking the maximum with) the old entries with 32-bit wrap, strides and row/block pitches; one tap
-per cycle and `done` one cycle after the last tap; `range_bad` for every scratchpad overrun."""
+per cycle and `done` as the last tap is written (mac_latency cycles after its reads), a longer
+configured latency only later; `range_bad` for every scratchpad overrun."""
 
 import itertools
 
@@ -105,8 +106,8 @@ def taps(insn: isa.Conv) -> int:
     return outs * (1 if window else insn.in_blocks) * insn.kh * insn.kw
 
 
-def run(insn: isa.Conv, pads: Scratchpads):
-    dut = ConvEngine(CFG)
+def run(insn: isa.Conv, pads: Scratchpads, config=CFG):
+    dut = ConvEngine(config)
     ports = [SyncReadPort(dut.inp, {a: pack(v, 8) for a, v in enumerate(pads.inp)}),
              SyncReadPort(dut.wgt, {a: pack(v, 8) for a, v in enumerate(pads.wgt)}),
              SyncReadPort(dut.acc_r, {a: pack(v, 32) for a, v in enumerate(pads.acc)})]
@@ -114,6 +115,8 @@ def run(insn: isa.Conv, pads: Scratchpads):
     got = {}
 
     async def bench(ctx):
+        ctx.set(Value.cast(dut.head), insn.encode_int())       # as the queue head issues
+        await ctx.tick()
         ctx.set(Value.cast(dut.insn), insn.encode_int())
         got["range_bad"] = ctx.get(dut.range_bad)
         ctx.set(dut.start, 1)
@@ -148,7 +151,18 @@ def test_conv_matches_the_isa_semantics_one_tap_per_cycle(name):
         assert np.array_equal(unpack(entries[addr], 32, R), lanes), \
             f"{name}: acc[{addr}] {unpack(entries[addr], 32, R)}, want {lanes}"
     assert got["active"] == taps(insn), "one tap per MAC-active cycle"
-    assert got["cycles"] == taps(insn) + 1, "done one cycle after the last tap (stage 1 drains)"
+    assert got["cycles"] == taps(insn) + CFG.mac_latency, "done as the last tap is written"
+
+
+def test_longer_mac_latency_delays_done_not_results():
+    config = CFG.replace(mac_latency=CFG.mac_latency + 2)
+    insn = CASES["mac_3x3_stride2_blocks"]
+    pads = Scratchpads(seed=5)
+    got, writes = run(insn, pads, config)
+    entries = writes.entries()
+    for addr, lanes in pads.reference(insn).items():
+        assert np.array_equal(unpack(entries[addr], 32, R), lanes)
+    assert got["cycles"] == taps(insn) + CFG.mac_latency + 2
 
 
 @pytest.mark.parametrize("insn, bad", [
@@ -165,6 +179,8 @@ def test_range_check_covers_every_scratchpad(insn, bad):
     got = {}
 
     async def bench(ctx):
+        ctx.set(Value.cast(dut.head), insn.encode_int())       # as the queue head issues
+        await ctx.tick()
         ctx.set(Value.cast(dut.insn), insn.encode_int())
         got["bad"] = ctx.get(dut.range_bad)
 

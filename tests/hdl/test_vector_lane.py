@@ -1,4 +1,6 @@
-"""hdl/vector_lane.py mirrors hdl/numerics.py bit for bit (Amaranth simulator, comb logic)."""
+"""hdl/vector_lane.py mirrors hdl/numerics.py bit for bit (Amaranth simulator), as one combinational
+cloud and cut into the registered stages the vector unit uses (operands held, results read once the
+deepest pipeline has filled)."""
 
 import numpy as np
 import pytest
@@ -39,22 +41,29 @@ class Lane(wiring.Component):
     add: Out(signed(8))
     mul: Out(signed(8))
 
+    def __init__(self, cut=vector_lane.comb, static=vector_lane.comb):
+        self.cut, self.static = cut, static
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
         lane = vector_lane
+        cut, static = self.cut, self.static
         m.d.comb += [
             self.requant.eq(lane.requantize(m, self.acc, self.x, self.mult, self.shift, self.zp, self.lo,
-                                            self.hi)),
+                                            self.hi, cut)),
             self.requant_double.eq(lane.requantize_double(m, self.acc, self.x, self.dbl[:32], self.dbl[32:],
-                                                          self.zp, self.lo, self.hi)),
+                                                          self.zp, self.lo, self.hi, cut)),
             self.mbqm.eq(lane.multiply_by_quantized_multiplier(m, self.acc, self.mult,
-                                                               lane.clamp_shift(m, self.shift))),
+                                                               lane.clamp_shift(m, self.shift), cut, static)),
             self.pool.eq(lane.pool_output(m, self.acc, self.divisor, self.lo, self.hi)),
-            self.pool_recip.eq(lane.round_divide_by_reciprocal(m, self.acc, self.divisor, self.recip)),
+            self.pool_recip.eq(lane.round_divide_by_reciprocal(m, self.acc, self.divisor, self.recip, cut,
+                                                               static)),
             self.add.eq(lane.add(m, self.a, self.b, self.off_a, self.mult, self.shift, self.off_b,
-                                 self.mult_b, self.shift_b, self.x, self.shift_b, self.zp, self.lo, self.hi)),
+                                 self.mult_b, self.shift_b, self.x, self.shift_b, self.zp, self.lo, self.hi,
+                                 cut)),
             self.mul.eq(lane.mul(m, self.a, self.b, self.off_a, self.off_b, self.mult, self.shift,
-                                 self.zp, self.lo, self.hi)),
+                                 self.zp, self.lo, self.hi, cut)),
         ]
         return m
 
@@ -120,9 +129,14 @@ def _expected(c):
     )
 
 
+PIPELINE_DEPTH = 11         # the deepest function's cuts (add, requantize_double: 8), plus the static
+                            # operands' two registers, plus one
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["comb", "registered"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_lane_matches_numerics(seed):
-    dut = Lane()
+def test_lane_matches_numerics(seed, pipelined):
+    dut = Lane(vector_lane.register, vector_lane.register) if pipelined else Lane()
     cases = _cases(seed=seed)
     mismatches = []
 
@@ -131,12 +145,16 @@ def test_lane_matches_numerics(seed):
             for name, value in c.items():
                 ctx.set(getattr(dut, name), value)
             ctx.set(dut.recip, (1 << 31) // c["divisor"])
+            if pipelined:
+                await ctx.tick().repeat(PIPELINE_DEPTH)
             got = {name: ctx.get(getattr(dut, name)) for name in OUTPUTS}
             want = _expected(c)
             if got != want:
                 mismatches.append((c, got, want))
 
     sim = Simulator(dut)
+    if pipelined:
+        sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[0]}"

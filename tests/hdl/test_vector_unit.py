@@ -1,22 +1,25 @@
 """hdl/vector_unit.py on Amaranth's simulator, against hdl/numerics.py (the specification):
 REQUANT (fixed and double rounding), NARROW, ADD and MUL (operand b from the input scratchpad or
 broadcast from a parameter entry), over several blocks, with their cycle counts (parameter fetch,
-one entry per cycle, the drain; NARROW's 32-cycle reciprocal; double rounding one lane per cycle),
-and `range_bad` for scratchpad overruns."""
+one entry per cycle, the pipeline's drain; NARROW's 32-cycle reciprocal; double rounding one lane
+per cycle through its own pipeline), one written entry per cycle however deep the pipeline, and
+`range_bad` for scratchpad overruns."""
 
 import numpy as np
 import pytest
 from amaranth.hdl import Value
 
 from softnpu.hdl import isa, numerics
-from softnpu.hdl.config import preset
+from softnpu.hdl.config import MIN_VECTOR_LATENCY, preset
 from softnpu.hdl.isa import Rounding
+from softnpu.hdl.timing import RQD_LATENCY
 from softnpu.hdl.vector_unit import VectorUnit
-from tests.hdl.bfm import SyncReadPort, WriteRecorder, simulate
+from tests.hdl.bfm import Strobes, SyncReadPort, WriteRecorder, simulate
 from tests.hdl.test_conv_engine import pack, unpack
 
 CFG = preset("tiny")
 R, C = CFG.rows, CFG.cols
+L = CFG.vector_latency              # an entry's read to its write
 
 
 def _double_words(value: float) -> tuple[int, int]:
@@ -64,8 +67,8 @@ def requant_case(pads: Pads, rounding: Rounding):
                 out = numerics.requantize_double(pads.acc[a], bias, real, insn.zero_point, insn.act_min,
                                                  insn.act_max)
             want[insn.out + blk * insn.count + i] = out
-    per_block = [3 + 1 + (insn.count + 1 if rounding == Rounding.FIXED else insn.count * (2 + R))
-                 for _ in range(insn.blocks)]
+    entries = insn.count + L if rounding == Rounding.FIXED else insn.count * (2 + R + RQD_LATENCY)
+    per_block = [3 + 1 + entries for _ in range(insn.blocks)]
     return insn, want, sum(per_block)
 
 
@@ -73,7 +76,7 @@ def narrow_case(pads: Pads):
     insn = isa.Narrow(out=0, acc=2, blocks=3, count=2, divisor=9, act_min=-128, act_max=127)
     pads.acc[2:2 + 6] = pads.rng.integers(-128 * 9, 128 * 9, (6, R))
     want = {insn.out + k: numerics.pool_output(pads.acc[insn.acc + k], insn.divisor) for k in range(6)}
-    return insn, want, 32 + insn.blocks * (1 + insn.count + 1)
+    return insn, want, 32 + insn.blocks * (1 + insn.count + L)
 
 
 def binary_case(pads: Pads, cls, b_param: int):
@@ -97,7 +100,7 @@ def binary_case(pads: Pads, cls, b_param: int):
                                                        zero_point=insn.zero_point, act_min=insn.act_min,
                                                        act_max=insn.act_max)
     fetches = [len(cls.PARAMS) * (blk == 0) + b_param for blk in range(insn.blocks)]
-    return insn, want, sum(f + 1 + insn.count + 1 for f in fetches)
+    return insn, want, sum(f + 1 + insn.count + L for f in fetches)
 
 
 CASES = {
@@ -111,16 +114,19 @@ CASES = {
 }
 
 
-def run(insn, pads: Pads):
-    dut = VectorUnit(CFG)
+def run(insn, pads: Pads, config=CFG, strobes=None):
+    dut = VectorUnit(config)
     ports = [SyncReadPort(dut.acc_r, {a: pack(v, 32) for a, v in enumerate(pads.acc)}),
              SyncReadPort(dut.inp_a, {a: pack(v, 8) for a, v in enumerate(pads.inp)}),
              SyncReadPort(dut.inp_b, {a: pack(v, 8) for a, v in enumerate(pads.inp)}),
              SyncReadPort(dut.param_r, {a: pack(v, 32) for a, v in enumerate(pads.param)})]
     writes = WriteRecorder(dut.out_w)
+    monitors = [] if strobes is None else [strobes(dut).watch]
     got = {}
 
     async def bench(ctx):
+        ctx.set(Value.cast(dut.head), insn.encode_int())       # as the queue head issues
+        await ctx.tick()
         ctx.set(Value.cast(dut.insn), insn.encode_int())
         got["range_bad"] = ctx.get(dut.range_bad)
         ctx.set(dut.start, 1)
@@ -137,7 +143,7 @@ def run(insn, pads: Pads):
         for _ in range(2):
             await ctx.tick()
 
-    simulate(dut, bench, processes=[p.serve for p in ports] + [writes.watch])
+    simulate(dut, bench, processes=[p.serve for p in ports] + [writes.watch] + monitors)
     return got, writes
 
 
@@ -153,6 +159,41 @@ def test_vector_op_matches_numerics_with_its_cycle_count(name):
         assert np.array_equal(unpack(entries[addr], 8, R), lanes), \
             f"{name}: out[{addr}] {unpack(entries[addr], 8, R)}, want {lanes}"
     assert got["cycles"] == cycles
+
+
+@pytest.mark.parametrize("latency", [MIN_VECTOR_LATENCY, MIN_VECTOR_LATENCY + 3])
+def test_pipeline_writes_one_entry_per_cycle(latency):
+    """A block of 24 entries: 24 writes in 24 consecutive cycles, the first `latency` cycles after the
+    first read, the last in the cycle of `done`; a longer configured latency only delays them."""
+    config = CFG.replace(vector_latency=latency)
+    pads = Pads(seed=3)
+    insn = isa.Requant(out=100, acc=2, param=0, blocks=1, count=24, zero_point=5, act_min=-128, act_max=127,
+                       rounding=Rounding.FIXED)
+    pads.set_params(0, [pads.rng.integers(-3000, 3000, R), pads.rng.integers(1 << 30, (1 << 31) - 1, R),
+                        pads.rng.integers(-12, 1, R)])
+    bias, mult, shift = pads.param[0], pads.param[1], pads.param[2]
+    box = {}
+
+    def strobes(dut):
+        box["s"] = Strobes(read=dut.acc_r.en, write=dut.out_w.en, done=dut.done)
+        return box["s"]
+
+    got, writes = run(insn, pads, config, strobes)
+    s = box["s"].cycles
+    assert s["write"] == list(range(s["write"][0], s["write"][0] + 24)), "one entry per cycle"
+    assert s["read"] == list(range(s["read"][0], s["read"][0] + 24))
+    assert s["write"][0] - s["read"][0] == latency
+    assert s["done"] == [s["write"][-1]]
+    assert got["cycles"] == 3 + 1 + 24 + latency
+    for i, (addr, data) in enumerate(writes.writes):
+        assert addr == insn.out + i
+        want = numerics.requantize(pads.acc[insn.acc + i], bias, mult, shift, 5, -128, 127)
+        assert np.array_equal(unpack(data, 8, R), want)
+
+
+def test_vector_latency_below_the_pipeline_is_rejected():
+    with pytest.raises(ValueError, match="vector_latency"):
+        CFG.replace(vector_latency=MIN_VECTOR_LATENCY - 1)
 
 
 @pytest.mark.parametrize("insn, bad", [
@@ -180,6 +221,8 @@ def test_range_check_covers_every_scratchpad(insn, bad):
     got = {}
 
     async def bench(ctx):
+        ctx.set(Value.cast(dut.head), insn.encode_int())       # as the queue head issues
+        await ctx.tick()
         ctx.set(Value.cast(dut.insn), insn.encode_int())
         got["bad"] = ctx.get(dut.range_bad)
 

@@ -2,8 +2,9 @@
 memory regions read back, for the programs of tests/sim/test_rtl.py at `tiny`, must equal the
 figures recorded in rtl_cycles_tiny.json (recorded on the RTL before the typed-interface refactor
 of hdl/, commit 968529e; re-recorded for `dram_outstanding` bursts in flight, which changed only
-cycles and dram_read_bytes, now the ISS's on the FULLY_CONNECTED programs; outputs, faults and
-marker order are the same).  A refactor of hdl/ that moves one counter by one cycle fails here.
+cycles and dram_read_bytes, now the ISS's on the FULLY_CONNECTED programs, and for the pipelined
+vector unit and conv engine; outputs, faults and marker order are the same).  A refactor of hdl/
+that moves one counter by one cycle fails here.
 
 Re-record only for an intended timing change: SOFTNPU_RECORD_CYCLES=1 pytest tests/sim/test_rtl_cycles.py
 """
