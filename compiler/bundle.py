@@ -89,12 +89,16 @@ class Manifest:
             data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
             data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
             manifest = cls(**data)
-            NPUConfig.from_dict(manifest.config)        # it must target a valid NPU config
-            return manifest
         except KeyError as exc:
             raise BundleError(f"{MANIFEST}: missing field {exc}") from None
         except (TypeError, ValueError) as exc:
             raise BundleError(f"{MANIFEST}: {exc}") from None
+        try:
+            NPUConfig.from_dict(manifest.config)        # it must target a valid NPU config
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{MANIFEST}: the bundle's NPU config is not one this softnpu builds ({exc}); "
+                              f"compile the model again with `softnpu compile`") from None
+        return manifest
 
 
 @dataclasses.dataclass
