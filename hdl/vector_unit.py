@@ -209,7 +209,14 @@ class VectorUnit(wiring.Component):
         div_rem = Signal(17)
         div_bit = Signal(5)
         wait = Signal(range(max(c.vector_latency, timing.RQD_LATENCY) + 1))
-        block_end = [vblk.eq(vblk + 1), pnext.eq(pnext + Mux(is_requant, 3, 1))]
+        def next_block():
+            """After a block's last entry: done after the last block, else the next block's parameters."""
+            with m.If(vblk == v_blocks - 1):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.d.sync += [vblk.eq(vblk + 1), pnext.eq(pnext + Mux(is_requant, 3, 1))]
+                m.next = "PARAMS"
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -256,12 +263,7 @@ class VectorUnit(wiring.Component):
                 # the block's last entry is written in the cycle `wait` reaches 0
                 m.d.sync += wait.eq(wait - 1)
                 with m.If(wait == 0):
-                    with m.If(vblk == v_blocks - 1):
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += block_end
-                        m.next = "PARAMS"
+                    next_block()
             with m.State("RQD_READ"):
                 m.d.comb += [self.acc_r.addr.eq(v_src + idx), self.acc_r.en.eq(1)]
                 m.next = "RQD_LATCH"
@@ -286,12 +288,7 @@ class VectorUnit(wiring.Component):
                         m.next = "RQD_READ"
                     with m.Else():
                         m.d.sync += vi.eq(0)
-                        with m.If(vblk == v_blocks - 1):
-                            m.d.comb += self.done.eq(1)
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.d.sync += block_end
-                            m.next = "PARAMS"
+                        next_block()
 
         # parameter registers: the entry requested last cycle
         fetched = Signal()
