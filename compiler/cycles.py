@@ -67,6 +67,8 @@ def estimate(config: NPUConfig, program: list[Insn], spans: bool = False) -> Est
     fetch_cost = fetch_cycles(config)
     free = [0, 0, 0]
     busy = [0, 0, 0]
+    busy_until = [0, 0, 0]
+    compute = timing.ComputeIssue(config)
     starts: list[list[int]] = [[], [], []]
     # tokens[(from, to)]: times at which pushed tokens become visible
     tokens = {(0, 1): deque(), (1, 0): deque(), (1, 2): deque(), (2, 1): deque()}
@@ -84,7 +86,8 @@ def estimate(config: NPUConfig, program: list[Insn], spans: bool = False) -> Est
             ready = max(ready, starts[unit][k - depth])
         fetch = ready
         arrival = ready + queue
-        start = max(arrival, free[unit])
+        unit_free = compute.earliest(insn) if unit == 1 else free[unit]
+        start = max(arrival, unit_free)
         for flag, peer in (("pop_prev", unit - 1), ("pop_next", unit + 1)):
             if getattr(insn, flag):
                 channel = tokens[(peer, unit)]
@@ -94,13 +97,13 @@ def estimate(config: NPUConfig, program: list[Insn], spans: bool = False) -> Est
                 start = max(start, channel.popleft())
         if isinstance(insn, Finish):
             start = max([start] + free)
-        cost = insn_cycles(config, insn)
-        end = start + cost
+        end = compute.run(insn, start) if unit == 1 else start + insn_cycles(config, insn)
         if recorded is not None:
-            recorded.append(Span(pc, unit, fetched, ready, max(arrival, free[unit]), start, end))
+            recorded.append(Span(pc, unit, fetched, ready, max(arrival, unit_free), start, end))
         starts[unit].append(start)
-        free[unit] = end
-        busy[unit] += cost
+        free[unit] = max(free[unit], end)
+        busy[unit] += max(0, end - max(start, busy_until[unit]))       # a union: vector ops overlap
+        busy_until[unit] = max(busy_until[unit], end)
         if insn.push_prev:
             tokens[(unit, unit - 1)].append(end + token)
         if insn.push_next:

@@ -58,6 +58,7 @@ class ConvEngine(wiring.Component):
             "start": In(1),
             "done": Out(1),
             "range_bad": Out(1),
+            "acc_end": Out(49),            # one past the last accumulator entry, valid with range_bad
             "mac_active": Out(1),          # a tap is issued this cycle
             "inp": Out(ScratchpadReadSignature(c.inp_depth, activation_lanes(c))),
             "wgt": Out(ScratchpadReadSignature(c.wgt_depth, weight_rows(c))),
@@ -113,6 +114,7 @@ class ConvEngine(wiring.Component):
         inp_last = conv.inp + blocks_span + rows_before * conv.inp_row + cols_span
         n_acc = planes_rows * conv.out_w
         n_wgt = weight_blocks * kernel
+        m.d.comb += self.acc_end.eq(conv.acc + n_acc)
         m.d.comb += self.range_bad.eq((inp_last > c.inp_depth) | (conv.acc + n_acc > c.acc_depth)
                                       | (~window & (conv.wgt + n_wgt > c.wgt_depth)))
 

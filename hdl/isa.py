@@ -56,7 +56,7 @@ __all__ = [
     "INSN_BITS", "INSN_BYTES", "ADD_LEFT_SHIFT", "Queue", "Buffer", "ConvMode", "Rounding", "ErrorCode",
     "Field", "Insn", "Load", "Store", "Conv", "Requant", "Narrow", "Add", "Mul", "Marker", "Finish",
     "INSTRUCTIONS", "BY_OPCODE", "BY_MNEMONIC", "TOKEN_FLAGS", "decode", "encode_program",
-    "decode_program", "IllegalInstruction", "CSR", "COUNTERS", "TRACE_ENTRY_WORDS",
+    "decode_program", "acc_footprint", "IllegalInstruction", "CSR", "COUNTERS", "TRACE_ENTRY_WORDS",
 ]
 
 INSN_BITS = 256
@@ -495,6 +495,16 @@ def decode(data: bytes | int) -> Insn:
     if cls is None:
         raise IllegalInstruction(f"opcode {opcode} is not defined", ErrorCode.ILLEGAL_OPCODE)
     return cls.decode_fields(word)
+
+
+def acc_footprint(insn: Insn) -> tuple[int, int] | None:
+    """The accumulator entries [first, end) an instruction reads or writes, or None."""
+    if isinstance(insn, Conv):
+        blocks = insn.out_blocks if insn.mode == ConvMode.MAC else insn.in_blocks
+        return insn.acc, insn.acc + blocks * insn.out_h * insn.out_w
+    if isinstance(insn, (Requant, Narrow)):
+        return insn.acc, insn.acc + insn.blocks * insn.count
+    return None
 
 
 def encode_program(program) -> bytes:

@@ -119,7 +119,7 @@ class NPU(wiring.Component):
         scratchpad("inp", c.inp_depth, 8 * k, load.inp_w, [compute.inp_a, compute.inp_b])
         scratchpad("wgt", c.wgt_depth, 8 * r * k, load.wgt_w, [compute.wgt_r])
         scratchpad("param", c.param_depth, 32 * r, load.param_w, [compute.param_r])
-        scratchpad("acc", c.acc_depth, 32 * r, compute.acc_w, [compute.acc_r])
+        scratchpad("acc", c.acc_depth, 32 * r, compute.acc_w, [compute.acc_r, compute.acc_rv])
         scratchpad("out", c.out_depth, 8 * r, compute.out_w, [store.out_r])
 
         # -- run control ----------------------------------------------------------------------

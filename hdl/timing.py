@@ -7,6 +7,7 @@ from __future__ import annotations
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import (
     INSN_BYTES,
+    TOKEN_FLAGS,
     Add,
     Buffer,
     Conv,
@@ -19,9 +20,10 @@ from softnpu.hdl.isa import (
     Requant,
     Rounding,
     Store,
+    acc_footprint,
 )
 
-__all__ = ["dma_cycles", "fetch_cycles", "insn_cycles", "dram_bytes"]
+__all__ = ["ComputeIssue", "dma_cycles", "fetch_cycles", "insn_cycles", "dram_bytes", "overlaps_conv"]
 
 _LOAD_BUFFER = {Buffer.INP: "inp", Buffer.WGT: "wgt", Buffer.PARAM: "param"}
 
@@ -128,3 +130,63 @@ def dram_bytes(config: NPUConfig, insn: Insn) -> tuple[int, int]:
     if isinstance(insn, Store):
         return 0, insn.blocks * insn.rows * insn.cols * config.rows
     return 0, 0
+
+
+def overlaps_conv(vector: Insn | None, conv: Conv) -> bool:
+    """Whether the compute unit starts `conv` while the vector op `vector` still runs
+    (hdl/compute_unit.py): `vector` reads only accumulators (REQUANT, NARROW; ADD and MUL read the
+    input scratchpad's port the conv engine uses) and none of those the CONV reads or writes."""
+    if not isinstance(vector, (Requant, Narrow)):
+        return False
+    lo, hi = acc_footprint(vector)
+    c_lo, c_hi = acc_footprint(conv)
+    return c_hi <= lo or c_lo >= hi
+
+
+class ComputeIssue:
+    """The compute unit's timing (hdl/compute_unit.py), one instruction at a time in program order.
+
+    The unit issues its head instruction, decodes it (ISSUE cycles) and hands it to an engine.  A
+    vector op runs on the vector unit while the unit goes on issuing: the next instruction may
+    issue in the cycle the vector op ends (its `done`), or, if it is a CONV that `overlaps_conv`
+    the running vector op, right away; a CONV that does not waits in decode for the vector op's
+    `done` and starts then.  Token pushes stay in program order: a CONV that pushes a token and
+    ends while a vector op still runs retires the cycle after that op's `done`.
+
+    `earliest(insn)` is when the unit can issue `insn` as far as its own engines go (tokens and
+    the queue aside); `run(insn, start)` takes it at `start` and returns the cycle its tokens are
+    pushed by + 1 (`end`, as `insn_cycles` counts: start + cost when nothing waits)."""
+
+    def __init__(self, config: NPUConfig):
+        self.config = config
+        self.fsm_free = 0           # the cycle the unit's issue logic is idle again
+        self.vector_end = 0         # the running vector op's done cycle + 1
+        self.vector: Insn | None = None
+
+    def earliest(self, insn: Insn) -> int:
+        if isinstance(insn, Conv):
+            return self.fsm_free
+        return max(self.fsm_free, self.vector_end - 1)
+
+    def run(self, insn: Insn, start: int) -> int:
+        cost = insn_cycles(self.config, insn)
+        if isinstance(insn, (Requant, Narrow, Add, Mul)):
+            self.vector, self.vector_end = insn, start + cost
+            self.fsm_free = start + ISSUE
+            return start + cost
+        if isinstance(insn, Conv):
+            begin = start
+            if self.vector_end - 1 > start + 1 and not overlaps_conv(self.vector, insn):
+                begin = self.vector_end - 2          # held in decode until the vector op's done
+            end = begin + cost
+            if any(getattr(insn, f) for f in TOKEN_FLAGS if f.startswith("push")) and self.vector_end >= end:
+                end = self.vector_end + 1            # retired after the vector op's push
+            self.fsm_free = end
+            return end
+        self.fsm_free = start + cost
+        return start + cost
+
+    @property
+    def idle(self) -> int:
+        """The cycle from which both engines are idle."""
+        return max(self.fsm_free, self.vector_end)

@@ -77,6 +77,11 @@ class VectorUnit(wiring.Component):
             "start": In(1),
             "done": Out(1),
             "range_bad": Out(1),
+            # the source entries it reads, valid with `range_bad`: accumulators (REQUANT, NARROW)
+            # or the input scratchpad (ADD, MUL)
+            "reads_acc": Out(1),
+            "src_first": Out(16),
+            "src_end": Out(33),
             "acc_r": Out(ScratchpadReadSignature(c.acc_depth, accumulator_lanes(c))),
             "inp_a": Out(ScratchpadReadSignature(c.inp_depth, activation_lanes(c))),
             "inp_b": Out(ScratchpadReadSignature(c.inp_depth, activation_lanes(c))),
@@ -202,8 +207,9 @@ class VectorUnit(wiring.Component):
         b_bad = Mux(add.b_param, add.b + add.blocks > c.param_depth, add.b + v_n > c.inp_depth)
         p_bad = Mux(is_requant, req.param + 3 * req.blocks > c.param_depth,
                     is_binary & (add.param + n_op_params > c.param_depth))
-        m.d.comb += self.range_bad.eq((v_out + v_n > c.out_depth) | (v_src + v_n > src_depth)
-                                      | (is_binary & b_bad) | p_bad)
+        m.d.comb += [self.range_bad.eq((v_out + v_n > c.out_depth) | (v_src + v_n > src_depth)
+                                       | (is_binary & b_bad) | p_bad),
+                     self.reads_acc.eq(~is_binary), self.src_first.eq(v_src), self.src_end.eq(v_src + v_n)]
 
         # -- sequencing -------------------------------------------------------------------------
         div_rem = Signal(17)
@@ -249,10 +255,14 @@ class VectorUnit(wiring.Component):
                     with m.If(is_requant & (req.rounding == isa.Rounding.DOUBLE)):
                         m.next = "RQD_READ"
             with m.State("STREAM"):
-                m.d.comb += [self.acc_r.addr.eq(v_src + idx), self.acc_r.en.eq(1),
-                             self.inp_a.addr.eq(v_src + idx), self.inp_a.en.eq(1),
-                             self.inp_b.addr.eq(add.b + idx), self.inp_b.en.eq(1),
-                             in_valid.eq(1), in_addr.eq(v_out + idx)]
+                # the input ports only for ADD and MUL: the first is shared with the conv engine,
+                # which may run beside a REQUANT or NARROW
+                with m.If(is_binary):
+                    m.d.comb += [self.inp_a.addr.eq(v_src + idx), self.inp_a.en.eq(1),
+                                 self.inp_b.addr.eq(add.b + idx), self.inp_b.en.eq(1)]
+                with m.Else():
+                    m.d.comb += [self.acc_r.addr.eq(v_src + idx), self.acc_r.en.eq(1)]
+                m.d.comb += [in_valid.eq(1), in_addr.eq(v_out + idx)]
                 m.d.sync += idx.eq(idx + 1)
                 with m.If(vi != v_count - 1):
                     m.d.sync += vi.eq(vi + 1)

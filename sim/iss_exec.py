@@ -45,7 +45,7 @@ from softnpu.hdl.isa import (
 )
 from softnpu.sim import iss_kernels
 
-__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX", "acc_footprint"]
+__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
 
 # What prepare() returns: runs one prepared instruction on the machine it was prepared for.
 Op = Callable[[], None]
@@ -485,16 +485,6 @@ class Machine:
 
 def _no_op():
     pass
-
-
-def acc_footprint(insn: Insn) -> tuple[int, int] | None:
-    """The accumulator entries [first, end) an instruction reads or writes, or None."""
-    if isinstance(insn, Conv):
-        blocks = insn.out_blocks if insn.mode == ConvMode.MAC else insn.in_blocks
-        return insn.acc, insn.acc + blocks * insn.out_h * insn.out_w
-    if isinstance(insn, (Requant, Narrow)):
-        return insn.acc, insn.acc + insn.blocks * insn.count
-    return None
 
 
 # entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop

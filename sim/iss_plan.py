@@ -26,9 +26,9 @@ from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.faults import NPUFault
-from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue
+from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue, acc_footprint
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.sim.iss_exec import Machine, Op, acc_footprint
+from softnpu.sim.iss_exec import Machine, Op
 from softnpu.sim.iss_kernels import MAX_GEMM_K
 
 __all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]
@@ -107,6 +107,8 @@ class _Schedule:
         self.fetch_fault_time: int | None = None        # when fetch decodes it, once reached
         self.queues = {unit: deque() for unit in _UNITS}         # (pc, dispatch time)
         self.unit_free = dict.fromkeys(_UNITS, 0)
+        self.busy_until = dict.fromkeys(_UNITS, 0)
+        self.compute = timing.ComputeIssue(config)     # the compute unit's two engines
         self.tokens = {ch: deque() for ch in _CHANNELS}            # times tokens become visible
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.trace: list[tuple[int, dict[str, int]]] = []
@@ -173,7 +175,8 @@ class _Schedule:
                 pops = self._waits(unit, insn)
                 if pops is None:
                     continue
-                free = max(self.unit_free[unit], dispatched)
+                own = self.compute.earliest(insn) if unit == "compute" else self.unit_free[unit]
+                free = max(own, dispatched)
                 start = max([free] + [self.tokens[ch][0] for ch in pops])
                 if isinstance(insn, Finish):
                     start = max([start] + list(self.unit_free.values()))
@@ -196,10 +199,11 @@ class _Schedule:
                 insns.append(insn)
             except NPUFault as fault:
                 return Plan(ops, None, self._fault(pc, fault))
-            cost = insn_cycles(config, insn)
-            end = start + cost
-            self.unit_free[unit] = end
-            self.counters[f"{unit}_busy"] += cost
+            end = self.compute.run(insn, start) if unit == "compute" else start + insn_cycles(config, insn)
+            self.unit_free[unit] = max(self.unit_free[unit], end)
+            # busy: the union of the instructions' spans (a vector op runs beside CONVs)
+            self.counters[f"{unit}_busy"] += max(0, end - max(start, self.busy_until[unit]))
+            self.busy_until[unit] = max(self.busy_until[unit], end)
             self.counters[f"{unit}_stall"] += start - free
             if isinstance(insn, Conv):
                 self.counters["mac_active"] += insn.array_cycles

@@ -52,6 +52,46 @@ def _error_jobs():
     ]
 
 
+def _overlap_jobs():
+    """Hand-written programs of the compute unit's overlap (hdl/compute_unit.py): a CONV beside a
+    REQUANT into the accumulators that REQUANT still reads (it must wait), one into others (it runs
+    beside it) that also pushes a token on the channel the REQUANT pushes on while ending first (its
+    push must come second: the load that pops the first token overwrites the parameters of the
+    REQUANT's second block), and a NARROW beside a CONV."""
+    rng = np.random.default_rng(7)
+    b, r = CFG.cols, CFG.rows
+    n, short = 96, 6                     # a long REQUANT, a short CONV beside it
+    x = rng.integers(-128, 128, (n, b), dtype=np.int8)
+    w = rng.integers(-127, 128, (3, r, b), dtype=np.int8)
+    params = np.concatenate([np.concatenate([rng.integers(-500, 500, (1, r)),
+                                             rng.integers(1 << 30, (1 << 31) - 1, (1, r)),
+                                             rng.integers(-10, 0, (1, r))]) for _ in range(3)]).astype(np.int32)
+    X, W, P, OUT = 0x10000, 0x20000, 0x30000, 0x40000
+    image = [(X, x.tobytes()), (W, w.tobytes()), (P, params.tobytes())]
+    conv = dict(mode=isa.ConvMode.MAC, out_blocks=1, in_blocks=1, kh=1, kw=1, stride_h=1, stride_w=1,
+                out_h=1, inp=0, inp_row=n, inp_block=n)
+    rq = dict(param=0, blocks=1, zero_point=3, act_min=-128, act_max=127)
+    program = [
+        isa.Load(buffer=Buffer.INP, sram=0, dram=X, blocks=1, rows=1, cols=n),
+        isa.Load(buffer=Buffer.WGT, sram=0, dram=W, blocks=1, rows=1, cols=3),
+        isa.Load(buffer=Buffer.PARAM, sram=0, dram=P, blocks=1, rows=1, cols=6, push_next=True),
+        isa.Conv(**conv, out_w=n, acc=0, wgt=0, pop_prev=True),
+        isa.Requant(**rq, out=0, acc=0, count=n),
+        isa.Conv(**conv, out_w=n, acc=0, wgt=1),                  # overwrites what the REQUANT reads
+        isa.Requant(**{**rq, "blocks": 2}, out=n, acc=0, count=n // 2, push_prev=True),
+        isa.Conv(**conv, out_w=short, acc=n, wgt=2, push_prev=True),     # beside it, ends first
+        isa.Narrow(out=2 * n, acc=0, blocks=1, count=n, divisor=3, act_min=-128, act_max=127),
+        isa.Conv(**{**conv, "mode": isa.ConvMode.MAX}, out_w=short, acc=2 * n, wgt=0),
+        isa.Requant(**rq, out=3 * n, acc=n, count=short, push_next=True),
+        isa.Load(buffer=Buffer.PARAM, sram=3, dram=P + 6 * 4 * r, blocks=1, rows=1, cols=3, pop_next=True),
+        isa.Load(buffer=Buffer.INP, sram=n, dram=X, blocks=1, rows=1, cols=1, pop_next=True),
+        isa.Store(sram=0, dram=OUT, blocks=1, rows=1, cols=3 * n + short, row_stride=0, pop_prev=True),
+        isa.Finish(),
+    ]
+    data = isa.encode_program(program)
+    return [Job("overlap", [*image, (PROGRAM_AT, data)], PROGRAM_AT, len(program), [(OUT, (3 * n + short) * r)])]
+
+
 def _iss_run(job: Job):
     iss = ISS(CFG)
     for addr, data in job.image:
@@ -79,6 +119,8 @@ def results():
         jobs[f"random-backpressure:{seed}"] = random_program(CFG, seed, backpressure=True)
     for job in _error_jobs():
         jobs[f"error:{job.name}"] = job
+    for job in _overlap_jobs():
+        jobs[f"overlap:{job.name}"] = job
     rtl = run_jobs(CFG, list(jobs.values()))
     return {key: (job, _iss(job), res) for (key, job), res in zip(jobs.items(), rtl, strict=True)}
 
@@ -115,6 +157,15 @@ def _assert_same(results, prefix):
 def test_every_instruction_kind_matches_the_iss(results):
     _assert_same(results, "kind:")
     _report(results, "kind:")
+
+
+def test_conv_beside_requant_keeps_program_order(results):
+    """The compute unit runs a CONV beside a REQUANT or NARROW only on other accumulators, and
+    keeps token pushes in program order: the RTL's output equals the ISS's (which runs the program
+    in order) and both count the same instructions' time."""
+    _assert_same(results, "overlap:")
+    (_, (_, _, stats), res), = [v for k, v in results.items() if k.startswith("overlap:")]
+    assert abs(res.counters["cycles"] / stats.cycles - 1) < 0.02, (res.counters["cycles"], stats.cycles)
 
 
 def test_memory_back_pressure_changes_timing_not_results(results):
