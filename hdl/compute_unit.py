@@ -2,11 +2,19 @@
 (hdl/conv_engine.py), REQUANT, NARROW, ADD and MUL on the vector unit (hdl/vector_unit.py), MARKER
 and FINISH itself (hdl/isa.py).
 
-An instruction issues under the token protocol of hdl/unit.py, spends one cycle in DECODE (the
-engine's range check: SRAM_RANGE instead of a start), then runs on its engine until the engine's
-`done`, the cycle it retires in.  MARKER retires in DECODE with the `marker` strobe (the counter
-snapshot); FINISH waits until the load and store sides are idle.  The two engines share the input
-and accumulator read ports: only the running one drives an address.
+An instruction issues under the token protocol of hdl/unit.py and spends one cycle in DECODE (the
+engine's range check: SRAM_RANGE instead of a start).  A vector op is then handed to the vector unit
+(its instruction word kept in `vec_insn`) and the unit returns to issue: the vector op retires, and
+pushes its tokens, at the vector unit's `done`.  Meanwhile a CONV may issue and start beside it when
+the vector op reads only accumulators (REQUANT, NARROW) and none of those the CONV writes or reads:
+the next tile's CONVs accumulate while the last tile is requantized.  A CONV that conflicts waits
+in HOLD for the vector op's `done`; every other instruction issues only once the vector unit is
+free (ADD and MUL use the input port the conv engine reads).  A CONV runs until the conv engine's
+`done`, the cycle it retires in, unless it pushes a token while the vector op still runs: then it
+retires the cycle after the vector op's `done` (RETIRE), so tokens on a channel keep program order
+(a load that pops the vector op's token may overwrite parameters it is still reading).  MARKER
+retires in DECODE with the `marker` strobe (the counter snapshot); FINISH waits until the load and
+store sides are idle.  hdl/timing.py's `ComputeIssue` is the cycle model of these rules.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ the interrupt and the debug signals as its ports; the design inside stays privat
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -152,9 +153,10 @@ def verilog_sources(config: NPUConfig, out_dir: str | Path, waves: bool = False)
 
 
 def _source_key(config: NPUConfig, waves: bool) -> str:
-    """A hash of everything the generated Verilog comes from (hdl/ and the harness sources), so a
-    cached build is found without running Amaranth again."""
-    digest = hashlib.sha256(config.to_json().encode() + str(toolchain.wave_format(waves)).encode())
+    """A hash of everything the generated Verilog comes from (hdl/ and the harness sources) and of the
+    toolchain that builds it, so a cached build is found without running Amaranth again."""
+    digest = hashlib.sha256(config.to_json().encode() + json.dumps(toolchain.fingerprint(waves),
+                                                                  sort_keys=True).encode())
     for path in sorted(HDL_DIR.glob("*.py")) + [Path(__file__), AXI_MEM_SV, DPI_TRACE_CPP]:
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:24]

@@ -188,11 +188,20 @@ def environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _cocotb_libs() -> str:
+    import cocotb_tools.config
+
+    return str(cocotb_tools.config.libs_dir)
+
+
 def fingerprint(waves: bool) -> dict[str, object]:
     """Everything about the toolchain that changes a build's output (a part of its cache key)."""
     return {
         "verilator": verilator_version(),
         "cocotb": importlib.metadata.version("cocotb"),
+        # the simulator links cocotb's VPI library by this path (its RUNPATH): a build made from
+        # another environment (a deleted virtualenv) would not start
+        "cocotb_libs": _cocotb_libs(),
         "build_args": [a for a in _build_args(waves) if a != str(DPI_MEM_CPP)],
         "make": {k: v for k, v in MAKE_VARIABLES.items() if k != "PYTHON3"},
         "waves": wave_format(waves),

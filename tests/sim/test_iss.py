@@ -269,8 +269,13 @@ def test_double_buffering_overlaps_units_and_counters_add_up():
     assert double.cycles < single.cycles
     for stats, program in ((single, _tiles(6, False)), (double, _tiles(6, True))):
         assert stats.counters["mac_active"] == sum(i.array_cycles for i in program if isinstance(i, isa.Conv))
-        assert stats.counters["compute_busy"] == sum(insn_cycles(CFG, i) for i in program
-                                                     if i.QUEUE == isa.Queue.COMPUTE)
+        # the compute unit's busy cycles: its instructions' spans, which overlap where a tile's
+        # NARROW runs beside the next tile's CONV (double-buffered: other accumulators)
+        spans = sum(insn_cycles(CFG, i) for i in program if i.QUEUE == isa.Queue.COMPUTE)
+        if stats is single:
+            assert stats.counters["compute_busy"] == spans
+        else:
+            assert stats.counters["compute_busy"] < spans
         assert stats.counters["dram_write_bytes"] == 6 * 36 * B
         assert stats.cycles >= stats.counters["load_busy"]
 
