@@ -63,9 +63,9 @@ def _overlap_jobs():
     n, short = 96, 6                     # a long REQUANT, a short CONV beside it
     x = rng.integers(-128, 128, (n, b), dtype=np.int8)
     w = rng.integers(-127, 128, (3, r, b), dtype=np.int8)
-    params = np.concatenate([np.concatenate([rng.integers(-500, 500, (1, r)),
-                                             rng.integers(1 << 30, (1 << 31) - 1, (1, r)),
-                                             rng.integers(-10, 0, (1, r))]) for _ in range(3)]).astype(np.int32)
+    def block_params():        # bias, multiplier, shift of one block
+        return [rng.integers(-500, 500, r), rng.integers(1 << 30, (1 << 31) - 1, r), rng.integers(-10, 0, r)]
+    params = np.array([p for _ in range(3) for p in block_params()], np.int32)
     X, W, P, OUT = 0x10000, 0x20000, 0x30000, 0x40000
     image = [(X, x.tobytes()), (W, w.tobytes()), (P, params.tobytes())]
     conv = dict(mode=isa.ConvMode.MAC, out_blocks=1, in_blocks=1, kh=1, kw=1, stride_h=1, stride_w=1,
@@ -89,7 +89,8 @@ def _overlap_jobs():
         isa.Finish(),
     ]
     data = isa.encode_program(program)
-    return [Job("overlap", [*image, (PROGRAM_AT, data)], PROGRAM_AT, len(program), [(OUT, (3 * n + short) * r)])]
+    out = (OUT, (3 * n + short) * r)
+    return [Job("overlap", [*image, (PROGRAM_AT, data)], PROGRAM_AT, len(program), [out])]
 
 
 def _iss_run(job: Job):
