@@ -3,7 +3,8 @@
 Two processes:
 
 * **cycle model** (compiler/cycles.py's schedule of the program): one track per unit - fetch,
-  load (DMA read), compute (conv engine and vector unit), store (DMA write) - with a slice per
+  load (DMA read), compute (the conv engine, MARKER, FINISH), its vector unit (REQUANT, NARROW,
+  ADD, MUL: they overlap the next CONVs), store (DMA write) - with a slice per
   instruction named by its disassembly, a `wait` slice where an instruction that reached its unit
   waited for a dependency token, and a `layers` track with one slice per layer (marker to marker);
 * **measured** (the device's marker trace: ISS or RTL counters): a `layers` track with the measured
@@ -26,7 +27,9 @@ from softnpu.hdl.asm import format_insn
 __all__ = ["build_timeline", "write_timeline", "validate"]
 
 MODEL_PID, MEASURED_PID = 1, 2
-UNIT_TRACKS = {"fetch": 1, "load (DMA read)": 2, "compute": 3, "store (DMA write)": 4, "layers": 5}
+UNIT_TRACKS = {"fetch": 1, "load (DMA read)": 2, "compute": 3, "vector unit": 6, "store (DMA write)": 4,
+               "layers": 5}
+_VECTOR_OPS = (isa.Requant, isa.Narrow, isa.Add, isa.Mul)
 _UNIT_NAMES = ("load (DMA read)", "compute", "store (DMA write)")
 
 
@@ -55,7 +58,7 @@ def build_timeline(bundle: Bundle, measured_layers: list[dict] | None = None,
     for span in est.spans:
         insn = program[span.pc]
         text = format_insn(insn)
-        unit = _UNIT_NAMES[span.unit]
+        unit = "vector unit" if isinstance(insn, _VECTOR_OPS) else _UNIT_NAMES[span.unit]
         events.append(slice_(MODEL_PID, UNIT_TRACKS["fetch"], type(insn).__name__.lower(), span.fetch_start,
                              span.fetch_end, pc=span.pc, insn=text))
         if span.start > span.ready:
