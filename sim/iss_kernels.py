@@ -27,8 +27,8 @@ import numba
 import numpy as np
 
 __all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "dma", "copy_runs", "load_tile", "requantize", "add",
-           "mul", "narrow", "window_reduce", "words", "im2col_u8", "pack_weights", "scatter_acc",
-           "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
+           "mul", "narrow", "window_reduce", "words", "im2col_u8", "pack_weights",
+           "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -48,15 +48,36 @@ def _wrap32(x):
 
 
 @_jit(inline="always")
+def _high_mul(scaled, multiplier):
+    """numerics.saturating_rounding_doubling_high_mul of two int32 values (as int64) without a test of
+    the operands: the one product that saturates, INT32_MIN * INT32_MIN, is the one whose rounded high
+    half (2**31) exceeds INT32_MAX.  A conditional expression, which LLVM turns into a select: with
+    min() it left ADD's lane loop scalar."""
+    high = (scaled * multiplier + (1 << 30)) >> 31
+    return np.int64(INT32_MAX) if high > INT32_MAX else high
+
+
+@_jit(inline="always")
+def _divide_pot(x, right, negative, half):
+    """numerics.rounding_divide_by_pot of an int64 `x` by 2**right, branch-free, for a lane whose
+    `right` is fixed: `negative` is -1 when right > 0 and 0 when right == 0 (numerics' `rounds`),
+    `half` is (1 << right) >> 1; both from _rounding, once per lane."""
+    return (x + ((x >> 63) & negative) + half) >> right
+
+
+@_jit(inline="always")
+def _rounding(right):
+    """The (negative, half) of _divide_pot by 2**right."""
+    return -np.int64(right > 0), (np.int64(1) << right) >> 1
+
+
+@_jit(inline="always")
 def _mbqm(x, multiplier, left, right):
     """numerics.multiply_by_quantized_multiplier of an int64 `x` (left = max(shift, 0), right =
     max(-shift, 0)): wrap_int32(x << left), saturating_rounding_doubling_high_mul by the multiplier,
-    rounding_divide_by_pot by `right`."""
-    scaled = _wrap32(x << left)
-    if scaled == INT32_MIN and multiplier == INT32_MIN:
-        high = np.int64(INT32_MAX)
-    else:
-        high = (scaled * multiplier + (1 << 30)) >> 31
+    rounding_divide_by_pot by `right` (the test of `right` is if-converted: the lane loops of ADD and
+    MUL vectorize)."""
+    high = _high_mul(_wrap32(x << left), multiplier)
     if right > 0:
         high = (high + (high >> 63) + ((np.int64(1) << right) >> 1)) >> right
     return high
@@ -79,22 +100,32 @@ def _shifts(shift):
 @_jit
 def requantize(acc, params, out, zero_point, act_min, act_max):
     """numerics.requantize of a REQUANT tile: acc and out (blocks, count, lanes), params
-    (blocks, 3, lanes) = bias, multiplier, shift per block and lane."""
+    (blocks, 3, lanes) = bias, multiplier, shift per block and lane.  Lanes innermost, branch-free,
+    the parameters hoisted into int32 lanes (the product of two sign-extended int32 is one vector
+    multiply, vpmuldq): LLVM vectorizes the lane loop (0.4 ns an element, from 0.65)."""
     blocks, count, lanes = acc.shape
-    bias = np.empty(lanes, np.int64)
-    mult = np.empty(lanes, np.int64)
-    left = np.empty(lanes, np.int64)
-    right = np.empty(lanes, np.int64)
+    bias = np.empty(lanes, np.int32)
+    mult = np.empty(lanes, np.int32)
+    left = np.empty(lanes, np.int32)
+    right = np.empty(lanes, np.int32)
+    negative = np.empty(lanes, np.int32)
+    half = np.empty(lanes, np.int32)
+    zp, lo, hi = np.int64(zero_point), np.int64(act_min), np.int64(act_max)
     for b in range(blocks):
         for lane in range(lanes):
             bias[lane] = params[b, 0, lane]
             mult[lane] = params[b, 1, lane]
             left[lane], right[lane] = _shifts(params[b, 2, lane])
+            negative[lane], half[lane] = _rounding(right[lane])
+        src, dst = acc[b], out[b]
         for i in range(count):
+            a, o = src[i], dst[i]
             for lane in range(lanes):
-                total = _wrap32(np.int64(acc[b, i, lane]) + bias[lane])          # add_int32
-                value = _mbqm(total, mult[lane], left[lane], right[lane]) + zero_point
-                out[b, i, lane] = _clamp(value, act_min, act_max)
+                total = _wrap32(np.int64(a[lane]) + np.int64(bias[lane]))          # add_int32
+                high = _high_mul(_wrap32(total << np.int64(left[lane])), np.int64(mult[lane]))
+                value = _divide_pot(high, np.int64(right[lane]), np.int64(negative[lane]),
+                                    np.int64(half[lane]))
+                o[lane] = _clamp(value + zp, lo, hi)
 
 
 @_jit(inline="always")
