@@ -79,6 +79,7 @@ class Machine:
         self.out = np.zeros((config.out_depth, r), np.int8)
         self._work: dict[tuple[int, type], np.ndarray] = {}
         self._dma_memories: tuple[np.ndarray, ...] | None = None     # dram and scratchpads as bytes
+        self._binary_tables = None            # ADD/MUL tables by their parameters (iss_kernels.add)
 
     def clear_scratchpads(self):
         for buf in (self.inp, self.wgt, self.param, self.acc, self.out):
@@ -436,8 +437,10 @@ class Machine:
             r = self.config.rows
             tile = (insn.blocks, insn.count, r)
             b_operand = b_entries if insn.b_param else b.reshape(tile)
+            if self._binary_tables is None:
+                self._binary_tables = iss_kernels.binary_tables()
             args = (a.reshape(tile), b_operand, bool(insn.b_param), params, out.reshape(tile),
-                    insn.zero_point, insn.act_min, insn.act_max)
+                    insn.zero_point, insn.act_min, insn.act_max, self._binary_tables)
             kernel = iss_kernels.add if function is numerics.add else iss_kernels.mul
 
             def binary_kernel():

@@ -27,8 +27,8 @@ import numba
 import numpy as np
 
 __all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "dma", "copy_runs", "load_tile", "requantize", "add",
-           "mul", "narrow", "window_reduce", "words", "im2col_u8", "pack_weights",
-           "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
+           "mul", "binary_tables", "BINARY_TABLES", "narrow", "window_reduce", "words", "im2col_u8",
+           "pack_weights", "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -175,12 +175,74 @@ def _mul_one(a, b, p, lane, zero_point, act_min, act_max):
     return _clamp(raw + zero_point, act_min, act_max)
 
 
+# ADD and MUL of two int8 tiles whose parameters are the same in every lane (TFLite's per-tensor
+# quantization, the usual case): the output is a function of the two int8 inputs alone, a 256 x 256
+# int8 table built with _add_one / _mul_one (so the arithmetic is written once) and looked up per
+# element.  A machine keeps the last BINARY_TABLES tables by their parameters (`binary_tables`), so
+# a served model builds each of its tables once.
+BINARY_TABLES = 64
+_ADD, _MUL = 1, 2
+_KEY = 5 + 11          # valid, kind, zero point, act_min, act_max, the parameter rows of lane 0
+
+
+def binary_tables(slots: int = BINARY_TABLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An empty cache of ADD/MUL tables for `add` and `mul`: (keys, tables, next slot to replace)."""
+    return (np.zeros((slots, _KEY), np.int64), np.zeros((slots, 256, 256), np.int8),
+            np.zeros(1, np.int64))
+
+
 @_jit(inline="always")
-def _binary(one, a, b, b_per_block, p, out, zero_point, act_min, act_max):
-    """out = one(a, b) lane-wise.  With b one entry per block and more than 256 entries, each
-    block and lane's output is a function of the 256 values of a: computed once as a table, then
-    looked up (sim/iss_exec.py's reference does the same)."""
+def _uniform(p):
+    """Whether every lane of the parameter table holds the same values."""
+    for row in range(p.shape[0]):
+        for lane in range(1, p.shape[1]):
+            if p[row, lane] != p[row, 0]:
+                return False
+    return True
+
+
+@_jit(inline="always")
+def _binary_table(one, kind, p, zero_point, act_min, act_max, cache):
+    """The table out[a_bits, b_bits] of `one` with lane 0's parameters, from `cache` or built into it
+    (replacing the oldest entry when it is full)."""
+    keys, tables, hand = cache
+    key = np.zeros(_KEY, np.int64)
+    key[0], key[1], key[2], key[3], key[4] = 1, kind, zero_point, act_min, act_max
+    for row in range(p.shape[0]):
+        key[5 + row] = p[row, 0]
+    for slot in range(keys.shape[0]):
+        same = True
+        for i in range(_KEY):
+            if keys[slot, i] != key[i]:
+                same = False
+                break
+        if same:
+            return tables[slot]
+    slot = hand[0]
+    hand[0] = (slot + 1) % keys.shape[0]
+    table = tables[slot]
+    for x in range(256):
+        a = np.int64(x - 256 if x >= 128 else x)         # the int8 of bits x
+        for y in range(256):
+            b = np.int64(y - 256 if y >= 128 else y)
+            table[x, y] = one(a, b, p, 0, zero_point, act_min, act_max)
+    keys[slot] = key
+    return table
+
+
+@_jit(inline="always")
+def _binary(one, kind, a, b, b_per_block, p, out, zero_point, act_min, act_max, cache):
+    """out = one(a, b) lane-wise.  With the same parameters in every lane and b a tile, by a 256 x 256
+    table (_binary_table).  With b one entry per block and more than 256 entries, each block and
+    lane's output is a function of the 256 values of a: computed once as a table, then looked up
+    (sim/iss_exec.py's reference does the same)."""
     blocks, count, lanes = a.shape
+    if not b_per_block and _uniform(p):
+        table = _binary_table(one, kind, p, zero_point, act_min, act_max, cache).reshape(-1)
+        x, y, o = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), out.reshape(-1)
+        for i in range(x.size):
+            o[i] = table[(np.int64(x[i]) << 8) | y[i]]
+        return
     if b_per_block and count > 256:
         table = np.empty((256, lanes), np.int8)
         for blk in range(blocks):
@@ -202,16 +264,19 @@ def _binary(one, a, b, b_per_block, p, out, zero_point, act_min, act_max):
 
 
 @_jit
-def add(a, b, b_per_block, params, out, zero_point, act_min, act_max):
+def add(a, b, b_per_block, params, out, zero_point, act_min, act_max, cache):
     """numerics.add lane-wise on a tile: a and out (blocks, count, lanes) int8; b the same shape
-    (int8), or (blocks, 1, lanes) int32 parameter entries when `b_per_block`; params (8, lanes)."""
-    _binary(_add_one, a, b, b_per_block, _add_params(params), out, zero_point, act_min, act_max)
+    (int8), or (blocks, 1, lanes) int32 parameter entries when `b_per_block`; params (8, lanes);
+    `cache` from binary_tables()."""
+    _binary(_add_one, _ADD, a, b, b_per_block, _add_params(params), out, zero_point, act_min, act_max,
+            cache)
 
 
 @_jit
-def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max):
+def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max, cache):
     """numerics.mul lane-wise on a tile (operands as in `add`); params (4, lanes)."""
-    _binary(_mul_one, a, b, b_per_block, _mul_params(params), out, zero_point, act_min, act_max)
+    _binary(_mul_one, _MUL, a, b, b_per_block, _mul_params(params), out, zero_point, act_min, act_max,
+            cache)
 
 
 @_jit

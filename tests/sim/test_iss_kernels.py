@@ -67,12 +67,77 @@ def test_add_and_mul_kernels_equal_numerics(kind, b_param, seed):
     zero_point, act_min, act_max = -7, -128, 100
     out = np.empty(a.shape, np.int8)
     kernel = iss_kernels.add if kind == "add" else iss_kernels.mul
-    kernel(a, b, b_param, params, out, zero_point, act_min, act_max)
+    kernel(a, b, b_param, params, out, zero_point, act_min, act_max, iss_kernels.binary_tables())
     p = {name: np.clip(v, -31, 30) if name.endswith("_shift") else v
          for name, v in zip(names, params.astype(np.int64), strict=True)}
     function = numerics.add if kind == "add" else numerics.mul
     expected = function(a, b, **p, zero_point=zero_point, act_min=act_min, act_max=act_max)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("kind", ["add", "mul"])
+@pytest.mark.parametrize("seed", range(6))
+def test_add_and_mul_with_per_tensor_parameters_equal_numerics_on_every_pair(kind, seed):
+    """The same parameters in every lane: the kernel looks the output up in a 256 x 256 table of
+    (a, b).  All 65536 pairs, the parameters TFLite derives (seed 0) or random and extreme ones."""
+    rng = np.random.default_rng(seed)
+    names = isa.Add.PARAMS if kind == "add" else isa.Mul.PARAMS
+    if seed == 0:
+        real = (numerics.add_params if kind == "add" else numerics.mul_params)(0.05, 3, 0.07, -9, 0.1)
+        lane = np.array([real[name] for name in names], np.int64)
+    else:
+        offsets = [-255, -128, 0, 127, 255] + I32
+        lane = np.array([rng.choice(SHIFTS) if name.endswith("_shift") else
+                         rng.choice(offsets if name.endswith("_offset") else I32) for name in names],
+                        np.int64)
+    if kind == "mul" and seed == 1:      # (-128) * (-128) << 17 wraps to INT32_MIN, times INT32_MIN
+        lane[:] = [0, 0, numerics.INT32_MIN, 17]
+    lanes = 16
+    params = np.repeat(lane.astype(np.int32)[:, None], lanes, axis=1)
+    bits = np.arange(65536)
+    a = (bits >> 8).astype(np.uint8).view(np.int8).reshape(4096, 1, lanes)
+    b = (bits & 0xFF).astype(np.uint8).view(np.int8).reshape(4096, 1, lanes)
+    zero_point, act_min, act_max = int(rng.integers(-128, 128)), -128 + seed, 127 - 3 * seed
+    cache = iss_kernels.binary_tables(2)
+    kernel = iss_kernels.add if kind == "add" else iss_kernels.mul
+    p = {name: np.clip(v, -31, 30) if name.endswith("_shift") else v
+         for name, v in zip(names, params.astype(np.int64), strict=True)}
+    function = numerics.add if kind == "add" else numerics.mul
+    expected = function(a, b, **p, zero_point=zero_point, act_min=act_min, act_max=act_max)
+    for _ in range(2):                   # built, then found in the cache
+        out = np.empty(a.shape, np.int8)
+        kernel(a, b, False, params, out, zero_point, act_min, act_max, cache)
+        np.testing.assert_array_equal(out, expected)
+    assert cache[0][:, 0].sum() == 1, "the second run builds no second table"
+
+
+def test_binary_tables_are_kept_by_their_parameters():
+    """Tables cached by parameters: another zero point, clamp or multiplier is another table; a full
+    cache replaces its oldest one; a lane that differs takes the computed path, not a table."""
+    names = isa.Add.PARAMS
+    real = [numerics.add_params(0.05, 3, 0.07 + k / 100, -9, 0.1) for k in range(3)]
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (2, 64, 16), dtype=np.int8)
+    b = rng.integers(-128, 128, a.shape, dtype=np.int8)
+    cache = iss_kernels.binary_tables(2)
+
+    def run(params, zero_point=-7, act_min=-128, act_max=127):
+        out = np.empty(a.shape, np.int8)
+        iss_kernels.add(a, b, False, params, out, zero_point, act_min, act_max, cache)
+        p = {name: np.clip(v, -31, 30) if name.endswith("_shift") else v
+             for name, v in zip(names, params.astype(np.int64), strict=True)}
+        np.testing.assert_array_equal(out, numerics.add(a, b, **p, zero_point=zero_point, act_min=act_min,
+                                                        act_max=act_max))
+
+    params = [np.repeat(np.array([r[name] for name in names], np.int32)[:, None], 16, axis=1) for r in real]
+    for p, zero_point, act_max in [(params[0], -7, 127), (params[0], 5, 127), (params[0], 5, 100),
+                                   (params[1], -7, 127), (params[2], -7, 127), (params[0], -7, 127)]:
+        run(p, zero_point, act_max=act_max)
+    mixed = params[0].copy()
+    mixed[:, 3] = params[1][:, 3]
+    tables = cache[1].copy()
+    run(mixed)
+    np.testing.assert_array_equal(cache[1], tables)
 
 
 def test_int8_gemm_is_exact_at_the_extremes_over_the_largest_k():
