@@ -140,6 +140,36 @@ def test_binary_tables_are_kept_by_their_parameters():
     np.testing.assert_array_equal(cache[1], tables)
 
 
+@pytest.mark.parametrize("window", [(1, 1, 1), (1, 1, 2), (3, 3, 1), (3, 3, 2), (4, 4, 1), (2, 2, 2),
+                                    (1, 3, 1)])
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_im2col_rows_are_the_windows_shifted_to_uint8(window, lanes):
+    """im2col_u8 against a strided view of the scratchpad (the reference conv's windows), + 128, in
+    the columns from col0 of wider rows (a conv in an accumulation chain); 3x3 windows of 16 lanes
+    take the pixel-by-pixel order, the others the row-by-row one."""
+    kh, kw, stride = window
+    rng = np.random.default_rng(kh * 10 + kw + stride + lanes)
+    in_blocks, out_h, out_w = 3, 5, 6
+    inp_row = (out_w - 1) * stride + kw + 1
+    inp_block = ((out_h - 1) * stride + kh) * inp_row
+    first = 7
+    inp = rng.integers(-128, 128, (first + in_blocks * inp_block, lanes), dtype=np.int8)
+    windows = np.lib.stride_tricks.as_strided(
+        inp[first:], shape=(in_blocks, out_h, out_w, kh, kw, lanes),
+        strides=(inp_block * lanes, stride * inp_row * lanes, stride * lanes, inp_row * lanes, lanes, 1))
+    expected = windows.transpose(1, 2, 0, 3, 4, 5).reshape(out_h * out_w, -1).view(np.uint8) ^ 0x80
+    k = expected.shape[1]
+    col0 = 2 * lanes
+    x = np.zeros((out_h * out_w, col0 + k + lanes), np.uint8)
+    words, x_words = iss_kernels.words(inp, lanes), iss_kernels.words(x, lanes)
+    flip = x_words.dtype.type(int("80" * x_words.itemsize, 16))
+    per = words.size // inp.shape[0]
+    iss_kernels.im2col_u8(words, per, first, in_blocks, out_h, out_w, kh, kw, stride, stride, inp_row,
+                          inp_block, x_words, x_words.size // x.shape[0], col0 // x_words.itemsize, flip)
+    np.testing.assert_array_equal(x[:, col0:col0 + k], expected)
+    assert not x[:, :col0].any() and not x[:, col0 + k:].any()
+
+
 def test_int8_gemm_is_exact_at_the_extremes_over_the_largest_k():
     """(x + 128) in {0, 255} times w in {-128, 127}, over K = the most terms a conv of the large
     preset can sum (wgt_depth * cols), and beyond: against int64."""
