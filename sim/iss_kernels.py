@@ -454,13 +454,16 @@ def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stri
 
 
 @_jit
-def pack_weights(wgt, first, out_blocks, taps, current, seen, valid, w):
+def pack_weights(wgt, first, out_blocks, taps, current, seen, valid, w, unchanged):
     """The MAC conv's weight matrix: w[(tap, c), (co, r)] = wgt[first + co*taps + tap, r, c]
     (int8, K = taps*cols rows, N = out_blocks*rows columns).  Packed only if the weight entries
     (`current`, as words) differ from `seen`, those this op packed last time (`valid[0]` once it
     has): a served model's weights stream through the scratchpad unchanged from run to run, and
-    comparing them costs a fraction of packing them."""
+    comparing them costs a fraction of packing them.  Not even compared when `unchanged[0]`: the
+    machine knows they are the entries of last time (sim/iss_exec.py, WeightWatch)."""
     _, rows, cols = wgt.shape
+    if valid[0] and unchanged[0]:
+        return
     if valid[0]:
         same = True
         for start in range(0, current.size, 512):          # chunks of OR-ed XORs: vectorized

@@ -26,9 +26,22 @@ from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.faults import NPUFault
-from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue
+from softnpu.hdl.isa import (
+    COUNTERS,
+    INSN_BYTES,
+    Buffer,
+    Conv,
+    ConvMode,
+    ErrorCode,
+    Finish,
+    Insn,
+    Load,
+    Marker,
+    Queue,
+    Store,
+)
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.sim.iss_exec import Machine, Op, acc_footprint
+from softnpu.sim.iss_exec import Machine, Op, WeightWatch, acc_footprint, dram_extent, merge_ranges
 from softnpu.sim.iss_kernels import MAX_GEMM_K
 
 __all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]
@@ -250,10 +263,13 @@ class _Schedule:
                 open_chains[footprint] = [i]
         chains += open_chains.values()
         joined = list(ops)
+        watch, watched, bracket = self._watch_weights(insns, ops)
+        unchanged = {i: watch.clean for i in watched}
         busy_until: list[int] = []                  # per im2col buffer: the last op of its chain
         for chain in sorted(chains, key=lambda c: c[0]):
             if len(chain) == 1:
-                (joined[chain[0]],) = self.machine.int8_conv_chain([ops[chain[0]].conv])
+                (joined[chain[0]],) = self.machine.int8_conv_chain([ops[chain[0]].conv],
+                                                                   unchanged=[unchanged.get(chain[0])])
                 continue
             slot = next((b for b, end in enumerate(busy_until) if end < chain[0]), len(busy_until))
             busy_until[slot:slot + 1] = [chain[-1]]
@@ -261,10 +277,46 @@ class _Schedule:
             m = head.out_h * head.out_w
             x = self.machine._workspace(10 + slot, (m, sum(_gemm_k(self.config, insns[j]) for j in chain)),
                                         np.uint8)
-            for j, op in zip(chain, self.machine.int8_conv_chain([ops[j].conv for j in chain], x),
+            for j, op in zip(chain, self.machine.int8_conv_chain([ops[j].conv for j in chain], x,
+                                                                 [unchanged.get(j) for j in chain]),
                              strict=True):
                 joined[j] = op
-        return joined
+        return [bracket[0]] + joined + [bracket[1]]
+
+    def _watch_weights(self, insns: list[Insn], ops: list[Op]
+                       ) -> tuple[WeightWatch, set[int], tuple[Op, Op]]:
+        """The fast MAC convs whose weight entries were all written by LOADs earlier in the run, the
+        WeightWatch over the device memory those LOADs read, and the ops that open and close a run:
+        the first tells the machine of this program's STOREs (another plan's watch may cover what
+        they write), the last marks the watch clean (sim/iss_exec.py, WeightWatch).  Nothing is
+        watched if this program STOREs into what it LOADs weights from."""
+        machine, config = self.machine, self.config
+        writer = np.full(config.wgt_depth, -1, np.int64)       # the LOAD that last wrote each entry
+        loads: list[Insn] = []
+        sources: dict[int, np.ndarray] = {}
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            if isinstance(insn, Load) and insn.buffer == Buffer.WGT:
+                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = len(loads)
+                loads.append(insn)
+            elif isinstance(insn, Conv) and insn.mode == ConvMode.MAC and hasattr(op, "conv"):
+                taps = insn.in_blocks * insn.kh * insn.kw
+                entries = writer[insn.wgt:insn.wgt + insn.out_blocks * taps]
+                if (entries >= 0).all():
+                    sources[i] = np.unique(entries)
+        starts, ends = dram_extent(loads, config.entry_bytes("wgt"))
+        used = np.unique(np.concatenate(list(sources.values()))) if sources else np.zeros(0, np.int64)
+        watch = machine.watch_weights(starts[used], ends[used])
+        stores = merge_ranges(*dram_extent([insn for insn in insns if isinstance(insn, Store)], config.rows))
+        if watch.overlaps(*stores):
+            sources = {}
+            watch = machine.watch_weights(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+        def stores_written():
+            machine.dram_written(*stores, by=watch)
+
+        def weights_clean():
+            watch.clean[0] = True
+        return watch, set(sources), (stores_written, weights_clean)
 
     def _join_dmas(self, ops: list[Op]) -> list[Op]:
         """Consecutive fast-path LOAD/STORE ops (those with a `dma` row) as one op of their rows, in

@@ -7,6 +7,7 @@ import pytest
 
 from softnpu.hdl import isa, numerics
 from softnpu.hdl.config import preset
+from softnpu.hdl.isa import Buffer
 from softnpu.sim import iss_kernels
 from softnpu.sim.iss import ISS
 from tests.sim.programs import random_program
@@ -228,6 +229,66 @@ def test_fast_conv_repacks_weights_that_change_between_runs():
             iss.machine.wgt[:6] = w
             iss.run_program(program, 0x1000)
         np.testing.assert_array_equal(fast.machine.acc[:8], reference.machine.acc[:8])
+
+
+def _weights_program(cfg, wgt_at: int, inp_at: int, entries: int, store_at: int | None = None) -> bytes:
+    """LOAD weights and input from device memory, a MAC CONV of 2 output blocks over 3 input blocks
+    (1x1, 2x2 pixels) into acc[0:8], then, if `store_at`, a STORE of out[0:2] to device memory."""
+    conv = isa.Conv(mode=isa.ConvMode.MAC, out_blocks=2, in_blocks=3, kh=1, kw=1, stride_h=1, stride_w=1,
+                    out_h=2, out_w=2, acc=0, inp=0, wgt=0, inp_row=2, inp_block=4, pop_prev=True)
+    wgt_bytes = cfg.entry_bytes("wgt")
+    program = [isa.Load(buffer=Buffer.WGT, sram=0, dram=wgt_at, blocks=1, rows=1, cols=entries,
+                        row_stride=entries * wgt_bytes, block_stride=entries * wgt_bytes),
+               isa.Load(buffer=Buffer.INP, sram=0, dram=inp_at, blocks=1, rows=1, cols=12, row_stride=12 * 16,
+                        block_stride=12 * 16, push_next=True), conv]
+    if store_at is not None:
+        program.append(isa.Store(sram=0, dram=store_at, blocks=1, rows=1, cols=2, row_stride=32,
+                                 block_stride=32))
+    return isa.encode_program(program + [isa.Finish()])
+
+
+def test_fast_conv_repacks_weights_loaded_from_memory_that_anything_rewrote():
+    """A conv whose weights a LOAD brings from device memory skips even comparing them while nothing
+    wrote there since its last run; a host write, another program's STORE, or its own program's
+    STORE into those bytes, and it computes with the new ones."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    wgt_at, inp_at = 0x10000, 0x20000
+    entries = 6
+    rng = np.random.default_rng(7)
+    fast, reference = ISS(cfg), ISS(cfg, fast=False)
+    program = _weights_program(cfg, wgt_at, inp_at, entries)
+    rewrite_own = _weights_program(cfg, wgt_at, inp_at, entries, store_at=wgt_at + 64)
+    # another program: a STORE of out[0:2] over the weights
+    other = isa.encode_program([isa.Store(sram=0, dram=wgt_at + 256, blocks=1, rows=1, cols=2, row_stride=32,
+                                          block_stride=32), isa.Finish()])
+
+    def run(code, at):
+        for iss in (fast, reference):
+            iss.run_program(code, at)
+        np.testing.assert_array_equal(fast.machine.acc[:8], reference.machine.acc[:8])
+
+    weights = rng.integers(-128, 128, entries * cfg.entry_bytes("wgt"), dtype=np.int8)
+    x = rng.integers(-128, 128, 12 * 16, dtype=np.int8)
+    for iss in (fast, reference):
+        iss.write(wgt_at, weights)
+        iss.write(inp_at, x)
+    run(program, 0x1000)
+    run(program, 0x1000)
+    watches = list(fast.machine._weight_watches)
+    assert watches and all(w.clean[0] for w in watches)
+    assert any(len(w.starts) for w in watches), "the conv's weights are watched"
+    for step in ("host", "other", "own"):
+        new = rng.integers(-128, 128, 32, dtype=np.int8)
+        for iss in (fast, reference):
+            iss.machine.out[:2] = new.reshape(2, 16)
+            if step == "host":
+                iss.write(wgt_at + 100, new)
+            elif step == "other":
+                iss.run_program(other, 0x2000)
+        if step == "own":                 # stores into its weights after loading them, for the next run
+            run(rewrite_own, 0x3000)
+        run(program if step != "own" else rewrite_own, 0x1000 if step != "own" else 0x3000)
+        assert fast.machine.acc[:8].any()
 
 
 def test_matmul_integer_model_is_a_model_onnxruntime_loads():
