@@ -311,14 +311,17 @@ class Machine:
         return conv_mac_int8_once
 
     def int8_conv_chain(self, convs: list[tuple[Conv, np.ndarray]], x: np.ndarray | None = None,
-                        unchanged: list[np.ndarray | None] | None = None) -> list[Op]:
+                        unchanged: list[np.ndarray | None] | None = None,
+                        fresh: list[bool] | None = None) -> list[Op]:
         """The ops of MAC convs into the same accumulators (`acc`, (out_blocks, m, rows)), all but the
         first accumulating: acc (+)= X1 W1 + X2 W2 + ... = [X1 X2 ...] [W1; W2; ...], one GEMM.
         Each conv's op copies its im2col rows and packed weights into its columns of x and rows of
         the chain's weights, where the conv runs; the last one multiplies and adds, once.  Exact:
         int32 sums wrap the same in any order.  x (m, sum of K) uint8 defaults to a workspace.
         `unchanged[i]`, where given, is the `clean` flag of a WeightWatch that vouches for conv i's
-        weight entries (iss_kernels.pack_weights then neither compares nor packs them)."""
+        weight entries (iss_kernels.pack_weights then neither compares nor packs them); conv i writes
+        its im2col rows unless `fresh[i]` is False: x holds them already when it runs (the plan
+        knows, sim/iss_plan.py)."""
         first, acc = convs[0]
         c, r = self.config.cols, self.config.rows
         m, n = first.out_h * first.out_w, first.out_blocks * r
@@ -338,10 +341,11 @@ class Machine:
         segments = []
         k0 = 0
         unchanged = unchanged or [None] * len(convs)
-        for (insn, _), k, known in zip(convs, ks, unchanged, strict=True):
+        fresh = fresh or [True] * len(convs)
+        for (insn, _), k, known, rows in zip(convs, ks, unchanged, fresh, strict=True):
             im2col = (inp, inp.size // self.inp.shape[0], insn.inp, insn.in_blocks, insn.out_h, insn.out_w,
                       insn.kh, insn.kw, insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, x_words,
-                      x_words.size // m, k0 // x_words.itemsize, flip)
+                      x_words.size // m, k0 // x_words.itemsize, flip) if rows else None
             taps = insn.in_blocks * insn.kh * insn.kw
             entries = self.wgt[insn.wgt:insn.wgt + insn.out_blocks * taps]
             current = iss_kernels.words(entries, entries[0].size)
@@ -358,7 +362,8 @@ class Machine:
             clean = pack[-1]
 
             def conv_mac_int8_part():
-                im2col_u8(*im2col)
+                if im2col is not None:
+                    im2col_u8(*im2col)
                 if not clean[0]:
                     pack_weights(*pack)
             return conv_mac_int8_part
@@ -367,14 +372,16 @@ class Machine:
         clean = pack[-1]
         if direct:
             def conv_mac_int8_direct():
-                im2col_u8(*im2col)
+                if im2col is not None:
+                    im2col_u8(*im2col)
                 if not clean[0]:
                     pack_weights(*pack)
                 product()
             last = conv_mac_int8_direct
         else:
             def conv_mac_int8():
-                im2col_u8(*im2col)
+                if im2col is not None:
+                    im2col_u8(*im2col)
                 if not clean[0]:
                     pack_weights(*pack)
                 product()

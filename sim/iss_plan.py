@@ -266,22 +266,91 @@ class _Schedule:
         watch, watched, bracket = self._watch_weights(insns, ops)
         unchanged = {i: watch.clean for i in watched}
         busy_until: list[int] = []                  # per im2col buffer: the last op of its chain
+        buffers = []
         for chain in sorted(chains, key=lambda c: c[0]):
-            if len(chain) == 1:
-                (joined[chain[0]],) = self.machine.int8_conv_chain([ops[chain[0]].conv],
-                                                                   unchanged=[unchanged.get(chain[0])])
+            head = insns[chain[0]]
+            shape = (head.out_h * head.out_w, sum(_gemm_k(self.config, insns[j]) for j in chain))
+            if len(chain) == 1:                     # the buffer int8_conv_chain takes by default
+                buffers.append((chain, self.machine._workspace(0, shape, np.uint8)))
                 continue
             slot = next((b for b, end in enumerate(busy_until) if end < chain[0]), len(busy_until))
             busy_until[slot:slot + 1] = [chain[-1]]
-            head = insns[chain[0]]
-            m = head.out_h * head.out_w
-            x = self.machine._workspace(10 + slot, (m, sum(_gemm_k(self.config, insns[j]) for j in chain)),
-                                        np.uint8)
+            buffers.append((chain, self.machine._workspace(10 + slot, shape, np.uint8)))
+        fresh = self._im2col_reuse(insns, ops, buffers)
+        for chain, x in buffers:
             for j, op in zip(chain, self.machine.int8_conv_chain([ops[j].conv for j in chain], x,
-                                                                 [unchanged.get(j) for j in chain]),
+                                                                 [unchanged.get(j) for j in chain],
+                                                                 [fresh[j] for j in chain]),
                              strict=True):
                 joined[j] = op
         return [bracket[0]] + joined + [bracket[1]]
+
+    def _im2col_sources(self, insns: list[Insn], ops: list[Op]) -> dict[int, tuple]:
+        """What the im2col rows of each fast MAC conv hold, as a key equal for two convs exactly when
+        their rows are equal: the conv's window fields and, for every input entry it reads, which
+        LOAD wrote it.  Two LOADs with the same fields write the same entries with the same bytes
+        unless a STORE between them wrote into what they read (only LOADs write the input
+        scratchpad).  A conv reading an entry that no LOAD of the run wrote has no key."""
+        config = self.config
+        entry = config.entry_bytes("inp")
+        writer = np.full(config.inp_depth, -1, np.int64)        # token of the LOAD that wrote each entry
+        tokens: dict[tuple, tuple[int, int]] = {}   # LOAD fields -> (token, STOREs before it)
+        stores: list[tuple[int, int]] = []
+        keys: dict[int, tuple] = {}
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            if isinstance(insn, Load) and insn.buffer == Buffer.INP:
+                fields = tuple(getattr(insn, f.name) for f in insn.FIELDS)
+                start, end = (a[0] for a in dram_extent([insn], entry))
+                known = tokens.get(fields)
+                if known is None or any(lo < end and start < hi for lo, hi in stores[known[1]:]):
+                    known = tokens[fields] = (i, len(stores))      # i: a token no other LOAD has
+                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = known[0]
+            elif isinstance(insn, Store):
+                stores.append(tuple(a[0] for a in dram_extent([insn], config.rows)))
+            elif isinstance(insn, Conv) and hasattr(op, "conv"):
+                window = (insn.inp, insn.in_blocks, insn.kh, insn.kw, insn.stride_h, insn.stride_w,
+                          insn.out_h, insn.out_w, insn.inp_row, insn.inp_block)
+                last = (insn.inp + (insn.in_blocks - 1) * insn.inp_block
+                        + ((insn.out_h - 1) * insn.stride_h + insn.kh - 1) * insn.inp_row
+                        + (insn.out_w - 1) * insn.stride_w + insn.kw - 1)
+                read = writer[insn.inp:last + 1]
+                if (read >= 0).all():
+                    keys[i] = (window, read.tobytes())
+        return keys
+
+    def _im2col_reuse(self, insns: list[Insn], ops: list[Op],
+                      buffers: list[tuple[list[int], np.ndarray]]) -> dict[int, bool]:
+        """Whether each fast MAC conv must write its im2col rows (`fresh`), or finds them in its buffer
+        already: the last conv that wrote those columns of that buffer (same shape) wrote the same
+        rows (_im2col_sources), and no conv wrote over them since.  A layer's convs for each block of
+        output channels read the same input tiles, LOADed again for each: their rows are written
+        once."""
+        keys = self._im2col_sources(insns, ops)
+        place = {}
+        for chain, x in buffers:
+            k0 = 0
+            for j in chain:
+                k = _gemm_k(self.config, insns[j])
+                place[j] = (x.ctypes.data, x.shape, k0, k)
+                k0 += k
+        held: dict[int, tuple[tuple[int, int], dict[tuple[int, int], tuple]]] = {}
+        fresh = {}
+        for j in sorted(place):                    # in the order the convs run
+            address, shape, k0, k = place[j]
+            key = keys.get(j)
+            held_shape, columns = held.get(address, (None, {}))
+            if held_shape != shape:
+                columns = {}
+                held[address] = (shape, columns)
+            if key is not None and columns.get((k0, k)) == key:
+                fresh[j] = False
+                continue
+            fresh[j] = True
+            for c in [c for c in columns if c[0] < k0 + k and k0 < c[0] + c[1]]:
+                del columns[c]
+            if key is not None:
+                columns[(k0, k)] = key
+        return fresh
 
     def _watch_weights(self, insns: list[Insn], ops: list[Op]
                        ) -> tuple[WeightWatch, set[int], tuple[Op, Op]]:

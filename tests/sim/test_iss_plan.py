@@ -221,3 +221,65 @@ def test_add_and_mul_by_a_constant_equal_numerics_on_the_tile(kind, count):
     expected = function(a.reshape(blocks, count, b), const[:, None, :], **p, zero_point=-2, act_min=-120,
                         act_max=127)
     np.testing.assert_array_equal(iss.machine.out[:blocks * count].reshape(blocks, count, b), expected)
+
+
+def _conv_over(acc: int, inp: int = 0, **flags) -> isa.Conv:
+    """A 3x3 MAC conv over 2 input blocks of 4x6 (2x4 pixels) at input entry `inp`, weights at 0."""
+    return isa.Conv(mode=ConvMode.MAC, out_blocks=1, in_blocks=2, kh=3, kw=3, stride_h=1, stride_w=1,
+                    out_h=2, out_w=4, acc=acc, inp=inp, wgt=0, inp_row=6, inp_block=24, **flags)
+
+
+def _load_input(dram: int, **flags) -> isa.Load:
+    return isa.Load(buffer=Buffer.INP, sram=0, dram=dram, blocks=2, rows=4, cols=6, row_stride=6 * 16,
+                    block_stride=24 * 16, **flags)
+
+
+@pytest.mark.parametrize("case", ["stored_over", "overwritten_rows", "reloaded"])
+def test_convs_share_im2col_rows_only_while_their_input_and_the_rows_are_the_same(case):
+    """A conv whose input a LOAD brings again with the same fields finds its im2col rows in the
+    buffer (the fast ISS writes them once); not when a STORE wrote into what the LOAD reads, nor
+    when another conv wrote its rows into that buffer since (one whose input no LOAD wrote: it has no
+    key).  The fast ISS equals the reference."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    a, wgt_at = 0x10000, 0x30000
+    wgt = isa.Load(buffer=Buffer.WGT, sram=0, dram=wgt_at, blocks=1, rows=1, cols=18,
+                   row_stride=18 * 256, block_stride=18 * 256)
+    if case == "stored_over":      # conv 3 reads A after a STORE into A: not conv 1's rows
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True),
+                   _conv_over(8, pop_prev=True, push_next=True),
+                   isa.Store(sram=0, dram=a + 64, blocks=1, rows=1, cols=3, row_stride=48, block_stride=48,
+                             pop_prev=True, push_prev=True),
+                   isa.Marker(id=1, pop_next=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    elif case == "overwritten_rows":   # conv 2 writes other rows into the buffer between two convs of A
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _conv_over(8, inp=200),              # input entries no LOAD of the run wrote
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    else:                              # A again for conv 2 and conv 3: one set of rows for all three
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True),
+                   _conv_over(8, pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    code = isa.encode_program(program + [isa.Finish()])
+    rng = np.random.default_rng(11)
+    image = [(a, rng.integers(-128, 128, 48 * 16, dtype=np.int8)),
+             (wgt_at, rng.integers(-128, 128, 18 * 256, dtype=np.int8))]
+    out = rng.integers(-128, 128, (3, 16), dtype=np.int8)
+    other = rng.integers(-128, 128, (48, 16), dtype=np.int8)
+    results = []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        for addr, data in image:
+            iss.write(addr, data)
+        iss.machine.out[:3] = out
+        iss.machine.inp[200:248] = other
+        runs = []
+        for _ in range(2):           # the second run: A as the first one's STORE left it
+            iss.run_program(code, 0x1000)
+            runs.append(iss.machine.acc[:24].reshape(3, 8, 16).copy())
+        results.append(runs)
+    np.testing.assert_array_equal(results[0], results[1])
+    first = results[1][0]            # the reference's first run: which convs saw the same input
+    assert (first[2] == first[0]).all() == (case != "stored_over")
+    assert (first[1] == first[0]).all() == (case != "overwritten_rows")
