@@ -215,13 +215,14 @@ class Machine:
         op.dma = row
         return op
 
-    def dma_batch(self, table: np.ndarray) -> Op:
-        """An Op performing the DMA rows of `table` (from _dma_op) in order."""
+    def dma_batch(self, table: np.ndarray, skip: np.ndarray | None = None) -> Op:
+        """An Op performing the DMA rows of `table` (from _dma_op) in order; while `skip[0]`, not the
+        rows marked DMA_SKIPPABLE (sim/iss_plan.py marks them)."""
         kernel = iss_kernels.dma
         if self._dma_memories is None:
             self._dma_memories = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
                                                       (self.inp, self.wgt, self.param, self.out))
-        args = self._dma_memories + (table,)
+        args = self._dma_memories + (table, np.zeros(1, np.bool_) if skip is None else skip)
 
         def dma():
             kernel(*args)

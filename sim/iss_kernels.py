@@ -26,9 +26,9 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "dma", "copy_runs", "load_tile", "requantize", "add",
-           "mul", "binary_tables", "BINARY_TABLES", "narrow", "window_reduce", "words", "im2col_u8",
-           "pack_weights", "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
+__all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "DMA_SKIPPABLE", "dma", "copy_runs", "load_tile",
+           "requantize", "add", "mul", "binary_tables", "BINARY_TABLES", "narrow", "window_reduce", "words",
+           "im2col_u8", "pack_weights", "scatter_acc", "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -378,15 +378,21 @@ def load_tile(dram, src, block_stride, row_stride, sram, first, blocks, rows, co
 #          blocks, rows, cols, padded rows, padded cols, entry bytes, pad_top, pad_left, pad byte
 #   STORE: DMA_STORE, first byte of out, block bytes of out, row bytes of out, dram, block_stride,
 #          row_stride, blocks, rows, run bytes, then zeros
+# and last, DMA_SKIPPABLE: 1 for a DMA that need not run when `skip[0]` (a weight LOAD whose entries
+# only convs with packed weights in hand read before other LOADs overwrite them, sim/iss_plan.py).
 DMA_LOAD, DMA_STORE = 0, 1
-DMA_FIELDS = 15
+DMA_FIELDS = 16
+DMA_SKIPPABLE = 15
 
 
 @_jit
-def dma(dram, inp, wgt, param, out, table):
-    """Perform the DMAs of `table` (rows as above) in order; scratchpads and dram as 1-D uint8."""
+def dma(dram, inp, wgt, param, out, table, skip):
+    """Perform the DMAs of `table` (rows as above) in order, but the skippable ones when `skip[0]`;
+    scratchpads and dram as 1-D uint8."""
     for k in range(table.shape[0]):
         d = table[k]
+        if d[DMA_SKIPPABLE] and skip[0]:
+            continue
         if d[0] == DMA_LOAD:
             sram = inp if d[1] == 0 else (wgt if d[1] == 1 else param)
             load_tile(dram, d[2], d[3], d[4], sram, d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13],

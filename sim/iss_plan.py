@@ -41,6 +41,7 @@ from softnpu.hdl.isa import (
     Store,
 )
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
+from softnpu.sim import iss_kernels
 from softnpu.sim.iss_exec import Machine, Op, WeightWatch, acc_footprint, dram_extent, merge_ranges
 from softnpu.sim.iss_kernels import MAX_GEMM_K
 
@@ -358,27 +359,42 @@ class _Schedule:
         WeightWatch over the device memory those LOADs read, and the ops that open and close a run:
         the first tells the machine of this program's STOREs (another plan's watch may cover what
         they write), the last marks the watch clean (sim/iss_exec.py, WeightWatch).  Nothing is
-        watched if this program STOREs into what it LOADs weights from."""
+        watched if this program STOREs into what it LOADs weights from.
+
+        A weight LOAD whose entries are read only by watched convs, and overwritten by later LOADs
+        before the run ends, need not run while the watch is clean: those convs have their packed
+        weights in hand and read no entry, and the run leaves the scratchpad as it would.  Its
+        DMA row is marked skippable (iss_kernels.dma, with `weights_clean` as the flag)."""
         machine, config = self.machine, self.config
         writer = np.full(config.wgt_depth, -1, np.int64)       # the LOAD that last wrote each entry
         loads: list[Insn] = []
+        load_ops: list[Op] = []
+        needed: set[int] = set()                  # LOADs that a conv which is not watched reads
         sources: dict[int, np.ndarray] = {}
         for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
             if isinstance(insn, Load) and insn.buffer == Buffer.WGT:
                 writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = len(loads)
                 loads.append(insn)
-            elif isinstance(insn, Conv) and insn.mode == ConvMode.MAC and hasattr(op, "conv"):
+                load_ops.append(op)
+            elif isinstance(insn, Conv) and insn.mode == ConvMode.MAC:
                 taps = insn.in_blocks * insn.kh * insn.kw
                 entries = writer[insn.wgt:insn.wgt + insn.out_blocks * taps]
-                if (entries >= 0).all():
+                if hasattr(op, "conv") and (entries >= 0).all():
                     sources[i] = np.unique(entries)
+                else:
+                    needed.update(int(e) for e in np.unique(entries) if e >= 0)
+        needed.update(int(e) for e in np.unique(writer) if e >= 0)      # they leave the final entries
         starts, ends = dram_extent(loads, config.entry_bytes("wgt"))
         used = np.unique(np.concatenate(list(sources.values()))) if sources else np.zeros(0, np.int64)
         watch = machine.watch_weights(starts[used], ends[used])
         stores = merge_ranges(*dram_extent([insn for insn in insns if isinstance(insn, Store)], config.rows))
         if watch.overlaps(*stores):
-            sources = {}
+            sources, needed = {}, set(range(len(loads)))
             watch = machine.watch_weights(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        for k, op in enumerate(load_ops):
+            if k not in needed and hasattr(op, "dma"):
+                op.dma[0, iss_kernels.DMA_SKIPPABLE] = 1
+        self.weights_clean = watch.clean
 
         def stores_written():
             machine.dram_written(*stores, by=watch)
@@ -389,15 +405,17 @@ class _Schedule:
 
     def _join_dmas(self, ops: list[Op]) -> list[Op]:
         """Consecutive fast-path LOAD/STORE ops (those with a `dma` row) as one op of their rows, in
-        order: the same copies, one call."""
+        order: the same copies, one call; the rows marked skippable (_watch_weights) skipped while
+        the plan's weights are clean."""
         joined: list[Op] = []
         run: list[Op] = []
         for op in ops + [None]:
             if op is not None and hasattr(op, "dma"):
                 run.append(op)
                 continue
-            if len(run) > 1:
-                joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run])))
+            if len(run) > 1 or any(r.dma[0, iss_kernels.DMA_SKIPPABLE] for r in run):
+                joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run]),
+                                                     getattr(self, "weights_clean", None)))
             else:
                 joined += run
             run = []

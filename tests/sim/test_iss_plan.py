@@ -283,3 +283,59 @@ def test_convs_share_im2col_rows_only_while_their_input_and_the_rows_are_the_sam
     first = results[1][0]            # the reference's first run: which convs saw the same input
     assert (first[2] == first[0]).all() == (case != "stored_over")
     assert (first[1] == first[0]).all() == (case != "overwritten_rows")
+
+
+def _mac(acc: int, wgt: int, **flags) -> isa.Conv:
+    """A 1x1 MAC conv of 3 input blocks (2x2 pixels at input entry 0) into 2 output blocks."""
+    return isa.Conv(mode=ConvMode.MAC, out_blocks=2, in_blocks=3, kh=1, kw=1, stride_h=1, stride_w=1,
+                    out_h=2, out_w=2, acc=acc, inp=0, wgt=wgt, inp_row=2, inp_block=4, **flags)
+
+
+def _load_weights(sram: int, dram: int, entries: int = 6, **flags) -> isa.Load:
+    return isa.Load(buffer=Buffer.WGT, sram=sram, dram=dram, blocks=1, rows=1, cols=entries,
+                    row_stride=entries * 256, block_stride=entries * 256, **flags)
+
+
+@pytest.mark.parametrize("case", ["overwritten", "read_by_a_conv_not_watched"])
+def test_weight_loads_that_no_conv_needs_are_skipped_and_the_scratchpad_ends_the_same(case):
+    """Convs with their packed weights in hand need no weight LOAD whose entries later LOADs
+    overwrite; the fast ISS skips those while the weights are clean, and still ends each run with
+    the weight scratchpad, accumulators and device memory of the reference, also after a reset
+    (scratchpads cleared) and after the host rewrites the weights."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    first_at, second_at, inp_at = 0x10000, 0x20000, 0x30000
+    load_input = isa.Load(buffer=Buffer.INP, sram=0, dram=inp_at, blocks=1, rows=1, cols=12,
+                          row_stride=12 * 16, block_stride=12 * 16)
+    if case == "overwritten":          # the first LOAD's entries: read by conv 1, overwritten for conv 2
+        program = [load_input, _load_weights(0, first_at, push_next=True), _mac(0, 0, pop_prev=True,
+                                                                               push_prev=True),
+                   _load_weights(0, second_at, pop_next=True, push_next=True), _mac(8, 0, pop_prev=True)]
+    else:                              # conv 2 reads entries 0-5 and 6-7, which no LOAD of the run wrote
+        program = [load_input, _load_weights(0, first_at, push_next=True), _mac(0, 0, pop_prev=True,
+                                                                               push_prev=True),
+                   _mac(8, 2), _load_weights(0, second_at, pop_next=True, push_next=True),
+                   _mac(16, 0, pop_prev=True)]
+    code = isa.encode_program(program + [isa.Finish()])
+    rng = np.random.default_rng(3)
+    image = [(first_at, rng.integers(-128, 128, 6 * 256, dtype=np.int8)),
+             (second_at, rng.integers(-128, 128, 6 * 256, dtype=np.int8)),
+             (inp_at, rng.integers(-128, 128, 12 * 16, dtype=np.int8))]
+    extra = rng.integers(-128, 128, (2, 16, 16), dtype=np.int8)
+    states = []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        for addr, data in image:
+            iss.write(addr, data)
+        state = []
+        for step in ("first", "again", "reset", "rewritten"):
+            if step == "reset":
+                iss.reset()
+            if step == "rewritten":
+                iss.write(first_at + 300, extra[0, 0])
+            iss.machine.wgt[6:8] = extra
+            iss.run_program(code, 0x1000)
+            state.append((iss.machine.wgt[:8].copy(), iss.machine.acc[:24].copy()))
+        states.append(state)
+    for (w_fast, acc_fast), (w_ref, acc_ref) in zip(*states, strict=True):
+        np.testing.assert_array_equal(w_fast, w_ref)
+        np.testing.assert_array_equal(acc_fast, acc_ref)
