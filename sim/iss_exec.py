@@ -18,6 +18,7 @@ numerics element by element and are tested against it, and an exact int8 GEMM.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable
@@ -354,7 +355,8 @@ class Machine:
                     np.zeros(1, np.bool_), w[k0:k0 + k], np.zeros(1, np.bool_) if known is None else known)
             segments.append((im2col, pack))
             k0 += k
-        product = gemm.bind(x, w, y)
+        # one output pixel: a matrix-vector product, not MLAS (iss_kernels.gemv_u8s8)
+        product = gemm.bind(x, w, y) if m > 1 else functools.partial(iss_kernels.gemv_u8s8, x, w, y)
         scatter = (y, acc, bool(first.accumulate))
 
         # a watched conv whose weights are clean was packed by the last run: not even a kernel call

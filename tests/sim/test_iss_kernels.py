@@ -191,6 +191,21 @@ def test_int8_gemm_is_exact_at_the_extremes_over_the_largest_k():
     np.testing.assert_array_equal(y, expected)
 
 
+@pytest.mark.parametrize("k", [1, 100, iss_kernels.MAX_GEMM_K])
+def test_one_row_product_is_exact_at_the_extremes(k):
+    """gemv_u8s8 (the product of a one-pixel conv) against int64: (x + 128) in {0, 255} times w in
+    {-128, 127}, sums up to the largest K of the int8 path, and random values."""
+    rng = np.random.default_rng(k)
+    w = np.full((k, 48), -128, np.int8)
+    w[:, 16:32] = 127
+    w[:, 32:] = rng.integers(-128, 128, (k, 16), dtype=np.int8)
+    for x in (np.zeros((1, k), np.uint8), np.full((1, k), 255, np.uint8),
+              rng.integers(0, 256, (1, k), dtype=np.uint8)):
+        y = np.full((1, 48), 7, np.int32)
+        iss_kernels.gemv_u8s8(x, w, y)
+        np.testing.assert_array_equal(y, (x.astype(np.int64) - 128) @ w.astype(np.int64))
+
+
 @pytest.mark.parametrize("config", ["tiny", "default"])
 @pytest.mark.parametrize("seed", range(8))
 def test_fast_iss_equals_the_reference_iss_on_random_programs(config, seed):
