@@ -29,6 +29,7 @@ from softnpu.hdl.faults import NPUFault
 from softnpu.hdl.isa import (
     COUNTERS,
     INSN_BYTES,
+    Add,
     Buffer,
     Conv,
     ConvMode,
@@ -37,7 +38,10 @@ from softnpu.hdl.isa import (
     Insn,
     Load,
     Marker,
+    Mul,
+    Narrow,
     Queue,
+    Requant,
     Store,
 )
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
@@ -98,6 +102,14 @@ class Plan:
             fault = self.fault
             raise NPUFault(fault.code, fault.pc, fault.insn, fault.addr, fault.detail)
         return self.stats.copy()
+
+
+def _window(conv: Conv) -> tuple[int, int]:
+    """The input entries [first, end) a conv's windows span."""
+    last = (conv.inp + (conv.in_blocks - 1) * conv.inp_block
+            + ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row
+            + (conv.out_w - 1) * conv.stride_w + conv.kw - 1)
+    return conv.inp, last + 1
 
 
 def _gemm_k(config: NPUConfig, conv: Conv) -> int:
@@ -284,7 +296,37 @@ class _Schedule:
                                                                  [fresh[j] for j in chain]),
                              strict=True):
                 joined[j] = op
-        return [bracket[0]] + joined + [bracket[1]]
+        dead = self._dead_input_loads(insns, ops, fresh)
+        return [bracket[0]] + [op for i, op in enumerate(joined) if i not in dead] + [bracket[1]]
+
+    def _dead_input_loads(self, insns: list[Insn], ops: list[Op], fresh: dict[int, bool]) -> set[int]:
+        """The fast LOADs into the input scratchpad whose entries nothing reads before later LOADs
+        overwrite them: the convs after them find their im2col rows in their buffer (`fresh` False,
+        _im2col_reuse) and read no entry.  Leaving them out changes nothing a program can see: the
+        run ends with the entries of the LOADs that write them last, which stay."""
+        writer = np.full(self.config.inp_depth, -1, np.int64)    # the LOAD that last wrote each entry
+        loads: set[int] = set()
+        needed: set[int] = set()
+
+        def read(first: int, end: int):
+            needed.update(int(w) for w in np.unique(writer[first:end]) if w >= 0)
+
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            if isinstance(insn, Load) and insn.buffer == Buffer.INP:
+                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = i
+                if hasattr(op, "dma"):
+                    loads.add(i)
+            elif isinstance(insn, Conv):
+                if fresh.get(i, True):
+                    read(*_window(insn))
+            elif isinstance(insn, (Add, Mul)):
+                read(insn.a, insn.a + insn.blocks * insn.count)
+                if not insn.b_param:
+                    read(insn.b, insn.b + insn.blocks * insn.count)
+            elif not isinstance(insn, (Load, Store, Requant, Narrow, Marker, Finish)):
+                read(0, writer.size)              # an instruction this pass does not know
+        read(0, writer.size)                      # the entries the run leaves
+        return loads - needed
 
     def _im2col_sources(self, insns: list[Insn], ops: list[Op]) -> dict[int, tuple]:
         """What the im2col rows of each fast MAC conv hold, as a key equal for two convs exactly when
@@ -311,10 +353,7 @@ class _Schedule:
             elif isinstance(insn, Conv) and hasattr(op, "conv"):
                 window = (insn.inp, insn.in_blocks, insn.kh, insn.kw, insn.stride_h, insn.stride_w,
                           insn.out_h, insn.out_w, insn.inp_row, insn.inp_block)
-                last = (insn.inp + (insn.in_blocks - 1) * insn.inp_block
-                        + ((insn.out_h - 1) * insn.stride_h + insn.kh - 1) * insn.inp_row
-                        + (insn.out_w - 1) * insn.stride_w + insn.kw - 1)
-                read = writer[insn.inp:last + 1]
+                read = writer[slice(*_window(insn))]
                 if (read >= 0).all():
                     keys[i] = (window, read.tobytes())
         return keys

@@ -234,14 +234,15 @@ def _load_input(dram: int, **flags) -> isa.Load:
                     block_stride=24 * 16, **flags)
 
 
-@pytest.mark.parametrize("case", ["stored_over", "overwritten_rows", "reloaded"])
+@pytest.mark.parametrize("case", ["stored_over", "overwritten_rows", "reloaded", "read_by_an_add"])
 def test_convs_share_im2col_rows_only_while_their_input_and_the_rows_are_the_same(case):
     """A conv whose input a LOAD brings again with the same fields finds its im2col rows in the
     buffer (the fast ISS writes them once); not when a STORE wrote into what the LOAD reads, nor
     when another conv wrote its rows into that buffer since (one whose input no LOAD wrote: it has no
-    key).  The fast ISS equals the reference."""
+    key).  An input LOAD that only such convs read is left out; not one that an ADD reads.  The fast
+    ISS equals the reference: accumulators, outputs, and the input scratchpad a run leaves."""
     cfg = preset("default").replace(dram_bytes=1 << 20)
-    a, wgt_at = 0x10000, 0x30000
+    a, b, wgt_at = 0x10000, 0x20000, 0x30000
     wgt = isa.Load(buffer=Buffer.WGT, sram=0, dram=wgt_at, blocks=1, rows=1, cols=18,
                    row_stride=18 * 256, block_stride=18 * 256)
     if case == "stored_over":      # conv 3 reads A after a STORE into A: not conv 1's rows
@@ -256,6 +257,12 @@ def test_convs_share_im2col_rows_only_while_their_input_and_the_rows_are_the_sam
         program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
                    _conv_over(8, inp=200),              # input entries no LOAD of the run wrote
                    _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    elif case == "read_by_an_add":     # B loaded over A for an ADD only, then A again for conv 3
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _load_input(b, pop_next=True, push_next=True),
+                   isa.Add(out=0, a=0, b=24, param=0, blocks=1, count=24, act_min=-128, act_max=127,
+                           pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
     else:                              # A again for conv 2 and conv 3: one set of rows for all three
         program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
                    _load_input(a, pop_next=True, push_next=True),
@@ -264,25 +271,34 @@ def test_convs_share_im2col_rows_only_while_their_input_and_the_rows_are_the_sam
     code = isa.encode_program(program + [isa.Finish()])
     rng = np.random.default_rng(11)
     image = [(a, rng.integers(-128, 128, 48 * 16, dtype=np.int8)),
+             (b, rng.integers(-128, 128, 48 * 16, dtype=np.int8)),
              (wgt_at, rng.integers(-128, 128, 18 * 256, dtype=np.int8))]
     out = rng.integers(-128, 128, (3, 16), dtype=np.int8)
     other = rng.integers(-128, 128, (48, 16), dtype=np.int8)
-    results = []
+    real = numerics.add_params(0.05, 3, 0.07, -9, 0.1)
+    add_params = np.array([[real[name]] * 16 for name in isa.Add.PARAMS], np.int32)
+    results, scratchpads = [], []
     for fast in (True, False):
         iss = ISS(cfg, fast=fast)
         for addr, data in image:
             iss.write(addr, data)
         iss.machine.out[:3] = out
         iss.machine.inp[200:248] = other
-        runs = []
+        iss.machine.param[:8] = add_params
+        runs, ends = [], []
         for _ in range(2):           # the second run: A as the first one's STORE left it
             iss.run_program(code, 0x1000)
             runs.append(iss.machine.acc[:24].reshape(3, 8, 16).copy())
+            ends.append((iss.machine.inp[:48].copy(), iss.machine.out[:24].copy()))
         results.append(runs)
+        scratchpads.append(ends)
     np.testing.assert_array_equal(results[0], results[1])
+    for (inp_fast, out_fast), (inp_ref, out_ref) in zip(*scratchpads, strict=True):
+        np.testing.assert_array_equal(inp_fast, inp_ref)
+        np.testing.assert_array_equal(out_fast, out_ref)
     first = results[1][0]            # the reference's first run: which convs saw the same input
     assert (first[2] == first[0]).all() == (case != "stored_over")
-    assert (first[1] == first[0]).all() == (case != "overwritten_rows")
+    assert (first[1] == first[0]).all() == (case not in ("overwritten_rows", "read_by_an_add"))
 
 
 def _mac(acc: int, wgt: int, **flags) -> isa.Conv:
