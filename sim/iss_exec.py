@@ -18,7 +18,6 @@ numerics element by element and are tested against it, and an exact int8 GEMM.
 
 from __future__ import annotations
 
-import functools
 import math
 import weakref
 from collections.abc import Callable
@@ -219,14 +218,14 @@ class Machine:
     def dma_batch(self, table: np.ndarray, skip: np.ndarray | None = None) -> Op:
         """An Op performing the DMA rows of `table` (from _dma_op) in order; while `skip[0]`, not the
         rows marked DMA_SKIPPABLE (sim/iss_plan.py marks them)."""
-        kernel = iss_kernels.dma
         if self._dma_memories is None:
             self._dma_memories = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
                                                       (self.inp, self.wgt, self.param, self.out))
-        args = self._dma_memories + (table, np.zeros(1, np.bool_) if skip is None else skip)
+        kernel = iss_kernels.bind(iss_kernels.dma, *self._dma_memories, table,
+                                  np.zeros(1, np.bool_) if skip is None else skip)
 
         def dma():
-            kernel(*args)
+            kernel()
         return dma
 
     def _conv(self, insn: Conv) -> Op:
@@ -247,13 +246,13 @@ class Machine:
         if insn.mode == ConvMode.MAC:
             return self._conv_mac(insn, windows, acc)
         if self.fast and insn.mode in (ConvMode.SUM, ConvMode.MAX):
-            kernel = iss_kernels.window_reduce
             args = (self.inp, insn.inp, insn.in_blocks, insn.out_h, insn.out_w, insn.kh, insn.kw,
                     insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, acc,
                     insn.mode == ConvMode.MAX, bool(insn.accumulate))
+            kernel = iss_kernels.bind(iss_kernels.window_reduce, *args)
 
             def window_kernel():
-                kernel(*args)
+                kernel()
             window_kernel.__name__ = f"window_{ConvMode(insn.mode).name.lower()}_kernel"
             return window_kernel
         if insn.mode == ConvMode.SUM:
@@ -338,8 +337,6 @@ class Machine:
         inp = iss_kernels.words(self.inp, c)
         x_words = iss_kernels.words(x, c)
         flip = x_words.dtype.type(int("80" * x_words.itemsize, 16))
-        im2col_u8, pack_weights, scatter_acc = (iss_kernels.im2col_u8, iss_kernels.pack_weights,
-                                                iss_kernels.scatter_acc)
         segments = []
         k0 = 0
         unchanged = unchanged or [None] * len(convs)
@@ -353,42 +350,40 @@ class Machine:
             current = iss_kernels.words(entries, entries[0].size)
             pack = (self.wgt, insn.wgt, insn.out_blocks, taps, current, np.empty_like(current),
                     np.zeros(1, np.bool_), w[k0:k0 + k], np.zeros(1, np.bool_) if known is None else known)
-            segments.append((im2col, pack))
+            segments.append((im2col and iss_kernels.bind(iss_kernels.im2col_u8, *im2col),
+                             iss_kernels.bind(iss_kernels.pack_weights, *pack), pack[-1]))
             k0 += k
         # one output pixel: a matrix-vector product, not MLAS (iss_kernels.gemv_u8s8)
-        product = gemm.bind(x, w, y) if m > 1 else functools.partial(iss_kernels.gemv_u8s8, x, w, y)
-        scatter = (y, acc, bool(first.accumulate))
+        product = gemm.bind(x, w, y) if m > 1 else iss_kernels.bind(iss_kernels.gemv_u8s8, x, w, y)
+        scatter_acc = iss_kernels.bind(iss_kernels.scatter_acc, y, acc, bool(first.accumulate))
 
         # a watched conv whose weights are clean was packed by the last run: not even a kernel call
         # (a numba call costs half a microsecond; pack_weights checks the same flags)
-        def segment(im2col, pack):
-            clean = pack[-1]
-
+        def segment(im2col, pack_weights, clean):
             def conv_mac_int8_part():
                 if im2col is not None:
-                    im2col_u8(*im2col)
+                    im2col()
                 if not clean[0]:
-                    pack_weights(*pack)
+                    pack_weights()
             return conv_mac_int8_part
 
-        im2col, pack = segments[-1]
-        clean = pack[-1]
+        im2col, pack_weights, clean = segments[-1]
         if direct:
             def conv_mac_int8_direct():
                 if im2col is not None:
-                    im2col_u8(*im2col)
+                    im2col()
                 if not clean[0]:
-                    pack_weights(*pack)
+                    pack_weights()
                 product()
             last = conv_mac_int8_direct
         else:
             def conv_mac_int8():
                 if im2col is not None:
-                    im2col_u8(*im2col)
+                    im2col()
                 if not clean[0]:
-                    pack_weights(*pack)
+                    pack_weights()
                 product()
-                scatter_acc(*scatter)
+                scatter_acc()
             last = conv_mac_int8
         return [segment(*parts) for parts in segments[:-1]] + [last]
 
@@ -424,10 +419,10 @@ class Machine:
             args = (acc.reshape(insn.blocks, insn.count, r),
                     self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, r),
                     out.reshape(insn.blocks, insn.count, r), insn.zero_point, insn.act_min, insn.act_max)
-            kernel = iss_kernels.requantize
+            kernel = iss_kernels.bind(iss_kernels.requantize, *args)
 
             def requant_kernel():
-                kernel(*args)
+                kernel()
             return requant_kernel
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
@@ -453,10 +448,10 @@ class Machine:
         if self.fast and insn.divisor > 0:
             r = self.config.rows
             args = (acc.reshape(-1, r), insn.divisor, out.reshape(-1, r), insn.act_min, insn.act_max)
-            kernel = iss_kernels.narrow
+            kernel = iss_kernels.bind(iss_kernels.narrow, *args)
 
             def narrow_kernel():
-                kernel(*args)
+                kernel()
             return narrow_kernel
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
 
@@ -489,10 +484,10 @@ class Machine:
                 self._binary_tables = iss_kernels.binary_tables()
             args = (a.reshape(tile), b_operand, bool(insn.b_param), params, out.reshape(tile),
                     insn.zero_point, insn.act_min, insn.act_max, self._binary_tables)
-            kernel = iss_kernels.add if function is numerics.add else iss_kernels.mul
+            kernel = iss_kernels.bind(iss_kernels.add if function is numerics.add else iss_kernels.mul, *args)
 
             def binary_kernel():
-                kernel(*args)
+                kernel()
             binary_kernel.__name__ = f"{insn.MNEMONIC}_kernel"
             return binary_kernel
         if insn.b_param and insn.count > _TABLE_ENTRIES:

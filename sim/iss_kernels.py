@@ -26,7 +26,7 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "DMA_SKIPPABLE", "dma", "copy_runs", "load_tile",
+__all__ = ["bind", "DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "DMA_SKIPPABLE", "dma", "copy_runs", "load_tile",
            "requantize", "add", "mul", "binary_tables", "BINARY_TABLES", "narrow", "window_reduce", "words",
            "im2col_u8", "pack_weights", "scatter_acc", "gemv_u8s8", "Int8Gemm", "int8_gemm",
            "MAX_GEMM_K"]
@@ -39,6 +39,14 @@ SHIFT_MIN, SHIFT_MAX = -31, 30
 MAX_GEMM_K = 1 << 16
 
 _jit = functools.partial(numba.njit, cache=True, nogil=True)
+
+
+def bind(kernel, *args):
+    """`kernel(*args)` as a callable that enters the compiled code for these arguments' types directly.
+    An op's arguments are fixed when it is prepared; numba's dispatch by type costs about as much
+    again as the call itself (0.2-0.3 of ~0.5 us, on ResNet-50's ~6,600 kernel calls a run)."""
+    entry = kernel.compile(tuple(numba.typeof(a) for a in args))     # compiled, or from the cache
+    return functools.partial(entry, *args)
 
 
 # -- numerics, one int64 value at a time ------------------------------------------------------
