@@ -223,10 +223,7 @@ class Machine:
                                                       (self.inp, self.wgt, self.param, self.out))
         kernel = iss_kernels.bind(iss_kernels.dma, *self._dma_memories, table,
                                   np.zeros(1, np.bool_) if skip is None else skip)
-
-        def dma():
-            kernel()
-        return dma
+        return _named(kernel, "dma")
 
     def _conv(self, insn: Conv) -> Op:
         c = self.config.cols
@@ -250,11 +247,7 @@ class Machine:
                     insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, acc,
                     insn.mode == ConvMode.MAX, bool(insn.accumulate))
             kernel = iss_kernels.bind(iss_kernels.window_reduce, *args)
-
-            def window_kernel():
-                kernel()
-            window_kernel.__name__ = f"window_{ConvMode(insn.mode).name.lower()}_kernel"
-            return window_kernel
+            return _named(kernel, f"window_{ConvMode(insn.mode).name.lower()}_kernel")
         if insn.mode == ConvMode.SUM:
             def window_sum():
                 result = windows.sum(axis=(3, 4), dtype=np.int64).reshape(n_acc, c)
@@ -420,10 +413,7 @@ class Machine:
                     self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, r),
                     out.reshape(insn.blocks, insn.count, r), insn.zero_point, insn.act_min, insn.act_max)
             kernel = iss_kernels.bind(iss_kernels.requantize, *args)
-
-            def requant_kernel():
-                kernel()
-            return requant_kernel
+            return _named(kernel, "requant_kernel")
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
         zero_point, act_min, act_max = insn.zero_point, insn.act_min, insn.act_max
@@ -449,10 +439,7 @@ class Machine:
             r = self.config.rows
             args = (acc.reshape(-1, r), insn.divisor, out.reshape(-1, r), insn.act_min, insn.act_max)
             kernel = iss_kernels.bind(iss_kernels.narrow, *args)
-
-            def narrow_kernel():
-                kernel()
-            return narrow_kernel
+            return _named(kernel, "narrow_kernel")
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
 
         def narrow():
@@ -485,11 +472,7 @@ class Machine:
             args = (a.reshape(tile), b_operand, bool(insn.b_param), params, out.reshape(tile),
                     insn.zero_point, insn.act_min, insn.act_max, self._binary_tables)
             kernel = iss_kernels.bind(iss_kernels.add if function is numerics.add else iss_kernels.mul, *args)
-
-            def binary_kernel():
-                kernel()
-            binary_kernel.__name__ = f"{insn.MNEMONIC}_kernel"
-            return binary_kernel
+            return _named(kernel, f"{insn.MNEMONIC}_kernel")
         if insn.b_param and insn.count > _TABLE_ENTRIES:
             return self._binary_by_table(insn, function, a, out, k, b_entries, params, fixed)
 
@@ -531,6 +514,12 @@ class Machine:
 
 def _no_op():
     pass
+
+
+def _named(call, name: str) -> Op:
+    """A kernel call (iss_kernels.bind) as an Op named `name`: no Python function around it."""
+    call.__name__ = name
+    return call
 
 
 class WeightWatch:
