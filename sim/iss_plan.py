@@ -13,6 +13,14 @@ and any fault (its instruction, and which instructions ran before it) are proper
 program, and `build_plan` computes them once.  A fault of fetch (an illegal instruction, or one past
 the device memory) is taken when fetch reaches it, as on the RTL: after FINISH, behind a full
 queue or after an earlier unit's fault, it is never reached.
+
+The same property lets the plan leave out work whose result it knows (the fast ops only; what a
+program can observe, device memory and scratchpads at the end of a run, stays the same):
+- accumulation chains of convs multiply once (`_chain_convs`);
+- a conv whose input tiles LOADs bring again unchanged finds its im2col rows in its buffer
+  (`_im2col_reuse`), and the input LOADs only such convs read are left out (`_dead_input_loads`);
+- convs whose weights LOADs of the run bring from device memory keep their packed weights while
+  nothing writes there, and the weight LOADs only they read are skipped then (`_watch_weights`).
 """
 
 from __future__ import annotations
