@@ -73,7 +73,11 @@ class ISS:
     # -- device memory ----------------------------------------------------------------------
     @property
     def dram(self) -> np.ndarray:
-        return self.machine.dram
+        """Device memory, read-only: write it with `write` (the ops that cache packed weights learn
+        of writes there, sim/iss_exec.py WeightWatch)."""
+        view = self.machine.dram.view()
+        view.flags.writeable = False
+        return view
 
     def write(self, addr: int, data) -> None:
         data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else \
@@ -81,7 +85,7 @@ class ISS:
         if addr < 0 or addr + data.size > self.dram.size:
             raise ValueError(f"write of {data.size} bytes at {addr:#x} exceeds device memory "
                              f"({self.dram.size:#x} bytes)")
-        self.dram[addr:addr + data.size] = data
+        self.machine.write_dram(addr, data)
 
     def read(self, addr: int, size: int) -> np.ndarray:
         if addr < 0 or addr + size > self.dram.size:

@@ -19,6 +19,7 @@ numerics element by element and are tested against it, and an exact int8 GEMM.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -45,7 +46,7 @@ from softnpu.hdl.isa import (
 )
 from softnpu.sim import iss_kernels
 
-__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX"]
+__all__ = ["Machine", "Op", "SHIFT_MIN", "SHIFT_MAX", "WeightWatch", "dram_extent", "merge_ranges"]
 
 # What prepare() returns: runs one prepared instruction on the machine it was prepared for.
 Op = Callable[[], None]
@@ -79,10 +80,33 @@ class Machine:
         self.out = np.zeros((config.out_depth, r), np.int8)
         self._work: dict[tuple[int, type], np.ndarray] = {}
         self._dma_memories: tuple[np.ndarray, ...] | None = None     # dram and scratchpads as bytes
+        self._binary_tables = None            # ADD/MUL tables by their parameters (iss_kernels.add)
+        self._weight_watches: weakref.WeakSet[WeightWatch] = weakref.WeakSet()
 
     def clear_scratchpads(self):
         for buf in (self.inp, self.wgt, self.param, self.acc, self.out):
             buf.fill(0)
+
+    # -- device memory written from outside a plan -------------------------------------------
+    def write_dram(self, addr: int, data: np.ndarray) -> None:
+        """Device memory bytes [addr, addr + data.size) = data (uint8): how the host writes it, so
+        that the conv ops' weight caches learn of it (WeightWatch).  Writing `dram` directly
+        bypasses them: a conv would keep weights packed from the old bytes."""
+        self.dram[addr:addr + data.size] = data
+        self.dram_written(np.array([addr]), np.array([addr + data.size]))
+
+    def dram_written(self, starts: np.ndarray, ends: np.ndarray, by: WeightWatch | None = None) -> None:
+        """Device memory [starts[i], ends[i]) may hold new bytes: the weight watches over any of them
+        (but `by`, the watch of the plan that wrote them) are no longer clean."""
+        for watch in list(self._weight_watches):
+            if watch is not by and watch.clean[0] and watch.overlaps(starts, ends):
+                watch.clean[0] = False
+
+    def watch_weights(self, starts: np.ndarray, ends: np.ndarray) -> WeightWatch:
+        """A WeightWatch over device memory [starts[i], ends[i]), told of every later write."""
+        watch = WeightWatch(starts, ends)
+        self._weight_watches.add(watch)
+        return watch
 
     # -- helpers ----------------------------------------------------------------------------
     def _check_sram(self, name: str, first: int, count: int, what: str):
@@ -126,6 +150,8 @@ class Machine:
     def execute(self, insn: Insn) -> None:
         """Perform one instruction now (raises NPUFault if it touches anything out of range)."""
         self.prepare(insn)()
+        if isinstance(insn, Store):
+            self.dram_written(*dram_extent([insn], self.config.rows))
 
     def prepare(self, insn: Insn) -> Op:
         """Check `insn` against this machine and return the Op that performs it.
@@ -188,17 +214,15 @@ class Machine:
         op.dma = row
         return op
 
-    def dma_batch(self, table: np.ndarray) -> Op:
-        """An Op performing the DMA rows of `table` (from _dma_op) in order."""
-        kernel = iss_kernels.dma
+    def dma_batch(self, table: np.ndarray, skip: np.ndarray | None = None) -> Op:
+        """An Op performing the DMA rows of `table` (from _dma_op) in order; while `skip[0]`, not the
+        rows marked DMA_SKIPPABLE (sim/iss_plan.py marks them)."""
         if self._dma_memories is None:
             self._dma_memories = (self.dram,) + tuple(buf.view(np.uint8).reshape(-1) for buf in
                                                       (self.inp, self.wgt, self.param, self.out))
-        args = self._dma_memories + (table,)
-
-        def dma():
-            kernel(*args)
-        return dma
+        kernel = iss_kernels.bind(iss_kernels.dma, *self._dma_memories, table,
+                                  np.zeros(1, np.bool_) if skip is None else skip)
+        return _named(kernel, "dma")
 
     def _conv(self, insn: Conv) -> Op:
         c = self.config.cols
@@ -218,15 +242,11 @@ class Machine:
         if insn.mode == ConvMode.MAC:
             return self._conv_mac(insn, windows, acc)
         if self.fast and insn.mode in (ConvMode.SUM, ConvMode.MAX):
-            kernel = iss_kernels.window_reduce
             args = (self.inp, insn.inp, insn.in_blocks, insn.out_h, insn.out_w, insn.kh, insn.kw,
                     insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, acc,
                     insn.mode == ConvMode.MAX, bool(insn.accumulate))
-
-            def window_kernel():
-                kernel(*args)
-            window_kernel.__name__ = f"window_{ConvMode(insn.mode).name.lower()}_kernel"
-            return window_kernel
+            kernel = iss_kernels.bind(iss_kernels.window_reduce, *args)
+            return _named(kernel, f"window_{ConvMode(insn.mode).name.lower()}_kernel")
         if insn.mode == ConvMode.SUM:
             def window_sum():
                 result = windows.sum(axis=(3, 4), dtype=np.int64).reshape(n_acc, c)
@@ -283,12 +303,18 @@ class Machine:
         conv_mac_int8_once.conv = (insn, acc)
         return conv_mac_int8_once
 
-    def int8_conv_chain(self, convs: list[tuple[Conv, np.ndarray]], x: np.ndarray | None = None) -> list[Op]:
+    def int8_conv_chain(self, convs: list[tuple[Conv, np.ndarray]], x: np.ndarray | None = None,
+                        unchanged: list[np.ndarray | None] | None = None,
+                        fresh: list[bool] | None = None) -> list[Op]:
         """The ops of MAC convs into the same accumulators (`acc`, (out_blocks, m, rows)), all but the
         first accumulating: acc (+)= X1 W1 + X2 W2 + ... = [X1 X2 ...] [W1; W2; ...], one GEMM.
         Each conv's op copies its im2col rows and packed weights into its columns of x and rows of
         the chain's weights, where the conv runs; the last one multiplies and adds, once.  Exact:
-        int32 sums wrap the same in any order.  x (m, sum of K) uint8 defaults to a workspace."""
+        int32 sums wrap the same in any order.  x (m, sum of K) uint8 defaults to a workspace.
+        `unchanged[i]`, where given, is the `clean` flag of a WeightWatch that vouches for conv i's
+        weight entries (iss_kernels.pack_weights then neither compares nor packs them); conv i writes
+        its im2col rows unless `fresh[i]` is False: x holds them already when it runs (the plan
+        knows, sim/iss_plan.py)."""
         first, acc = convs[0]
         c, r = self.config.cols, self.config.rows
         m, n = first.out_h * first.out_w, first.out_blocks * r
@@ -303,43 +329,53 @@ class Machine:
         inp = iss_kernels.words(self.inp, c)
         x_words = iss_kernels.words(x, c)
         flip = x_words.dtype.type(int("80" * x_words.itemsize, 16))
-        im2col_u8, pack_weights, scatter_acc = (iss_kernels.im2col_u8, iss_kernels.pack_weights,
-                                                iss_kernels.scatter_acc)
         segments = []
         k0 = 0
-        for (insn, _), k in zip(convs, ks, strict=True):
+        unchanged = unchanged or [None] * len(convs)
+        fresh = fresh or [True] * len(convs)
+        for (insn, _), k, known, rows in zip(convs, ks, unchanged, fresh, strict=True):
             im2col = (inp, inp.size // self.inp.shape[0], insn.inp, insn.in_blocks, insn.out_h, insn.out_w,
                       insn.kh, insn.kw, insn.stride_h, insn.stride_w, insn.inp_row, insn.inp_block, x_words,
-                      x_words.size // m, k0 // x_words.itemsize, flip)
+                      x_words.size // m, k0 // x_words.itemsize, flip) if rows else None
             taps = insn.in_blocks * insn.kh * insn.kw
             entries = self.wgt[insn.wgt:insn.wgt + insn.out_blocks * taps]
             current = iss_kernels.words(entries, entries[0].size)
             pack = (self.wgt, insn.wgt, insn.out_blocks, taps, current, np.empty_like(current),
-                    np.zeros(1, np.bool_), w[k0:k0 + k])
-            segments.append((im2col, pack))
+                    np.zeros(1, np.bool_), w[k0:k0 + k], np.zeros(1, np.bool_) if known is None else known)
+            segments.append((im2col and iss_kernels.bind(iss_kernels.im2col_u8, *im2col),
+                             iss_kernels.bind(iss_kernels.pack_weights, *pack), pack[-1]))
             k0 += k
-        product = gemm.bind(x, w, y)
-        scatter = (y, acc, bool(first.accumulate))
+        # one output pixel: a matrix-vector product, not MLAS (iss_kernels.gemv_u8s8)
+        product = gemm.bind(x, w, y) if m > 1 else iss_kernels.bind(iss_kernels.gemv_u8s8, x, w, y)
+        scatter_acc = iss_kernels.bind(iss_kernels.scatter_acc, y, acc, bool(first.accumulate))
 
-        def segment(im2col, pack):
+        # a watched conv whose weights are clean was packed by the last run: not even a kernel call
+        # (a numba call costs half a microsecond; pack_weights checks the same flags)
+        def segment(im2col, pack_weights, clean):
             def conv_mac_int8_part():
-                im2col_u8(*im2col)
-                pack_weights(*pack)
+                if im2col is not None:
+                    im2col()
+                if not clean[0]:
+                    pack_weights()
             return conv_mac_int8_part
 
-        im2col, pack = segments[-1]
+        im2col, pack_weights, clean = segments[-1]
         if direct:
             def conv_mac_int8_direct():
-                im2col_u8(*im2col)
-                pack_weights(*pack)
+                if im2col is not None:
+                    im2col()
+                if not clean[0]:
+                    pack_weights()
                 product()
             last = conv_mac_int8_direct
         else:
             def conv_mac_int8():
-                im2col_u8(*im2col)
-                pack_weights(*pack)
+                if im2col is not None:
+                    im2col()
+                if not clean[0]:
+                    pack_weights()
                 product()
-                scatter_acc(*scatter)
+                scatter_acc()
             last = conv_mac_int8
         return [segment(*parts) for parts in segments[:-1]] + [last]
 
@@ -375,11 +411,8 @@ class Machine:
             args = (acc.reshape(insn.blocks, insn.count, r),
                     self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, r),
                     out.reshape(insn.blocks, insn.count, r), insn.zero_point, insn.act_min, insn.act_max)
-            kernel = iss_kernels.requantize
-
-            def requant_kernel():
-                kernel(*args)
-            return requant_kernel
+            kernel = iss_kernels.bind(iss_kernels.requantize, *args)
+            return _named(kernel, "requant_kernel")
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
         params = self._params(insn, 3 * insn.blocks).reshape(insn.blocks, 3, 1, -1)
         zero_point, act_min, act_max = insn.zero_point, insn.act_min, insn.act_max
@@ -404,11 +437,8 @@ class Machine:
         if self.fast and insn.divisor > 0:
             r = self.config.rows
             args = (acc.reshape(-1, r), insn.divisor, out.reshape(-1, r), insn.act_min, insn.act_max)
-            kernel = iss_kernels.narrow
-
-            def narrow_kernel():
-                kernel(*args)
-            return narrow_kernel
+            kernel = iss_kernels.bind(iss_kernels.narrow, *args)
+            return _named(kernel, "narrow_kernel")
         chunks = [(acc[:, rows], out[:, rows]) for rows in slices]
 
         def narrow():
@@ -436,14 +466,12 @@ class Machine:
             r = self.config.rows
             tile = (insn.blocks, insn.count, r)
             b_operand = b_entries if insn.b_param else b.reshape(tile)
+            if self._binary_tables is None:
+                self._binary_tables = iss_kernels.binary_tables()
             args = (a.reshape(tile), b_operand, bool(insn.b_param), params, out.reshape(tile),
-                    insn.zero_point, insn.act_min, insn.act_max)
-            kernel = iss_kernels.add if function is numerics.add else iss_kernels.mul
-
-            def binary_kernel():
-                kernel(*args)
-            binary_kernel.__name__ = f"{insn.MNEMONIC}_kernel"
-            return binary_kernel
+                    insn.zero_point, insn.act_min, insn.act_max, self._binary_tables)
+            kernel = iss_kernels.bind(iss_kernels.add if function is numerics.add else iss_kernels.mul, *args)
+            return _named(kernel, f"{insn.MNEMONIC}_kernel")
         if insn.b_param and insn.count > _TABLE_ENTRIES:
             return self._binary_by_table(insn, function, a, out, k, b_entries, params, fixed)
 
@@ -485,6 +513,52 @@ class Machine:
 
 def _no_op():
     pass
+
+
+def _named(call, name: str) -> Op:
+    """A kernel call (iss_kernels.bind) as an Op named `name`: no Python function around it."""
+    call.__name__ = name
+    return call
+
+
+class WeightWatch:
+    """Device memory ranges that conv weights are LOADed from, and whether they are `clean`: not
+    written since the plan that owns the watch last ran to its end.
+
+    A conv whose weight entries were all written by LOADs earlier in the same run computes with
+    weights that are a function of the bytes those LOADs read; while those bytes stay the same, so
+    do its packed weights, and it need not even compare them (iss_kernels.pack_weights).  The plan
+    sets `clean` when a run ends; the machine clears it on a host write (Machine.write_dram) or
+    another plan's STOREs (Machine.dram_written) over the ranges.  A plan whose own STOREs reach
+    the ranges watches nothing (sim/iss_plan.py)."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray):
+        self.starts, self.ends = merge_ranges(starts, ends)
+        self.clean = np.zeros(1, np.bool_)
+
+    def overlaps(self, starts: np.ndarray, ends: np.ndarray) -> bool:
+        """Whether any of [starts[i], ends[i]) meets a watched range."""
+        # the last watched range starting before each end: it meets [start, end) if it ends after start
+        i = np.searchsorted(self.starts, ends, side="left") - 1
+        return bool(((i >= 0) & (self.ends[np.maximum(i, 0)] > starts)).any()) if self.starts.size else False
+
+
+def merge_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the ranges [starts[i], ends[i]) as sorted disjoint ranges."""
+    order = np.argsort(starts, kind="stable")
+    starts, ends = np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order]
+    opens = np.ones(starts.size, bool)          # a range starting beyond every earlier end opens one
+    opens[1:] = starts[1:] > np.maximum.accumulate(ends)[:-1]
+    first = np.flatnonzero(opens)
+    return starts[first], (np.maximum.reduceat(ends, first) if first.size else ends)
+
+
+def dram_extent(insns: list[Insn], entry_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The device memory [start, end) of each LOAD or STORE of `insns` (entries of `entry_bytes`):
+    from its first byte to its last (dma_last_byte), the rows between included."""
+    starts = np.array([insn.dram for insn in insns], np.int64)
+    ends = np.array([dma_last_byte(insn, entry_bytes) + 1 for insn in insns], np.int64)
+    return starts, ends
 
 
 # entries of a vector op's line (see Machine._vector_operands): long enough that numpy's inner loop

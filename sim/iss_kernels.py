@@ -26,9 +26,10 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "dma", "copy_runs", "load_tile", "requantize", "add",
-           "mul", "narrow", "window_reduce", "words", "im2col_u8", "pack_weights", "scatter_acc",
-           "Int8Gemm", "int8_gemm", "MAX_GEMM_K"]
+__all__ = ["bind", "DMA_LOAD", "DMA_STORE", "DMA_FIELDS", "DMA_SKIPPABLE", "dma", "copy_runs", "load_tile",
+           "requantize", "add", "mul", "binary_tables", "BINARY_TABLES", "narrow", "window_reduce", "words",
+           "im2col_u8", "pack_weights", "scatter_acc", "gemv_u8s8", "Int8Gemm", "int8_gemm",
+           "MAX_GEMM_K"]
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -40,6 +41,14 @@ MAX_GEMM_K = 1 << 16
 _jit = functools.partial(numba.njit, cache=True, nogil=True)
 
 
+def bind(kernel, *args):
+    """`kernel(*args)` as a callable that enters the compiled code for these arguments' types directly.
+    An op's arguments are fixed when it is prepared; numba's dispatch by type costs about as much
+    again as the call itself (0.2-0.3 of ~0.5 us, on ResNet-50's ~6,600 kernel calls a run)."""
+    entry = kernel.compile(tuple(numba.typeof(a) for a in args))     # compiled, or from the cache
+    return functools.partial(entry, *args)
+
+
 # -- numerics, one int64 value at a time ------------------------------------------------------
 @_jit(inline="always")
 def _wrap32(x):
@@ -48,15 +57,36 @@ def _wrap32(x):
 
 
 @_jit(inline="always")
+def _high_mul(scaled, multiplier):
+    """numerics.saturating_rounding_doubling_high_mul of two int32 values (as int64) without a test of
+    the operands: the one product that saturates, INT32_MIN * INT32_MIN, is the one whose rounded high
+    half (2**31) exceeds INT32_MAX.  A conditional expression, which LLVM turns into a select: with
+    min() it left ADD's lane loop scalar."""
+    high = (scaled * multiplier + (1 << 30)) >> 31
+    return np.int64(INT32_MAX) if high > INT32_MAX else high
+
+
+@_jit(inline="always")
+def _divide_pot(x, right, negative, half):
+    """numerics.rounding_divide_by_pot of an int64 `x` by 2**right, branch-free, for a lane whose
+    `right` is fixed: `negative` is -1 when right > 0 and 0 when right == 0 (numerics' `rounds`),
+    `half` is (1 << right) >> 1; both from _rounding, once per lane."""
+    return (x + ((x >> 63) & negative) + half) >> right
+
+
+@_jit(inline="always")
+def _rounding(right):
+    """The (negative, half) of _divide_pot by 2**right."""
+    return -np.int64(right > 0), (np.int64(1) << right) >> 1
+
+
+@_jit(inline="always")
 def _mbqm(x, multiplier, left, right):
     """numerics.multiply_by_quantized_multiplier of an int64 `x` (left = max(shift, 0), right =
     max(-shift, 0)): wrap_int32(x << left), saturating_rounding_doubling_high_mul by the multiplier,
-    rounding_divide_by_pot by `right`."""
-    scaled = _wrap32(x << left)
-    if scaled == INT32_MIN and multiplier == INT32_MIN:
-        high = np.int64(INT32_MAX)
-    else:
-        high = (scaled * multiplier + (1 << 30)) >> 31
+    rounding_divide_by_pot by `right` (the test of `right` is if-converted: the lane loops of ADD and
+    MUL vectorize)."""
+    high = _high_mul(_wrap32(x << left), multiplier)
     if right > 0:
         high = (high + (high >> 63) + ((np.int64(1) << right) >> 1)) >> right
     return high
@@ -79,22 +109,32 @@ def _shifts(shift):
 @_jit
 def requantize(acc, params, out, zero_point, act_min, act_max):
     """numerics.requantize of a REQUANT tile: acc and out (blocks, count, lanes), params
-    (blocks, 3, lanes) = bias, multiplier, shift per block and lane."""
+    (blocks, 3, lanes) = bias, multiplier, shift per block and lane.  Lanes innermost, branch-free,
+    the parameters hoisted into int32 lanes (the product of two sign-extended int32 is one vector
+    multiply, vpmuldq): LLVM vectorizes the lane loop (0.4 ns an element, from 0.65)."""
     blocks, count, lanes = acc.shape
-    bias = np.empty(lanes, np.int64)
-    mult = np.empty(lanes, np.int64)
-    left = np.empty(lanes, np.int64)
-    right = np.empty(lanes, np.int64)
+    bias = np.empty(lanes, np.int32)
+    mult = np.empty(lanes, np.int32)
+    left = np.empty(lanes, np.int32)
+    right = np.empty(lanes, np.int32)
+    negative = np.empty(lanes, np.int32)
+    half = np.empty(lanes, np.int32)
+    zp, lo, hi = np.int64(zero_point), np.int64(act_min), np.int64(act_max)
     for b in range(blocks):
         for lane in range(lanes):
             bias[lane] = params[b, 0, lane]
             mult[lane] = params[b, 1, lane]
             left[lane], right[lane] = _shifts(params[b, 2, lane])
+            negative[lane], half[lane] = _rounding(right[lane])
+        src, dst = acc[b], out[b]
         for i in range(count):
+            a, o = src[i], dst[i]
             for lane in range(lanes):
-                total = _wrap32(np.int64(acc[b, i, lane]) + bias[lane])          # add_int32
-                value = _mbqm(total, mult[lane], left[lane], right[lane]) + zero_point
-                out[b, i, lane] = _clamp(value, act_min, act_max)
+                total = _wrap32(np.int64(a[lane]) + np.int64(bias[lane]))          # add_int32
+                high = _high_mul(_wrap32(total << np.int64(left[lane])), np.int64(mult[lane]))
+                value = _divide_pot(high, np.int64(right[lane]), np.int64(negative[lane]),
+                                    np.int64(half[lane]))
+                o[lane] = _clamp(value + zp, lo, hi)
 
 
 @_jit(inline="always")
@@ -144,12 +184,74 @@ def _mul_one(a, b, p, lane, zero_point, act_min, act_max):
     return _clamp(raw + zero_point, act_min, act_max)
 
 
+# ADD and MUL of two int8 tiles whose parameters are the same in every lane (TFLite's per-tensor
+# quantization, the usual case): the output is a function of the two int8 inputs alone, a 256 x 256
+# int8 table built with _add_one / _mul_one (so the arithmetic is written once) and looked up per
+# element.  A machine keeps the last BINARY_TABLES tables by their parameters (`binary_tables`), so
+# a served model builds each of its tables once.
+BINARY_TABLES = 64
+_ADD, _MUL = 1, 2
+_KEY = 5 + 11          # valid, kind, zero point, act_min, act_max, the parameter rows of lane 0
+
+
+def binary_tables(slots: int = BINARY_TABLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An empty cache of ADD/MUL tables for `add` and `mul`: (keys, tables, next slot to replace)."""
+    return (np.zeros((slots, _KEY), np.int64), np.zeros((slots, 256, 256), np.int8),
+            np.zeros(1, np.int64))
+
+
 @_jit(inline="always")
-def _binary(one, a, b, b_per_block, p, out, zero_point, act_min, act_max):
-    """out = one(a, b) lane-wise.  With b one entry per block and more than 256 entries, each
-    block and lane's output is a function of the 256 values of a: computed once as a table, then
-    looked up (sim/iss_exec.py's reference does the same)."""
+def _uniform(p):
+    """Whether every lane of the parameter table holds the same values."""
+    for row in range(p.shape[0]):
+        for lane in range(1, p.shape[1]):
+            if p[row, lane] != p[row, 0]:
+                return False
+    return True
+
+
+@_jit(inline="always")
+def _binary_table(one, kind, p, zero_point, act_min, act_max, cache):
+    """The table out[a_bits, b_bits] of `one` with lane 0's parameters, from `cache` or built into it
+    (replacing the oldest entry when it is full)."""
+    keys, tables, hand = cache
+    key = np.zeros(_KEY, np.int64)
+    key[0], key[1], key[2], key[3], key[4] = 1, kind, zero_point, act_min, act_max
+    for row in range(p.shape[0]):
+        key[5 + row] = p[row, 0]
+    for slot in range(keys.shape[0]):
+        same = True
+        for i in range(_KEY):
+            if keys[slot, i] != key[i]:
+                same = False
+                break
+        if same:
+            return tables[slot]
+    slot = hand[0]
+    hand[0] = (slot + 1) % keys.shape[0]
+    table = tables[slot]
+    for x in range(256):
+        a = np.int64(x - 256 if x >= 128 else x)         # the int8 of bits x
+        for y in range(256):
+            b = np.int64(y - 256 if y >= 128 else y)
+            table[x, y] = one(a, b, p, 0, zero_point, act_min, act_max)
+    keys[slot] = key
+    return table
+
+
+@_jit(inline="always")
+def _binary(one, kind, a, b, b_per_block, p, out, zero_point, act_min, act_max, cache):
+    """out = one(a, b) lane-wise.  With the same parameters in every lane and b a tile, by a 256 x 256
+    table (_binary_table).  With b one entry per block and more than 256 entries, each block and
+    lane's output is a function of the 256 values of a: computed once as a table, then looked up
+    (sim/iss_exec.py's reference does the same)."""
     blocks, count, lanes = a.shape
+    if not b_per_block and _uniform(p):
+        table = _binary_table(one, kind, p, zero_point, act_min, act_max, cache).reshape(-1)
+        x, y, o = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), out.reshape(-1)
+        for i in range(x.size):
+            o[i] = table[(np.int64(x[i]) << 8) | y[i]]
+        return
     if b_per_block and count > 256:
         table = np.empty((256, lanes), np.int8)
         for blk in range(blocks):
@@ -171,16 +273,19 @@ def _binary(one, a, b, b_per_block, p, out, zero_point, act_min, act_max):
 
 
 @_jit
-def add(a, b, b_per_block, params, out, zero_point, act_min, act_max):
+def add(a, b, b_per_block, params, out, zero_point, act_min, act_max, cache):
     """numerics.add lane-wise on a tile: a and out (blocks, count, lanes) int8; b the same shape
-    (int8), or (blocks, 1, lanes) int32 parameter entries when `b_per_block`; params (8, lanes)."""
-    _binary(_add_one, a, b, b_per_block, _add_params(params), out, zero_point, act_min, act_max)
+    (int8), or (blocks, 1, lanes) int32 parameter entries when `b_per_block`; params (8, lanes);
+    `cache` from binary_tables()."""
+    _binary(_add_one, _ADD, a, b, b_per_block, _add_params(params), out, zero_point, act_min, act_max,
+            cache)
 
 
 @_jit
-def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max):
+def mul(a, b, b_per_block, params, out, zero_point, act_min, act_max, cache):
     """numerics.mul lane-wise on a tile (operands as in `add`); params (4, lanes)."""
-    _binary(_mul_one, a, b, b_per_block, _mul_params(params), out, zero_point, act_min, act_max)
+    _binary(_mul_one, _MUL, a, b, b_per_block, _mul_params(params), out, zero_point, act_min, act_max,
+            cache)
 
 
 @_jit
@@ -282,15 +387,21 @@ def load_tile(dram, src, block_stride, row_stride, sram, first, blocks, rows, co
 #          blocks, rows, cols, padded rows, padded cols, entry bytes, pad_top, pad_left, pad byte
 #   STORE: DMA_STORE, first byte of out, block bytes of out, row bytes of out, dram, block_stride,
 #          row_stride, blocks, rows, run bytes, then zeros
+# and last, DMA_SKIPPABLE: 1 for a DMA that need not run when `skip[0]` (a weight LOAD whose entries
+# only convs with packed weights in hand read before other LOADs overwrite them, sim/iss_plan.py).
 DMA_LOAD, DMA_STORE = 0, 1
-DMA_FIELDS = 15
+DMA_FIELDS = 16
+DMA_SKIPPABLE = 15
 
 
 @_jit
-def dma(dram, inp, wgt, param, out, table):
-    """Perform the DMAs of `table` (rows as above) in order; scratchpads and dram as 1-D uint8."""
+def dma(dram, inp, wgt, param, out, table, skip):
+    """Perform the DMAs of `table` (rows as above) in order, but the skippable ones when `skip[0]`;
+    scratchpads and dram as 1-D uint8."""
     for k in range(table.shape[0]):
         d = table[k]
+        if d[DMA_SKIPPABLE] and skip[0]:
+            continue
         if d[0] == DMA_LOAD:
             sram = inp if d[1] == 0 else (wgt if d[1] == 1 else param)
             load_tile(dram, d[2], d[3], d[4], sram, d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13],
@@ -307,6 +418,12 @@ def words(a: np.ndarray, bytes_per_row: int) -> np.ndarray:
     return a.reshape(-1).view(np.uint8).view(f"u{size}")
 
 
+@_jit(inline="always")
+def _copy_flipped(a, b, n, flip):
+    for q in range(n):
+        b[q] = a[q] ^ flip
+
+
 @_jit
 def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stride_w, inp_row,
               inp_block, x, row_words, col0, flip):
@@ -315,8 +432,25 @@ def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stri
     `inp` is the input scratchpad's bytes and `x` the (out_h*out_w, K) uint8 rows, both as words
     (`words` per scratchpad entry, `row_words` per row of x, this conv's columns from word `col0`:
     the convs of an accumulation chain share the rows); the j and lane of one window row are
-    consecutive bytes, copied a word at a time, each byte XOR 0x80 (`flip`): int8 x + 128 as uint8."""
+    consecutive bytes, copied a word at a time, each byte XOR 0x80 (`flip`): int8 x + 128 as uint8.
+
+    Window rows of 6 words (3 taps of 16 lanes: the 3x3 convs, most of a ResNet's im2col bytes) are
+    written pixel by pixel, each row of x in one pass (1.7x the bytes per second of the order below
+    for them); the others window row by window row (faster for 1x1 and 4x4 windows)."""
     run = kw * words
+    if run == 6:
+        span = in_blocks * kh * run
+        for oh in range(out_h):
+            for ow in range(out_w):
+                dst = (oh * out_w + ow) * row_words + col0
+                b = x[dst:dst + span]
+                k = 0
+                for ci in range(in_blocks):
+                    for i in range(kh):
+                        src = (first + ci * inp_block + (oh * stride_h + i) * inp_row + ow * stride_w) * words
+                        _copy_flipped(inp[src:src + 6], b[k:k + 6], 6, flip)
+                        k += 6
+        return
     for ci in range(in_blocks):
         for i in range(kh):
             col = col0 + (ci * kh + i) * run
@@ -331,18 +465,20 @@ def im2col_u8(inp, words, first, in_blocks, out_h, out_w, kh, kw, stride_h, stri
                         b[0] = a[0] ^ flip
                         b[1] = a[1] ^ flip
                     else:
-                        for q in range(run):
-                            b[q] = a[q] ^ flip
+                        _copy_flipped(a, b, run, flip)
 
 
 @_jit
-def pack_weights(wgt, first, out_blocks, taps, current, seen, valid, w):
+def pack_weights(wgt, first, out_blocks, taps, current, seen, valid, w, unchanged):
     """The MAC conv's weight matrix: w[(tap, c), (co, r)] = wgt[first + co*taps + tap, r, c]
     (int8, K = taps*cols rows, N = out_blocks*rows columns).  Packed only if the weight entries
     (`current`, as words) differ from `seen`, those this op packed last time (`valid[0]` once it
     has): a served model's weights stream through the scratchpad unchanged from run to run, and
-    comparing them costs a fraction of packing them."""
+    comparing them costs a fraction of packing them.  Not even compared when `unchanged[0]`: the
+    machine knows they are the entries of last time (sim/iss_exec.py, WeightWatch)."""
     _, rows, cols = wgt.shape
+    if valid[0] and unchanged[0]:
+        return
     if valid[0]:
         same = True
         for start in range(0, current.size, 512):          # chunks of OR-ed XORs: vectorized
@@ -384,6 +520,23 @@ def scatter_acc(y, acc, accumulate):
 
 
 # -- int8 GEMM -------------------------------------------------------------------------------------
+@_jit
+def gemv_u8s8(x, w, y):
+    """y = (x - 128) @ w for one row (x (1, k) uint8, w (k, n) int8, y (1, n) int32): the product of
+    a conv of one output pixel (a FULLY_CONNECTED).  Exact for k <= MAX_GEMM_K, as Int8Gemm.  MLAS
+    packs all of w on every call, most of the time of a one-row product (3x this loop's on
+    ResNet-50's classifier)."""
+    k, n = w.shape
+    acc = y[0]
+    for j in range(n):
+        acc[j] = 0
+    for i in range(k):
+        xv = np.int32(x[0, i]) - np.int32(128)
+        row = w[i]
+        for j in range(n):
+            acc[j] += np.int32(xv * np.int32(row[j]))
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:

@@ -13,6 +13,14 @@ and any fault (its instruction, and which instructions ran before it) are proper
 program, and `build_plan` computes them once.  A fault of fetch (an illegal instruction, or one past
 the device memory) is taken when fetch reaches it, as on the RTL: after FINISH, behind a full
 queue or after an earlier unit's fault, it is never reached.
+
+The same property lets the plan leave out work whose result it knows (the fast ops only; what a
+program can observe, device memory and scratchpads at the end of a run, stays the same):
+- accumulation chains of convs multiply once (`_chain_convs`);
+- a conv whose input tiles LOADs bring again unchanged finds its im2col rows in its buffer
+  (`_im2col_reuse`), and the input LOADs only such convs read are left out (`_dead_input_loads`);
+- convs whose weights LOADs of the run bring from device memory keep their packed weights while
+  nothing writes there, and the weight LOADs only they read are skipped then (`_watch_weights`).
 """
 
 from __future__ import annotations
@@ -26,9 +34,28 @@ from softnpu.hdl import timing
 from softnpu.hdl.asm import format_insn
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.faults import NPUFault
-from softnpu.hdl.isa import COUNTERS, INSN_BYTES, Conv, ErrorCode, Finish, Insn, Marker, Queue, acc_footprint
+from softnpu.hdl.isa import (
+    COUNTERS,
+    INSN_BYTES,
+    Add,
+    Buffer,
+    Conv,
+    ConvMode,
+    ErrorCode,
+    Finish,
+    Insn,
+    Load,
+    Marker,
+    Mul,
+    Narrow,
+    Queue,
+    Requant,
+    Store,
+    acc_footprint,
+)
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
-from softnpu.sim.iss_exec import Machine, Op
+from softnpu.sim import iss_kernels
+from softnpu.sim.iss_exec import Machine, Op, WeightWatch, dram_extent, merge_ranges
 from softnpu.sim.iss_kernels import MAX_GEMM_K
 
 __all__ = ["NPUFault", "Plan", "RunStats", "build_plan"]
@@ -84,6 +111,14 @@ class Plan:
             fault = self.fault
             raise NPUFault(fault.code, fault.pc, fault.insn, fault.addr, fault.detail)
         return self.stats.copy()
+
+
+def _window(conv: Conv) -> tuple[int, int]:
+    """The input entries [first, end) a conv's windows span."""
+    last = (conv.inp + (conv.in_blocks - 1) * conv.inp_block
+            + ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row
+            + (conv.out_w - 1) * conv.stride_w + conv.kw - 1)
+    return conv.inp, last + 1
 
 
 def _gemm_k(config: NPUConfig, conv: Conv) -> int:
@@ -254,33 +289,185 @@ class _Schedule:
                 open_chains[footprint] = [i]
         chains += open_chains.values()
         joined = list(ops)
+        watch, watched, bracket = self._watch_weights(insns, ops)
+        unchanged = {i: watch.clean for i in watched}
         busy_until: list[int] = []                  # per im2col buffer: the last op of its chain
+        buffers = []
         for chain in sorted(chains, key=lambda c: c[0]):
-            if len(chain) == 1:
-                (joined[chain[0]],) = self.machine.int8_conv_chain([ops[chain[0]].conv])
+            head = insns[chain[0]]
+            shape = (head.out_h * head.out_w, sum(_gemm_k(self.config, insns[j]) for j in chain))
+            if len(chain) == 1:                     # the buffer int8_conv_chain takes by default
+                buffers.append((chain, self.machine._workspace(0, shape, np.uint8)))
                 continue
             slot = next((b for b, end in enumerate(busy_until) if end < chain[0]), len(busy_until))
             busy_until[slot:slot + 1] = [chain[-1]]
-            head = insns[chain[0]]
-            m = head.out_h * head.out_w
-            x = self.machine._workspace(10 + slot, (m, sum(_gemm_k(self.config, insns[j]) for j in chain)),
-                                        np.uint8)
-            for j, op in zip(chain, self.machine.int8_conv_chain([ops[j].conv for j in chain], x),
+            buffers.append((chain, self.machine._workspace(10 + slot, shape, np.uint8)))
+        fresh = self._im2col_reuse(insns, ops, buffers)
+        for chain, x in buffers:
+            for j, op in zip(chain, self.machine.int8_conv_chain([ops[j].conv for j in chain], x,
+                                                                 [unchanged.get(j) for j in chain],
+                                                                 [fresh[j] for j in chain]),
                              strict=True):
                 joined[j] = op
-        return joined
+        dead = self._dead_input_loads(insns, ops, fresh)
+        return [bracket[0]] + [op for i, op in enumerate(joined) if i not in dead] + [bracket[1]]
+
+    def _dead_input_loads(self, insns: list[Insn], ops: list[Op], fresh: dict[int, bool]) -> set[int]:
+        """The fast LOADs into the input scratchpad whose entries nothing reads before later LOADs
+        overwrite them: the convs after them find their im2col rows in their buffer (`fresh` False,
+        _im2col_reuse) and read no entry.  Leaving them out changes nothing a program can see: the
+        run ends with the entries of the LOADs that write them last, which stay."""
+        writer = np.full(self.config.inp_depth, -1, np.int64)    # the LOAD that last wrote each entry
+        loads: set[int] = set()
+        needed: set[int] = set()
+
+        def read(first: int, end: int):
+            needed.update(int(w) for w in np.unique(writer[first:end]) if w >= 0)
+
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            if isinstance(insn, Load) and insn.buffer == Buffer.INP:
+                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = i
+                if hasattr(op, "dma"):
+                    loads.add(i)
+            elif isinstance(insn, Conv):
+                if fresh.get(i, True):
+                    read(*_window(insn))
+            elif isinstance(insn, (Add, Mul)):
+                read(insn.a, insn.a + insn.blocks * insn.count)
+                if not insn.b_param:
+                    read(insn.b, insn.b + insn.blocks * insn.count)
+            elif not isinstance(insn, (Load, Store, Requant, Narrow, Marker, Finish)):
+                read(0, writer.size)              # an instruction this pass does not know
+        read(0, writer.size)                      # the entries the run leaves
+        return loads - needed
+
+    def _im2col_sources(self, insns: list[Insn], ops: list[Op]) -> dict[int, tuple]:
+        """What the im2col rows of each fast MAC conv hold, as a key equal for two convs exactly when
+        their rows are equal: the conv's window fields and, for every input entry it reads, which
+        LOAD wrote it.  Two LOADs with the same fields write the same entries with the same bytes
+        unless a STORE between them wrote into what they read (only LOADs write the input
+        scratchpad).  A conv reading an entry that no LOAD of the run wrote has no key."""
+        config = self.config
+        entry = config.entry_bytes("inp")
+        writer = np.full(config.inp_depth, -1, np.int64)        # token of the LOAD that wrote each entry
+        tokens: dict[tuple, tuple[int, int]] = {}   # LOAD fields -> (token, STOREs before it)
+        stores: list[tuple[int, int]] = []
+        keys: dict[int, tuple] = {}
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            if isinstance(insn, Load) and insn.buffer == Buffer.INP:
+                fields = tuple(getattr(insn, f.name) for f in insn.FIELDS)
+                start, end = (a[0] for a in dram_extent([insn], entry))
+                known = tokens.get(fields)
+                if known is None or any(lo < end and start < hi for lo, hi in stores[known[1]:]):
+                    known = tokens[fields] = (i, len(stores))      # i: a token no other LOAD has
+                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = known[0]
+            elif isinstance(insn, Store):
+                stores.append(tuple(a[0] for a in dram_extent([insn], config.rows)))
+            elif isinstance(insn, Conv) and hasattr(op, "conv"):
+                window = (insn.inp, insn.in_blocks, insn.kh, insn.kw, insn.stride_h, insn.stride_w,
+                          insn.out_h, insn.out_w, insn.inp_row, insn.inp_block)
+                read = writer[slice(*_window(insn))]
+                if (read >= 0).all():
+                    keys[i] = (window, read.tobytes())
+        return keys
+
+    def _im2col_reuse(self, insns: list[Insn], ops: list[Op],
+                      buffers: list[tuple[list[int], np.ndarray]]) -> dict[int, bool]:
+        """Whether each fast MAC conv must write its im2col rows (`fresh`), or finds them in its buffer
+        already: the last conv that wrote those columns of that buffer (same shape) wrote the same
+        rows (_im2col_sources), and no conv wrote over them since.  A layer's convs for each block of
+        output channels read the same input tiles, LOADed again for each: their rows are written
+        once."""
+        keys = self._im2col_sources(insns, ops)
+        place = {}
+        for chain, x in buffers:
+            k0 = 0
+            for j in chain:
+                k = _gemm_k(self.config, insns[j])
+                place[j] = (x.ctypes.data, x.shape, k0, k)
+                k0 += k
+        held: dict[int, tuple[tuple[int, int], dict[tuple[int, int], tuple]]] = {}
+        fresh = {}
+        for j in sorted(place):                    # in the order the convs run
+            address, shape, k0, k = place[j]
+            key = keys.get(j)
+            held_shape, columns = held.get(address, (None, {}))
+            if held_shape != shape:
+                columns = {}
+                held[address] = (shape, columns)
+            if key is not None and columns.get((k0, k)) == key:
+                fresh[j] = False
+                continue
+            fresh[j] = True
+            for c in [c for c in columns if c[0] < k0 + k and k0 < c[0] + c[1]]:
+                del columns[c]
+            if key is not None:
+                columns[(k0, k)] = key
+        return fresh
+
+    def _watch_weights(self, insns: list[Insn], ops: list[Op]
+                       ) -> tuple[WeightWatch, set[int], tuple[Op, Op]]:
+        """The fast MAC convs whose weight entries were all written by LOADs earlier in the run, the
+        WeightWatch over the device memory those LOADs read, and the ops that open and close a run:
+        the first tells the machine of this program's STOREs (another plan's watch may cover what
+        they write), the last marks the watch clean (sim/iss_exec.py, WeightWatch).  Nothing is
+        watched if this program STOREs into what it LOADs weights from.
+
+        A weight LOAD whose entries are read only by watched convs, and overwritten by later LOADs
+        before the run ends, need not run while the watch is clean: those convs have their packed
+        weights in hand and read no entry, and the run leaves the scratchpad as it would.  Its
+        DMA row is marked skippable (iss_kernels.dma, with `weights_clean` as the flag)."""
+        machine, config = self.machine, self.config
+        writer = np.full(config.wgt_depth, -1, np.int64)       # the LOAD that last wrote each entry
+        loads: list[Insn] = []
+        load_ops: list[Op] = []
+        needed: set[int] = set()                  # LOADs that a conv which is not watched reads
+        sources: dict[int, np.ndarray] = {}
+        for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
+            if isinstance(insn, Load) and insn.buffer == Buffer.WGT:
+                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = len(loads)
+                loads.append(insn)
+                load_ops.append(op)
+            elif isinstance(insn, Conv) and insn.mode == ConvMode.MAC:
+                taps = insn.in_blocks * insn.kh * insn.kw
+                entries = writer[insn.wgt:insn.wgt + insn.out_blocks * taps]
+                if hasattr(op, "conv") and (entries >= 0).all():
+                    sources[i] = np.unique(entries)
+                else:
+                    needed.update(int(e) for e in np.unique(entries) if e >= 0)
+        needed.update(int(e) for e in np.unique(writer) if e >= 0)      # they leave the final entries
+        starts, ends = dram_extent(loads, config.entry_bytes("wgt"))
+        used = np.unique(np.concatenate(list(sources.values()))) if sources else np.zeros(0, np.int64)
+        watch = machine.watch_weights(starts[used], ends[used])
+        stores = merge_ranges(*dram_extent([insn for insn in insns if isinstance(insn, Store)], config.rows))
+        if watch.overlaps(*stores):
+            sources, needed = {}, set(range(len(loads)))
+            watch = machine.watch_weights(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        for k, op in enumerate(load_ops):
+            if k not in needed and hasattr(op, "dma"):
+                op.dma[0, iss_kernels.DMA_SKIPPABLE] = 1
+        self.weights_clean = watch.clean
+
+        def stores_written():
+            machine.dram_written(*stores, by=watch)
+
+        def weights_clean():
+            watch.clean[0] = True
+        return watch, set(sources), (stores_written, weights_clean)
 
     def _join_dmas(self, ops: list[Op]) -> list[Op]:
         """Consecutive fast-path LOAD/STORE ops (those with a `dma` row) as one op of their rows, in
-        order: the same copies, one call."""
+        order: the same copies, one call; the rows marked skippable (_watch_weights) skipped while
+        the plan's weights are clean."""
         joined: list[Op] = []
         run: list[Op] = []
         for op in ops + [None]:
             if op is not None and hasattr(op, "dma"):
                 run.append(op)
                 continue
-            if len(run) > 1:
-                joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run])))
+            if len(run) > 1 or any(r.dma[0, iss_kernels.DMA_SKIPPABLE] for r in run):
+                joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run]),
+                                                     getattr(self, "weights_clean", None)))
             else:
                 joined += run
             run = []

@@ -7,6 +7,7 @@ import pytest
 
 from softnpu.hdl import isa, numerics
 from softnpu.hdl.config import preset
+from softnpu.hdl.isa import Buffer
 from softnpu.sim import iss_kernels
 from softnpu.sim.iss import ISS
 from tests.sim.programs import random_program
@@ -67,12 +68,107 @@ def test_add_and_mul_kernels_equal_numerics(kind, b_param, seed):
     zero_point, act_min, act_max = -7, -128, 100
     out = np.empty(a.shape, np.int8)
     kernel = iss_kernels.add if kind == "add" else iss_kernels.mul
-    kernel(a, b, b_param, params, out, zero_point, act_min, act_max)
+    kernel(a, b, b_param, params, out, zero_point, act_min, act_max, iss_kernels.binary_tables())
     p = {name: np.clip(v, -31, 30) if name.endswith("_shift") else v
          for name, v in zip(names, params.astype(np.int64), strict=True)}
     function = numerics.add if kind == "add" else numerics.mul
     expected = function(a, b, **p, zero_point=zero_point, act_min=act_min, act_max=act_max)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("kind", ["add", "mul"])
+@pytest.mark.parametrize("seed", range(6))
+def test_add_and_mul_with_per_tensor_parameters_equal_numerics_on_every_pair(kind, seed):
+    """The same parameters in every lane: the kernel looks the output up in a 256 x 256 table of
+    (a, b).  All 65536 pairs, the parameters TFLite derives (seed 0) or random and extreme ones."""
+    rng = np.random.default_rng(seed)
+    names = isa.Add.PARAMS if kind == "add" else isa.Mul.PARAMS
+    if seed == 0:
+        real = (numerics.add_params if kind == "add" else numerics.mul_params)(0.05, 3, 0.07, -9, 0.1)
+        lane = np.array([real[name] for name in names], np.int64)
+    else:
+        offsets = [-255, -128, 0, 127, 255] + I32
+        lane = np.array([rng.choice(SHIFTS) if name.endswith("_shift") else
+                         rng.choice(offsets if name.endswith("_offset") else I32) for name in names],
+                        np.int64)
+    if kind == "mul" and seed == 1:      # (-128) * (-128) << 17 wraps to INT32_MIN, times INT32_MIN
+        lane[:] = [0, 0, numerics.INT32_MIN, 17]
+    lanes = 16
+    params = np.repeat(lane.astype(np.int32)[:, None], lanes, axis=1)
+    bits = np.arange(65536)
+    a = (bits >> 8).astype(np.uint8).view(np.int8).reshape(4096, 1, lanes)
+    b = (bits & 0xFF).astype(np.uint8).view(np.int8).reshape(4096, 1, lanes)
+    zero_point, act_min, act_max = int(rng.integers(-128, 128)), -128 + seed, 127 - 3 * seed
+    cache = iss_kernels.binary_tables(2)
+    kernel = iss_kernels.add if kind == "add" else iss_kernels.mul
+    p = {name: np.clip(v, -31, 30) if name.endswith("_shift") else v
+         for name, v in zip(names, params.astype(np.int64), strict=True)}
+    function = numerics.add if kind == "add" else numerics.mul
+    expected = function(a, b, **p, zero_point=zero_point, act_min=act_min, act_max=act_max)
+    for _ in range(2):                   # built, then found in the cache
+        out = np.empty(a.shape, np.int8)
+        kernel(a, b, False, params, out, zero_point, act_min, act_max, cache)
+        np.testing.assert_array_equal(out, expected)
+    assert cache[0][:, 0].sum() == 1, "the second run builds no second table"
+
+
+def test_binary_tables_are_kept_by_their_parameters():
+    """Tables cached by parameters: another zero point, clamp or multiplier is another table; a full
+    cache replaces its oldest one; a lane that differs takes the computed path, not a table."""
+    names = isa.Add.PARAMS
+    real = [numerics.add_params(0.05, 3, 0.07 + k / 100, -9, 0.1) for k in range(3)]
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (2, 64, 16), dtype=np.int8)
+    b = rng.integers(-128, 128, a.shape, dtype=np.int8)
+    cache = iss_kernels.binary_tables(2)
+
+    def run(params, zero_point=-7, act_min=-128, act_max=127):
+        out = np.empty(a.shape, np.int8)
+        iss_kernels.add(a, b, False, params, out, zero_point, act_min, act_max, cache)
+        p = {name: np.clip(v, -31, 30) if name.endswith("_shift") else v
+             for name, v in zip(names, params.astype(np.int64), strict=True)}
+        np.testing.assert_array_equal(out, numerics.add(a, b, **p, zero_point=zero_point, act_min=act_min,
+                                                        act_max=act_max))
+
+    params = [np.repeat(np.array([r[name] for name in names], np.int32)[:, None], 16, axis=1) for r in real]
+    for p, zero_point, act_max in [(params[0], -7, 127), (params[0], 5, 127), (params[0], 5, 100),
+                                   (params[1], -7, 127), (params[2], -7, 127), (params[0], -7, 127)]:
+        run(p, zero_point, act_max=act_max)
+    mixed = params[0].copy()
+    mixed[:, 3] = params[1][:, 3]
+    tables = cache[1].copy()
+    run(mixed)
+    np.testing.assert_array_equal(cache[1], tables)
+
+
+@pytest.mark.parametrize("window", [(1, 1, 1), (1, 1, 2), (3, 3, 1), (3, 3, 2), (4, 4, 1), (2, 2, 2),
+                                    (1, 3, 1)])
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_im2col_rows_are_the_windows_shifted_to_uint8(window, lanes):
+    """im2col_u8 against a strided view of the scratchpad (the reference conv's windows), + 128, in
+    the columns from col0 of wider rows (a conv in an accumulation chain); 3x3 windows of 16 lanes
+    take the pixel-by-pixel order, the others the row-by-row one."""
+    kh, kw, stride = window
+    rng = np.random.default_rng(kh * 10 + kw + stride + lanes)
+    in_blocks, out_h, out_w = 3, 5, 6
+    inp_row = (out_w - 1) * stride + kw + 1
+    inp_block = ((out_h - 1) * stride + kh) * inp_row
+    first = 7
+    inp = rng.integers(-128, 128, (first + in_blocks * inp_block, lanes), dtype=np.int8)
+    windows = np.lib.stride_tricks.as_strided(
+        inp[first:], shape=(in_blocks, out_h, out_w, kh, kw, lanes),
+        strides=(inp_block * lanes, stride * inp_row * lanes, stride * lanes, inp_row * lanes, lanes, 1))
+    expected = windows.transpose(1, 2, 0, 3, 4, 5).reshape(out_h * out_w, -1).view(np.uint8) ^ 0x80
+    k = expected.shape[1]
+    col0 = 2 * lanes
+    x = np.zeros((out_h * out_w, col0 + k + lanes), np.uint8)
+    words, x_words = iss_kernels.words(inp, lanes), iss_kernels.words(x, lanes)
+    flip = x_words.dtype.type(int("80" * x_words.itemsize, 16))
+    per = words.size // inp.shape[0]
+    iss_kernels.im2col_u8(words, per, first, in_blocks, out_h, out_w, kh, kw, stride, stride, inp_row,
+                          inp_block, x_words, x_words.size // x.shape[0], col0 // x_words.itemsize, flip)
+    np.testing.assert_array_equal(x[:, col0:col0 + k], expected)
+    assert not x[:, :col0].any() and not x[:, col0 + k:].any()
 
 
 def test_int8_gemm_is_exact_at_the_extremes_over_the_largest_k():
@@ -93,6 +189,21 @@ def test_int8_gemm_is_exact_at_the_extremes_over_the_largest_k():
     expected = (x.astype(np.int64) - 128) @ w.astype(np.int64)
     assert expected[0, 0] == k * 128 * 128
     np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("k", [1, 100, iss_kernels.MAX_GEMM_K])
+def test_one_row_product_is_exact_at_the_extremes(k):
+    """gemv_u8s8 (the product of a one-pixel conv) against int64: (x + 128) in {0, 255} times w in
+    {-128, 127}, sums up to the largest K of the int8 path, and random values."""
+    rng = np.random.default_rng(k)
+    w = np.full((k, 48), -128, np.int8)
+    w[:, 16:32] = 127
+    w[:, 32:] = rng.integers(-128, 128, (k, 16), dtype=np.int8)
+    for x in (np.zeros((1, k), np.uint8), np.full((1, k), 255, np.uint8),
+              rng.integers(0, 256, (1, k), dtype=np.uint8)):
+        y = np.full((1, 48), 7, np.int32)
+        iss_kernels.gemv_u8s8(x, w, y)
+        np.testing.assert_array_equal(y, (x.astype(np.int64) - 128) @ w.astype(np.int64))
 
 
 @pytest.mark.parametrize("config", ["tiny", "default"])
@@ -133,6 +244,66 @@ def test_fast_conv_repacks_weights_that_change_between_runs():
             iss.machine.wgt[:6] = w
             iss.run_program(program, 0x1000)
         np.testing.assert_array_equal(fast.machine.acc[:8], reference.machine.acc[:8])
+
+
+def _weights_program(cfg, wgt_at: int, inp_at: int, entries: int, store_at: int | None = None) -> bytes:
+    """LOAD weights and input from device memory, a MAC CONV of 2 output blocks over 3 input blocks
+    (1x1, 2x2 pixels) into acc[0:8], then, if `store_at`, a STORE of out[0:2] to device memory."""
+    conv = isa.Conv(mode=isa.ConvMode.MAC, out_blocks=2, in_blocks=3, kh=1, kw=1, stride_h=1, stride_w=1,
+                    out_h=2, out_w=2, acc=0, inp=0, wgt=0, inp_row=2, inp_block=4, pop_prev=True)
+    wgt_bytes = cfg.entry_bytes("wgt")
+    program = [isa.Load(buffer=Buffer.WGT, sram=0, dram=wgt_at, blocks=1, rows=1, cols=entries,
+                        row_stride=entries * wgt_bytes, block_stride=entries * wgt_bytes),
+               isa.Load(buffer=Buffer.INP, sram=0, dram=inp_at, blocks=1, rows=1, cols=12, row_stride=12 * 16,
+                        block_stride=12 * 16, push_next=True), conv]
+    if store_at is not None:
+        program.append(isa.Store(sram=0, dram=store_at, blocks=1, rows=1, cols=2, row_stride=32,
+                                 block_stride=32))
+    return isa.encode_program(program + [isa.Finish()])
+
+
+def test_fast_conv_repacks_weights_loaded_from_memory_that_anything_rewrote():
+    """A conv whose weights a LOAD brings from device memory skips even comparing them while nothing
+    wrote there since its last run; a host write, another program's STORE, or its own program's
+    STORE into those bytes, and it computes with the new ones."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    wgt_at, inp_at = 0x10000, 0x20000
+    entries = 6
+    rng = np.random.default_rng(7)
+    fast, reference = ISS(cfg), ISS(cfg, fast=False)
+    program = _weights_program(cfg, wgt_at, inp_at, entries)
+    rewrite_own = _weights_program(cfg, wgt_at, inp_at, entries, store_at=wgt_at + 64)
+    # another program: a STORE of out[0:2] over the weights
+    other = isa.encode_program([isa.Store(sram=0, dram=wgt_at + 256, blocks=1, rows=1, cols=2, row_stride=32,
+                                          block_stride=32), isa.Finish()])
+
+    def run(code, at):
+        for iss in (fast, reference):
+            iss.run_program(code, at)
+        np.testing.assert_array_equal(fast.machine.acc[:8], reference.machine.acc[:8])
+
+    weights = rng.integers(-128, 128, entries * cfg.entry_bytes("wgt"), dtype=np.int8)
+    x = rng.integers(-128, 128, 12 * 16, dtype=np.int8)
+    for iss in (fast, reference):
+        iss.write(wgt_at, weights)
+        iss.write(inp_at, x)
+    run(program, 0x1000)
+    run(program, 0x1000)
+    watches = list(fast.machine._weight_watches)
+    assert watches and all(w.clean[0] for w in watches)
+    assert any(len(w.starts) for w in watches), "the conv's weights are watched"
+    for step in ("host", "other", "own"):
+        new = rng.integers(-128, 128, 32, dtype=np.int8)
+        for iss in (fast, reference):
+            iss.machine.out[:2] = new.reshape(2, 16)
+            if step == "host":
+                iss.write(wgt_at + 100, new)
+            elif step == "other":
+                iss.run_program(other, 0x2000)
+        if step == "own":                 # stores into its weights after loading them, for the next run
+            run(rewrite_own, 0x3000)
+        run(program if step != "own" else rewrite_own, 0x1000 if step != "own" else 0x3000)
+        assert fast.machine.acc[:8].any()
 
 
 def test_matmul_integer_model_is_a_model_onnxruntime_loads():

@@ -221,3 +221,137 @@ def test_add_and_mul_by_a_constant_equal_numerics_on_the_tile(kind, count):
     expected = function(a.reshape(blocks, count, b), const[:, None, :], **p, zero_point=-2, act_min=-120,
                         act_max=127)
     np.testing.assert_array_equal(iss.machine.out[:blocks * count].reshape(blocks, count, b), expected)
+
+
+def _conv_over(acc: int, inp: int = 0, **flags) -> isa.Conv:
+    """A 3x3 MAC conv over 2 input blocks of 4x6 (2x4 pixels) at input entry `inp`, weights at 0."""
+    return isa.Conv(mode=ConvMode.MAC, out_blocks=1, in_blocks=2, kh=3, kw=3, stride_h=1, stride_w=1,
+                    out_h=2, out_w=4, acc=acc, inp=inp, wgt=0, inp_row=6, inp_block=24, **flags)
+
+
+def _load_input(dram: int, **flags) -> isa.Load:
+    return isa.Load(buffer=Buffer.INP, sram=0, dram=dram, blocks=2, rows=4, cols=6, row_stride=6 * 16,
+                    block_stride=24 * 16, **flags)
+
+
+@pytest.mark.parametrize("case", ["stored_over", "overwritten_rows", "reloaded", "read_by_an_add"])
+def test_convs_share_im2col_rows_only_while_their_input_and_the_rows_are_the_same(case):
+    """A conv whose input a LOAD brings again with the same fields finds its im2col rows in the
+    buffer (the fast ISS writes them once); not when a STORE wrote into what the LOAD reads, nor
+    when another conv wrote its rows into that buffer since (one whose input no LOAD wrote: it has no
+    key).  An input LOAD that only such convs read is left out; not one that an ADD reads.  The fast
+    ISS equals the reference: accumulators, outputs, and the input scratchpad a run leaves."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    a, b, wgt_at = 0x10000, 0x20000, 0x30000
+    wgt = isa.Load(buffer=Buffer.WGT, sram=0, dram=wgt_at, blocks=1, rows=1, cols=18,
+                   row_stride=18 * 256, block_stride=18 * 256)
+    if case == "stored_over":      # conv 3 reads A after a STORE into A: not conv 1's rows
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True),
+                   _conv_over(8, pop_prev=True, push_next=True),
+                   isa.Store(sram=0, dram=a + 64, blocks=1, rows=1, cols=3, row_stride=48, block_stride=48,
+                             pop_prev=True, push_prev=True),
+                   isa.Marker(id=1, pop_next=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    elif case == "overwritten_rows":   # conv 2 writes other rows into the buffer between two convs of A
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _conv_over(8, inp=200),              # input entries no LOAD of the run wrote
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    elif case == "read_by_an_add":     # B loaded over A for an ADD only, then A again for conv 3
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _load_input(b, pop_next=True, push_next=True),
+                   isa.Add(out=0, a=0, b=24, param=0, blocks=1, count=24, act_min=-128, act_max=127,
+                           pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    else:                              # A again for conv 2 and conv 3: one set of rows for all three
+        program = [wgt, _load_input(a, push_next=True), _conv_over(0, pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True),
+                   _conv_over(8, pop_prev=True, push_prev=True),
+                   _load_input(a, pop_next=True, push_next=True), _conv_over(16, pop_prev=True)]
+    code = isa.encode_program(program + [isa.Finish()])
+    rng = np.random.default_rng(11)
+    image = [(a, rng.integers(-128, 128, 48 * 16, dtype=np.int8)),
+             (b, rng.integers(-128, 128, 48 * 16, dtype=np.int8)),
+             (wgt_at, rng.integers(-128, 128, 18 * 256, dtype=np.int8))]
+    out = rng.integers(-128, 128, (3, 16), dtype=np.int8)
+    other = rng.integers(-128, 128, (48, 16), dtype=np.int8)
+    real = numerics.add_params(0.05, 3, 0.07, -9, 0.1)
+    add_params = np.array([[real[name]] * 16 for name in isa.Add.PARAMS], np.int32)
+    results, scratchpads = [], []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        for addr, data in image:
+            iss.write(addr, data)
+        iss.machine.out[:3] = out
+        iss.machine.inp[200:248] = other
+        iss.machine.param[:8] = add_params
+        runs, ends = [], []
+        for _ in range(2):           # the second run: A as the first one's STORE left it
+            iss.run_program(code, 0x1000)
+            runs.append(iss.machine.acc[:24].reshape(3, 8, 16).copy())
+            ends.append((iss.machine.inp[:48].copy(), iss.machine.out[:24].copy()))
+        results.append(runs)
+        scratchpads.append(ends)
+    np.testing.assert_array_equal(results[0], results[1])
+    for (inp_fast, out_fast), (inp_ref, out_ref) in zip(*scratchpads, strict=True):
+        np.testing.assert_array_equal(inp_fast, inp_ref)
+        np.testing.assert_array_equal(out_fast, out_ref)
+    first = results[1][0]            # the reference's first run: which convs saw the same input
+    assert (first[2] == first[0]).all() == (case != "stored_over")
+    assert (first[1] == first[0]).all() == (case not in ("overwritten_rows", "read_by_an_add"))
+
+
+def _mac(acc: int, wgt: int, **flags) -> isa.Conv:
+    """A 1x1 MAC conv of 3 input blocks (2x2 pixels at input entry 0) into 2 output blocks."""
+    return isa.Conv(mode=ConvMode.MAC, out_blocks=2, in_blocks=3, kh=1, kw=1, stride_h=1, stride_w=1,
+                    out_h=2, out_w=2, acc=acc, inp=0, wgt=wgt, inp_row=2, inp_block=4, **flags)
+
+
+def _load_weights(sram: int, dram: int, entries: int = 6, **flags) -> isa.Load:
+    return isa.Load(buffer=Buffer.WGT, sram=sram, dram=dram, blocks=1, rows=1, cols=entries,
+                    row_stride=entries * 256, block_stride=entries * 256, **flags)
+
+
+@pytest.mark.parametrize("case", ["overwritten", "read_by_a_conv_not_watched"])
+def test_weight_loads_that_no_conv_needs_are_skipped_and_the_scratchpad_ends_the_same(case):
+    """Convs with their packed weights in hand need no weight LOAD whose entries later LOADs
+    overwrite; the fast ISS skips those while the weights are clean, and still ends each run with
+    the weight scratchpad, accumulators and device memory of the reference, also after a reset
+    (scratchpads cleared) and after the host rewrites the weights."""
+    cfg = preset("default").replace(dram_bytes=1 << 20)
+    first_at, second_at, inp_at = 0x10000, 0x20000, 0x30000
+    load_input = isa.Load(buffer=Buffer.INP, sram=0, dram=inp_at, blocks=1, rows=1, cols=12,
+                          row_stride=12 * 16, block_stride=12 * 16)
+    if case == "overwritten":          # the first LOAD's entries: read by conv 1, overwritten for conv 2
+        program = [load_input, _load_weights(0, first_at, push_next=True), _mac(0, 0, pop_prev=True,
+                                                                               push_prev=True),
+                   _load_weights(0, second_at, pop_next=True, push_next=True), _mac(8, 0, pop_prev=True)]
+    else:                              # conv 2 reads entries 0-5 and 6-7, which no LOAD of the run wrote
+        program = [load_input, _load_weights(0, first_at, push_next=True), _mac(0, 0, pop_prev=True,
+                                                                               push_prev=True),
+                   _mac(8, 2), _load_weights(0, second_at, pop_next=True, push_next=True),
+                   _mac(16, 0, pop_prev=True)]
+    code = isa.encode_program(program + [isa.Finish()])
+    rng = np.random.default_rng(3)
+    image = [(first_at, rng.integers(-128, 128, 6 * 256, dtype=np.int8)),
+             (second_at, rng.integers(-128, 128, 6 * 256, dtype=np.int8)),
+             (inp_at, rng.integers(-128, 128, 12 * 16, dtype=np.int8))]
+    extra = rng.integers(-128, 128, (2, 16, 16), dtype=np.int8)
+    states = []
+    for fast in (True, False):
+        iss = ISS(cfg, fast=fast)
+        for addr, data in image:
+            iss.write(addr, data)
+        state = []
+        for step in ("first", "again", "reset", "rewritten"):
+            if step == "reset":
+                iss.reset()
+            if step == "rewritten":
+                iss.write(first_at + 300, extra[0, 0])
+            iss.machine.wgt[6:8] = extra
+            iss.run_program(code, 0x1000)
+            state.append((iss.machine.wgt[:8].copy(), iss.machine.acc[:24].copy()))
+        states.append(state)
+    for (w_fast, acc_fast), (w_ref, acc_ref) in zip(*states, strict=True):
+        np.testing.assert_array_equal(w_fast, w_ref)
+        np.testing.assert_array_equal(acc_fast, acc_ref)
