@@ -45,8 +45,29 @@ def bind(kernel, *args):
     """`kernel(*args)` as a callable that enters the compiled code for these arguments' types directly.
     An op's arguments are fixed when it is prepared; numba's dispatch by type costs about as much
     again as the call itself (0.2-0.3 of ~0.5 us, on ResNet-50's ~6,600 kernel calls a run)."""
-    entry = kernel.compile(tuple(numba.typeof(a) for a in args))     # compiled, or from the cache
+    key = (kernel, *map(_type_key, args))
+    entry = _entries.get(key)
+    if entry is None:       # compiled, or from numba's cache
+        entry = _entries[key] = kernel.compile(tuple(numba.typeof(a) for a in args))
     return functools.partial(entry, *args)
+
+
+# A program prepares tens of thousands of ops, and numba.typeof of an array costs ~15 us: the compiled
+# entry by kernel and by what determines each argument's numba type (an array's dtype, dimensions,
+# layout and flags; a scalar's type; an int's, unless it needs more than 64 bits).
+_entries: dict = {}
+_INT64_RANGE = range(-(1 << 63), 1 << 63)
+
+
+def _type_key(a):
+    if isinstance(a, np.ndarray):
+        flags = a.flags
+        return a.dtype, a.ndim, flags.c_contiguous, flags.f_contiguous, flags.writeable, flags.aligned
+    if type(a) is int and a not in _INT64_RANGE:
+        return int, a
+    if isinstance(a, np.generic):
+        return a.dtype
+    return type(a)
 
 
 # -- numerics, one int64 value at a time ------------------------------------------------------

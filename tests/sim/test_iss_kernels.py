@@ -2,6 +2,7 @@
 reference ISS (`ISS(config, fast=False)`): the same bits on random programs, random tiles and the
 extreme values of every operand."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -404,3 +405,23 @@ def test_accumulation_chains_join_into_one_gemm_and_equal_the_reference():
     assert names[0].count("conv_mac_int8") + names[0].count("conv_mac_int8_direct") == 3
     for fast, reference in zip(*results, strict=True):
         np.testing.assert_array_equal(fast, reference)
+
+
+def test_bind_enters_the_entry_numba_would_dispatch_to():
+    """bind caches compiled entries by what decides each argument's numba type: arrays that differ in
+    layout, writeability or dtype, and scalars of other types, get the entry numba's own dispatch picks."""
+    base = np.arange(24, dtype=np.int32).reshape(4, 6)
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    variants = [base, base.T, base[:, ::2], readonly, base.astype(np.int64), base[0]]
+    for a in variants:
+        for n in (3, np.int16(3), 2.5, True):
+            call = iss_kernels.bind(_probe, a, n)
+            expected = _probe.compile((numba.typeof(a), numba.typeof(n)))
+            assert call.func is expected, (a.flags, type(n))
+            assert call() == _probe.py_func(a, n)
+
+
+@numba.njit(cache=False)
+def _probe(a, n):
+    return a.sum() + n
