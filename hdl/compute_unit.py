@@ -107,12 +107,13 @@ class ComputeUnit(Unit):
             self.tokens.push_prev.eq(fsm_push[0] | (vector.done & vec_flags["push_prev"])),
             self.tokens.push_next.eq(fsm_push[1] | (vector.done & vec_flags["push_next"]))]
 
+        cur_flags = isa_flags(word)
+
         def retire():
-            flags = isa_flags(word)
-            m.d.comb += fsm_push.eq(Cat(flags["push_prev"], flags["push_next"]))
+            m.d.comb += fsm_push.eq(Cat(cur_flags["push_prev"], cur_flags["push_next"]))
             m.next = "IDLE"
 
-        cur_pushes = isa_flags(word)["push_prev"] | isa_flags(word)["push_next"]
+        cur_pushes = cur_flags["push_prev"] | cur_flags["push_next"]
         # a CONV may start beside a REQUANT or NARROW that reads none of its accumulators
         disjoint = (conv.acc_end <= vec_acc_first) | (view(isa.Conv, word).acc >= vec_acc_end)
         hazard = vec_running & ~vector.done & ~(vec_reads_acc & disjoint)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from softnpu.hdl.config import NPUConfig
 from softnpu.hdl.isa import (
     INSN_BYTES,
-    TOKEN_FLAGS,
     Add,
     Buffer,
     Conv,
@@ -179,14 +178,10 @@ class ComputeIssue:
             if self.vector_end - 1 > start + 1 and not overlaps_conv(self.vector, insn):
                 begin = self.vector_end - 2          # held in decode until the vector op's done
             end = begin + cost
-            if any(getattr(insn, f) for f in TOKEN_FLAGS if f.startswith("push")) and self.vector_end >= end:
+            if (insn.push_prev or insn.push_next) and self.vector_end >= end:
                 end = self.vector_end + 1            # retired after the vector op's push
             self.fsm_free = end
             return end
         self.fsm_free = start + cost
         return start + cost
 
-    @property
-    def idle(self) -> int:
-        """The cycle from which both engines are idle."""
-        return max(self.fsm_free, self.vector_end)

@@ -35,6 +35,17 @@ def _reader(port, name, bursts, log, delay=0):
     return bench
 
 
+def _until_logged(log, n):
+    """The testbench: ticks until the readers have logged `n` bursts (400 cycles at most)."""
+    async def bench(ctx):
+        for _ in range(400):
+            await ctx.tick()
+            if len(log) == n:
+                return
+        raise AssertionError(f"readers stuck: {log}")
+    return bench
+
+
 @pytest.mark.parametrize("pattern", [(1,), STALLY], ids=["steady", "stalls"])
 @pytest.mark.parametrize("fetch_delay, load_delay, first", [(0, 0, "load"), (0, 3, "fetch"), (5, 0, "load")])
 def test_readers_get_their_own_bursts_one_at_a_time(pattern, fetch_delay, load_delay, first):
@@ -44,14 +55,7 @@ def test_readers_get_their_own_bursts_one_at_a_time(pattern, fetch_delay, load_d
     fetch = [(0x1000, 8), (0x1020, 8)]
     load = [(0x2000, 3), (0x2100, 5)]
 
-    async def bench(ctx):
-        for _ in range(400):
-            await ctx.tick()
-            if len(log) == 4:
-                return
-        raise AssertionError(f"readers stuck: {log}")
-
-    simulate(dut, bench, processes=[memory.serve],
+    simulate(dut, _until_logged(log, 4), processes=[memory.serve],
              background=[_reader(dut.fetch, "fetch", fetch, log, fetch_delay),
                          _reader(dut.load, "load", load, log, load_delay)])
     assert log[0][0] == first
@@ -89,14 +93,7 @@ def test_fetch_slips_in_between_the_load_units_bursts_in_flight(pattern):
     log = []
     load = [(0x2000, 3), (0x2100, 5), (0x2200, 2)]
 
-    async def bench(ctx):
-        for _ in range(400):
-            await ctx.tick()
-            if len(log) == 4:
-                return
-        raise AssertionError(f"readers stuck: {log}")
-
-    simulate(dut, bench, processes=[memory.serve],
+    simulate(dut, _until_logged(log, 4), processes=[memory.serve],
              background=[_pipelined_reader(dut.load, "load", load, log),
                          _reader(dut.fetch, "fetch", [(0x1000, 8)], log, delay=2)])
     for name, addr, data in log:
