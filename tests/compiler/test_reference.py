@@ -153,6 +153,64 @@ def test_drop_host_tail(tflite_model):
     assert len(cut.tensors) == len(graph.tensors)
 
 
+def _with_signature(model: bytes, outputs: list[int]) -> bytes:
+    """The model with a signature whose outputs are the tensors `outputs`."""
+    import flatbuffers
+
+    from softnpu.compiler.tflite_import import _schema
+
+    schema = _schema()
+    m = schema.ModelT.InitFromPackedBuf(model, 0)
+    sig = schema.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex, sig.inputs = "serving_default", 0, []
+    sig.outputs = []
+    for k, index in enumerate(outputs):
+        tmap = schema.TensorMapT()
+        tmap.name, tmap.tensorIndex = f"output_{k}", index
+        sig.outputs.append(tmap)
+    m.signatureDefs = [sig]
+    builder = flatbuffers.Builder(len(model) + 4096)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.mark.parametrize("signature", [None, "stored", "default"])
+def test_drop_host_tail_edits_in_place_as_repacking_would(tflite_model, signature):
+    """The bytes edited in place (and the repacking they fall back to when a signature's output
+    index is 0, a value flatbuffers does not store) unpack to the model with the tail removed."""
+    from softnpu.compiler.tflite_import import _repacked, _schema
+
+    model = tflite_model("digits", 8)
+    graph = load_tflite(model)
+    softmax = graph.ops[-1]
+    if signature is not None:
+        model = _with_signature(model, [softmax.outputs[0]] + ([0] if signature == "default" else []))
+    cut = _schema().ModelT.InitFromPackedBuf(drop_host_tail(model), 0)
+    want = _schema().ModelT.InitFromPackedBuf(
+        _repacked(model, list(range(len(graph.ops) - 1)), softmax.inputs[:1]), 0)
+    got_sub, want_sub = cut.subgraphs[0], want.subgraphs[0]
+    assert got_sub.outputs.tolist() == want_sub.outputs.tolist() == softmax.inputs[:1]
+    assert [(op.opcodeIndex, op.inputs.tolist(), op.outputs.tolist()) for op in got_sub.operators] == \
+        [(op.opcodeIndex, op.inputs.tolist(), op.outputs.tolist()) for op in want_sub.operators]
+    assert len(got_sub.operators) == len(graph.ops) - 1
+    assert len(cut.buffers) == len(want.buffers)
+    if signature is not None:
+        assert [t.tensorIndex for t in cut.signatureDefs[0].outputs] == \
+            [t.tensorIndex for t in want.signatureDefs[0].outputs] == \
+            softmax.inputs[:1] * (2 if signature == "default" else 1)
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=drop_host_tail(model),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    assert [d["index"] for d in interp.get_output_details()] == softmax.inputs[:1]
+
+
+def test_drop_host_tail_leaves_a_model_without_one_unchanged(tflite_model):
+    model = drop_host_tail(tflite_model("digits", 8))
+    assert drop_host_tail(model) == model
+
+
 def test_quantize_matches_tflite_rounding():
     x = np.array([-1.5, -0.5, 0.5, 1.5, 2.5, 1000.0, -1000.0], dtype=np.float32)
     q = reference.quantize(x, 1.0, 0)
