@@ -206,13 +206,10 @@ class Machine:
         return store
 
     def _dma_op(self, *fields: int) -> Op:
-        """The Op of one LOAD or STORE on the fast path: a row of iss_kernels.dma's table.  Its `dma`
-        attribute lets the plan join a run of DMAs into one call (`dma_batch`)."""
+        """The Op of one LOAD or STORE on the fast path: a row of iss_kernels.dma's table."""
         row = np.zeros((1, iss_kernels.DMA_FIELDS), np.int64)
         row[0, :len(fields)] = fields
-        op = self.dma_batch(row)
-        op.dma = row
-        return op
+        return _DmaOp(self, row)
 
     def dma_batch(self, table: np.ndarray, skip: np.ndarray | None = None) -> Op:
         """An Op performing the DMA rows of `table` (from _dma_op) in order; while `skip[0]`, not the
@@ -513,6 +510,22 @@ class Machine:
 
 def _no_op():
     pass
+
+
+class _DmaOp:
+    """One fast-path LOAD or STORE: its row of iss_kernels.dma's table (`dma`), which a plan joins
+    with the rows of the DMAs beside it into one call (Machine.dma_batch, sim/iss_plan.py); run on
+    its own, it makes its call the first time.  A program prepares tens of thousands of them, and
+    most are only ever run joined."""
+    __slots__ = ("machine", "dma", "call")
+
+    def __init__(self, machine: Machine, row: np.ndarray):
+        self.machine, self.dma, self.call = machine, row, None
+
+    def __call__(self) -> None:
+        if self.call is None:
+            self.call = self.machine.dma_batch(self.dma)
+        self.call()
 
 
 def _named(call, name: str) -> Op:

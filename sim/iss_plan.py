@@ -465,11 +465,9 @@ class _Schedule:
             if op is not None and hasattr(op, "dma"):
                 run.append(op)
                 continue
-            if len(run) > 1 or any(r.dma[0, iss_kernels.DMA_SKIPPABLE] for r in run):
+            if run:
                 joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run]),
                                                      getattr(self, "weights_clean", None)))
-            else:
-                joined += run
             run = []
             if op is not None:
                 joined.append(op)
