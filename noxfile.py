@@ -60,46 +60,12 @@ def bench_serve(session):
 
 @nox.session(python=PYTHON)
 def models(session):
-    """The four ImageNet networks at 224x224 (or `-- SIZE`): `softnpu compile` then `softnpu verify`
-    (bit-exact on the ISS against the reference interpreter), two networks at a time (`-- SIZE
-    LANES` to change it); prints each network's output and the time of each step."""
-    import concurrent.futures
-    import os
-    import subprocess
-    import time
-
+    """The four ImageNet networks at 224x224: `softnpu compile` then `softnpu verify` (bit-exact on
+    the ISS against the reference interpreter), in two processes side by side, each running the
+    commands of its networks in turn (host/bench/models.py; `-- --size 160 --lanes 1` to change
+    it); prints each network's output and the time of each step."""
     _install(session)
-    size = session.posargs[0] if session.posargs else "224"
-    lanes = int(session.posargs[1]) if len(session.posargs) > 1 else 2
-    softnpu = os.path.join(session.bin, "softnpu")
-
-    def network(name):
-        bundle = f"build/models/{name}-{size}.npu"
-        steps, output = [], []
-        for step in (["compile", name, "--input-size", size, "-o", bundle, "-q"], ["verify", bundle]):
-            start = time.perf_counter()
-            done = subprocess.run([softnpu, *step], capture_output=True, text=True)
-            steps.append(time.perf_counter() - start)
-            output.append(f"$ softnpu {' '.join(step)}\n{done.stdout}{done.stderr}")
-            if done.returncode:
-                return name, steps, "".join(output), done.returncode
-        return name, steps, "".join(output), 0
-
-    # the longest first, so that the lanes end together
-    order = ("resnet152", "vgg16", "densenet121", "resnet50")
-    with concurrent.futures.ThreadPoolExecutor(lanes) as pool:
-        results = list(pool.map(network, order))
-    failed = []
-    for name, _, output, code in results:
-        print(output, end="", flush=True)
-        if code:
-            failed.append(f"{name} (exit {code})")
-    for name, steps, _, _ in results:
-        times = f"compile {steps[0]:.1f} s" + (f", verify {steps[1]:.1f} s" if len(steps) > 1 else "")
-        session.log(f"{name}@{size}: {times} (compile includes conversion unless cached; verify: ISS + "
-                    "reference interpreter)")
-    if failed:
-        session.error(f"not bit-exact or failed: {', '.join(failed)}")
+    session.run("python", "-m", "softnpu.host.bench.models", *session.posargs)
 
 
 @nox.session(python=PYTHON)
