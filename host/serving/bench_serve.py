@@ -6,6 +6,9 @@ required); the clients are threads of this process.  Three parts:
 1. Latency: 1 and then 2 device workers, as many client threads as workers; p50/p99 latency,
    throughput, the device's host time per request (`device ms`, the ISS running the program) and
    the service overhead = latency - device time (gRPC, tensor conversion, queueing, host stages).
+   Then the floor under that overhead on this machine: a bare grpcio echo service with the int8
+   row's request size, answering at once and holding each call for the int8 row's device time
+   (host/serving/echo_floor.py).
 2. Batching: 16 client threads against 1 worker with batching off and on (--enable-batching with
    a BatchingParameters file), side by side.  The servers run at the same time and the rows are
    measured in interleaved rounds, so that a busy machine slows every row alike; the mean batch
@@ -405,7 +408,19 @@ def _latency(root: Path, modes: dict, requests: int, backend: str | None) -> Non
                 print(f"gRPC floor (health-check round trip) p50 {_health_rtt(served.address):.2f} ms")
                 print(HEADER)
             for name, (make, outputs) in modes.items():
-                _row(name, workers, workers, _stats([_run(served.address, make, workers, requests, outputs)]))
+                stats = _stats([_run(served.address, make, workers, requests, outputs)])
+                _row(name, workers, workers, stats)
+                if workers == 1 and name == "int8 tensor":
+                    floor_for = (sum(np.asarray(v).nbytes for v in make(0).values()), stats["device"])
+    # the same request size, a handler that holds each call as long as the device ran: what gRPC and
+    # Python cost per call here before softnpu does anything (host/serving/echo_floor.py)
+    from softnpu.host.serving.echo_floor import overhead_ms
+
+    size, device_ms = floor_for
+    print(f"floor: a bare gRPC echo service, {size:,}-byte requests, overhead p50 "
+          f"{overhead_ms(size, 0.0, requests):.2f} ms answering at once, "
+          f"{overhead_ms(size, device_ms / 1e3, requests):.2f} ms holding each call {device_ms:.0f} ms "
+          "(the int8 row's device time)")
 
 
 def _batching(root: Path, tmp: Path, make, outputs, clients: int, requests: int, rounds: int,
