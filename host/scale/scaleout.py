@@ -81,7 +81,7 @@ class ray_session:
                 raise ScaleOutError(f"--ray-address {self.address}: cannot join the cluster: "
                                     f"{str(exc).splitlines()[0]}") from None
         else:
-            ray.init(num_cpus=self.num_cpus, **kwargs)
+            _start_local(ray, self.num_cpus, kwargs)
         self._owned = True
         return ray
 
@@ -91,6 +91,23 @@ class ray_session:
 
             ray.shutdown()
         return False
+
+
+# Ray gives a new local node's raylet 30 s to register with its GCS, then raises a bare Exception
+# with this text; on a 2-core machine a raylet that never started has happened without load
+_STARTUP_TIMEOUT = "timed out during startup"
+
+
+def _start_local(ray, num_cpus: int | None, kwargs: dict, attempts: int = 2) -> None:
+    """ray.init of a local instance, started again (once, by default) if its node does not come up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, **kwargs)
+            return
+        except Exception as exc:
+            if _STARTUP_TIMEOUT not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
 
 
 def _describe(exc: BaseException) -> tuple[str, bool]:

@@ -110,3 +110,27 @@ def test_point_verified_on_the_iss_matches_the_interpreter(tmp_path):
     assert load_spec(_spec(tmp_path, SPEC), verify="rtl").points[0].verify == "rtl"
     with pytest.raises(SpecError, match="verify: 'fpga'; expected iss or rtl"):
         load_spec(_spec(tmp_path, dict(SPEC, verify="fpga")))
+
+
+def test_a_local_ray_node_that_does_not_start_is_started_again():
+    from softnpu.host.scale import scaleout
+
+    class FakeRay:
+        def __init__(self, failures):
+            self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+        def init(self, **kwargs):
+            self.inits += 1
+            if self.inits <= self.failures:
+                raise Exception("The current node timed out during startup. This could happen because ...")
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    once = FakeRay(1)
+    scaleout._start_local(once, 2, {})
+    assert (once.inits, once.shutdowns) == (2, 1)
+    twice = FakeRay(2)
+    with pytest.raises(Exception, match="timed out during startup"):
+        scaleout._start_local(twice, 2, {})
+    assert twice.inits == 2
