@@ -22,9 +22,8 @@ from amaranth.hdl import Value
 
 from softnpu.hdl.isa import ADD_LEFT_SHIFT
 
-__all__ = ["wrap32", "comb", "register", "SharedProduct", "saturating_rounding_doubling_high_mul",
-           "rounding_divide_by_pot", "multiply_by_quantized_multiplier", "clamp_shift", "clamp", "requantize",
-           "requantize_double",
+__all__ = ["wrap32", "comb", "register", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
+           "multiply_by_quantized_multiplier", "clamp_shift", "clamp", "requantize", "requantize_double",
            "round_divide", "round_divide_by_reciprocal", "pool_output", "add", "mul"]
 
 INT32_MIN = -(1 << 31)
@@ -54,43 +53,10 @@ def register(m, shape, value, name) -> Signal:
     return s
 
 
-def _times(a, b) -> Value:
-    return a * b
-
-
-class SharedProduct:
-    """One multiplier for two ops that never run together, whose multiplies fall in the same
-    pipeline stage: each user hands its operands to its own method (`first`, `second`) in place of
-    `a * b` and gets the product of whichever user `select` names (0: first, 1: second), to cut as
-    its own.  A product of the other user's operands is a value that op never selects.  `finish`
-    makes the multiplier once both users are built."""
-
-    def __init__(self, select: Value, name: str):
-        self.select, self.name = select, name
-        self.operands: dict[str, tuple[Value, Value]] = {}
-        self.product = Signal(signed(66), name=name)
-
-    def first(self, a, b) -> Signal:
-        self.operands["first"] = (a, b)
-        return self.product
-
-    def second(self, a, b) -> Signal:
-        self.operands["second"] = (a, b)
-        return self.product
-
-    def finish(self, m) -> None:
-        (a0, b0), (a1, b1) = self.operands["first"], self.operands["second"]
-        # both operands are at most 33-bit signed (an unsigned 32-bit one gains a zero sign bit)
-        a = _sig(m, signed(33), Mux(self.select, a1, a0), f"{self.name}_a")
-        b = _sig(m, signed(33), Mux(self.select, b1, b0), f"{self.name}_b")
-        m.d.comb += self.product.eq(a * b)
-
-
-def saturating_rounding_doubling_high_mul(m, a, b, cut=comb, product=_times) -> Signal:
+def saturating_rounding_doubling_high_mul(m, a, b, cut=comb) -> Signal:
     """Two stages: the 32 x 32-bit multiply | the rounding nudge and the truncating shift.
-    `a` arrives with its stage, `b` is static.  `product(a, b)` makes the multiply (a
-    SharedProduct's method, where the vector unit shares it)."""
-    ab = cut(m, signed(64), product(a.as_signed(), b.as_signed()), "srdhm_ab")
+    `a` arrives with its stage, `b` is static."""
+    ab = cut(m, signed(64), a.as_signed() * b.as_signed(), "srdhm_ab")
     overflow = cut(m, 1, (a == INT32_MIN) & (b == INT32_MIN), "srdhm_overflow")
     # |ab| <= 2**62: every intermediate fits 64 bits, which Verilator keeps in native integers
     total = _sig(m, signed(64), ab + Mux(ab >= 0, 1 << 30, 1 - (1 << 30)), "srdhm_total")
@@ -119,19 +85,16 @@ def clamp_shift(m, shift) -> Signal:
     return _sig(m, signed(6), Mux(s < -31, -31, Mux(s > 30, 30, s)), "shift")
 
 
-def multiply_by_quantized_multiplier(m, x, multiplier, shift, cut=comb, static=comb,
-                                     product=_times) -> Signal:
+def multiply_by_quantized_multiplier(m, x, multiplier, shift, cut=comb, static=comb) -> Signal:
     """Four stages: the left shift | the multiply | the nudge | the rounding right shift.
     shift: signed, already in [-31, 30]; multiplier and shift static.  `static` is how the shift
     amounts made from `shift` are held: `register` takes them off the entries' path (the shift must
-    then be in place a cycle before the first entry's first stage).  `product`: as for
-    saturating_rounding_doubling_high_mul."""
+    then be in place a cycle before the first entry's first stage)."""
     s = shift.as_signed()
     left = static(m, unsigned(5), Mux(s > 0, s, 0).as_unsigned()[:5], "mbqm_left")
     right = static(m, unsigned(5), Mux(s > 0, 0, -s).as_unsigned()[:5], "mbqm_right")
     scaled = cut(m, signed(32), wrap32(x.as_unsigned()[:32] << left), "mbqm_scaled")
-    high = cut(m, signed(32), saturating_rounding_doubling_high_mul(m, scaled, multiplier, cut, product),
-               "mbqm_high")
+    high = cut(m, signed(32), saturating_rounding_doubling_high_mul(m, scaled, multiplier, cut), "mbqm_high")
     return rounding_divide_by_pot(m, high, right, static)
 
 
@@ -228,15 +191,14 @@ def round_divide(m, acc, divisor) -> Signal:
     return _sig(m, signed(35), Mux(num < 0, -quotient, quotient), "rd")
 
 
-def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb, static=comb, product=_times) -> Signal:
+def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb, static=comb) -> Signal:
     """round_divide without a divider: `reciprocal` = floor(2**31 / divisor) (made once per
     instruction).  The magnitude (< 2**32) times the reciprocal fits 64 bits and underestimates
     the quotient by at most 2; it is corrected by comparing the remainder with 1..4 divisors
     at once (as four compare-and-subtract steps would).
 
     Six stages (five cuts): the magnitude | the reciprocal multiply | the remainder's multiply |
-    its subtraction | the correction | the sign.  divisor and reciprocal are static.  `product(a, b)`
-    makes the reciprocal multiply (a SharedProduct's method, where the vector unit shares it)."""
+    its subtraction | the correction | the sign.  divisor and reciprocal are static."""
     acc = acc.as_signed()
     d = divisor.as_unsigned()
     half = (d >> 1).as_signed()
@@ -245,7 +207,7 @@ def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb, static=com
     neg = cut(m, 1, acc <= 0, "rdr_neg")
     magnitude = cut(m, unsigned(32), Mux(acc > 0, acc + half, half - acc).as_unsigned()[:32], "rdr_mag")
     # a 32 x 32-bit product, native in the simulator
-    product = cut(m, unsigned(64), product(magnitude, reciprocal.as_unsigned()[:32]), "rdr_product")
+    product = cut(m, unsigned(64), magnitude * reciprocal.as_unsigned()[:32], "rdr_product")
     neg, magnitude = cut(m, 1, neg, "rdr_neg"), cut(m, unsigned(32), magnitude, "rdr_mag")
     q0 = _sig(m, unsigned(34), product >> 31, "rdr_q0")
     qd = cut(m, unsigned(50), q0 * d, "rdr_qd")

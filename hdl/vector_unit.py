@@ -24,11 +24,8 @@ the entries' path.  Each block drains its pipeline before the next block's param
 and the last block's drain ends with `done`, so an instruction's every output entry is written
 when the compute unit retires it (the next instruction, and the tokens it pushes, see them).
 NARROW first divides 2**31 by its divisor (one quotient bit per cycle) to get the reciprocal it
-rounds with.  Each lane computes every op's path and selects one; the stage-2 multiplies of ops
-that never run together share a multiplier (vector_lane.SharedProduct): ADD's scaling of its first
-input with NARROW's reciprocal product, of its second with MUL's product (on `tiny`, 109 ECP5
-multipliers instead of 137).  REQUANT with rounding=double (FULLY_CONNECTED) goes one lane per
-cycle through one shared, pipelined lane instead.
+rounds with.  REQUANT with rounding=double (FULLY_CONNECTED) goes one lane per cycle through one
+shared, pipelined lane instead.
 
 `start` (one cycle, with `insn` valid) runs the instruction; `insn` must stay put until `done`,
 high for one cycle as the last entry is written.  `range_bad` says that `insn` would address past a
@@ -109,13 +106,12 @@ class VectorUnit(wiring.Component):
 
         # the instruction's fields that the lanes read, registered at start (no path from the
         # instruction register through a multiplier)
-        op_requant, op_narrow, op_add, op_mul, op_b_param = Signal(), Signal(), Signal(), Signal(), Signal()
+        op_requant, op_narrow, op_add, op_b_param = Signal(), Signal(), Signal(), Signal()
         zp, lo, hi = Signal(signed(8)), Signal(signed(8)), Signal(signed(8))
         divisor = Signal(16)
         with m.If(self.start):
             m.d.sync += [
                 op_requant.eq(is_requant), op_narrow.eq(is_narrow), op_add.eq(opcode == isa.Add.OPCODE),
-                op_mul.eq(opcode == isa.Mul.OPCODE),
                 op_b_param.eq(add.b_param),
                 zp.eq(Mux(is_requant, req.zero_point, add.zero_point)),
                 lo.eq(Mux(is_requant, req.act_min, Mux(is_narrow, nar.act_min, add.act_min))),
@@ -145,20 +141,16 @@ class VectorUnit(wiring.Component):
         for r in range(rows):
             a, acc = self.inp_a.data[r], self.acc_r.data[r]
             b = Mux(op_b_param, p[8][r], self.inp_b.data[r])
-            # the stage-2 multiplies of ops that never run together share a multiplier: ADD's scaling
-            # of its first input with NARROW's reciprocal product, of its second with MUL's product
-            add_or_narrow = vector_lane.SharedProduct(op_narrow, "add_or_narrow")
-            add_or_mul = vector_lane.SharedProduct(op_mul, "add_or_mul")
             # ADD: both inputs scaled (u2, u3: stages 1-4)
             u2 = mbqm(m, wrap32((a + p[0][r]) << isa.ADD_LEFT_SHIFT), p[1][r],
-                      vector_lane.clamp_shift(m, p[2][r]), reg, reg, add_or_narrow.first)
+                      vector_lane.clamp_shift(m, p[2][r]), reg, reg)
             u3 = mbqm(m, wrap32((b + p[3][r]) << isa.ADD_LEFT_SHIFT), p[4][r],
-                      vector_lane.clamp_shift(m, p[5][r]), reg, reg, add_or_mul.first)
+                      vector_lane.clamp_shift(m, p[5][r]), reg, reg)
             # REQUANT: acc + bias (stage 1); MUL: the offsets (1), the product (2); both wait to stage 5
             requant_x = reg(m, signed(32), wrap32(acc + p[0][r]), "rq_x")
             mul_a = reg(m, signed(32), wrap32(a + p[0][r]), "mul_a")
             mul_b = reg(m, signed(32), wrap32(b + p[1][r]), "mul_b")
-            mul_x = reg(m, signed(32), wrap32(add_or_mul.second(mul_a, mul_b)), "mul_x")
+            mul_x = reg(m, signed(32), wrap32(mul_a * mul_b), "mul_x")
             early = reg(m, signed(32), Mux(op_requant, reg(m, signed(32), requant_x, "rq_x"), mul_x), "x")
             early = reg(m, signed(32), early, "x")
             # stage 5: the value to scale; u1 (stages 5-8) scales it
@@ -167,10 +159,7 @@ class VectorUnit(wiring.Component):
             shift1 = vector_lane.clamp_shift(m, Mux(op_requant, p[2][r], Mux(op_add, p[7][r], p[3][r])))
             u1 = reg(m, signed(32), mbqm(m, x1, mult1, shift1, reg, reg), "u1")
             # NARROW: stages 1-6, then clamped and carried to stage 9
-            quotient = vector_lane.round_divide_by_reciprocal(m, acc, divisor, recip, reg, reg,
-                                                              add_or_narrow.second)
-            add_or_narrow.finish(m)
-            add_or_mul.finish(m)
+            quotient = vector_lane.round_divide_by_reciprocal(m, acc, divisor, recip, reg, reg)
             narrowed = vector_lane.clamp(m, quotient, lo, hi)
             for _ in range(3):
                 narrowed = reg(m, signed(8), narrowed, "narrowed")
