@@ -367,7 +367,7 @@ def _scratchpad_use(config: NPUConfig, insns: list[Insn]) -> dict[str, int]:
     for insn in insns:
         if isinstance(insn, isa.Load):
             name = names[isa.Buffer(insn.buffer)]
-            use[name] = max(use[name], insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols)
+            use[name] = max(use[name], isa.load_footprint(insn)[1])
         elif isinstance(insn, isa.Conv):
             n = (insn.out_blocks if insn.mode == ConvMode.MAC else insn.in_blocks) * insn.out_h * insn.out_w
             use["acc"] = max(use["acc"], insn.acc + n)

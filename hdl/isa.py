@@ -56,7 +56,8 @@ __all__ = [
     "INSN_BITS", "INSN_BYTES", "ADD_LEFT_SHIFT", "Queue", "Buffer", "ConvMode", "Rounding", "ErrorCode",
     "Field", "Insn", "Load", "Store", "Conv", "Requant", "Narrow", "Add", "Mul", "Marker", "Finish",
     "INSTRUCTIONS", "BY_OPCODE", "BY_MNEMONIC", "TOKEN_FLAGS", "decode", "encode_program",
-    "decode_program", "acc_footprint", "IllegalInstruction", "CSR", "COUNTERS", "TRACE_ENTRY_WORDS",
+    "decode_program", "acc_footprint", "inp_window", "load_footprint", "IllegalInstruction", "CSR",
+    "COUNTERS", "TRACE_ENTRY_WORDS",
 ]
 
 INSN_BITS = 256
@@ -505,6 +506,19 @@ def acc_footprint(insn: Insn) -> tuple[int, int] | None:
     if isinstance(insn, (Requant, Narrow)):
         return insn.acc, insn.acc + insn.blocks * insn.count
     return None
+
+
+def inp_window(conv: Conv) -> tuple[int, int]:
+    """The input entries [first, end) a conv's windows span."""
+    last = (conv.inp + (conv.in_blocks - 1) * conv.inp_block
+            + ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row
+            + (conv.out_w - 1) * conv.stride_w + conv.kw - 1)
+    return conv.inp, last + 1
+
+
+def load_footprint(load: Load) -> tuple[int, int]:
+    """The scratchpad entries [first, end) a LOAD writes (its padded tiles)."""
+    return load.sram, load.sram + load.blocks * load.padded_rows * load.padded_cols
 
 
 def encode_program(program) -> bytes:

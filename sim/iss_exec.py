@@ -43,6 +43,7 @@ from softnpu.hdl.isa import (
     Requant,
     Rounding,
     Store,
+    inp_window,
 )
 from softnpu.sim import iss_kernels
 
@@ -223,10 +224,8 @@ class Machine:
 
     def _conv(self, insn: Conv) -> Op:
         c = self.config.cols
-        last = (insn.inp + (insn.in_blocks - 1) * insn.inp_block
-                + ((insn.out_h - 1) * insn.stride_h + insn.kh - 1) * insn.inp_row
-                + (insn.out_w - 1) * insn.stride_w + insn.kw - 1)
-        self._check_sram("inp", insn.inp, last - insn.inp + 1, "conv input window")
+        first, end = inp_window(insn)
+        self._check_sram("inp", first, end - first, "conv input window")
         n_acc = insn.out_blocks * insn.out_h * insn.out_w if insn.mode == ConvMode.MAC else \
             insn.in_blocks * insn.out_h * insn.out_w
         self._check_sram("acc", insn.acc, n_acc, "conv accumulators")
@@ -356,25 +355,20 @@ class Machine:
                     pack_weights()
             return conv_mac_int8_part
 
-        im2col, pack_weights, clean = segments[-1]
+        parts = [segment(*s) for s in segments]
+        last_part = parts[-1]
         if direct:
             def conv_mac_int8_direct():
-                if im2col is not None:
-                    im2col()
-                if not clean[0]:
-                    pack_weights()
+                last_part()
                 product()
             last = conv_mac_int8_direct
         else:
             def conv_mac_int8():
-                if im2col is not None:
-                    im2col()
-                if not clean[0]:
-                    pack_weights()
+                last_part()
                 product()
                 scatter_acc()
             last = conv_mac_int8
-        return [segment(*parts) for parts in segments[:-1]] + [last]
+        return parts[:-1] + [last]
 
     def _vector_operands(self, insn, src_name: str, src: int):
         """Operand and output of a vector op as (blocks, lines, line) views, the entries per line

@@ -52,6 +52,8 @@ from softnpu.hdl.isa import (
     Requant,
     Store,
     acc_footprint,
+    inp_window,
+    load_footprint,
 )
 from softnpu.hdl.timing import dram_bytes, fetch_cycles, insn_cycles
 from softnpu.sim import iss_kernels
@@ -113,14 +115,6 @@ class Plan:
         return self.stats.copy()
 
 
-def _window(conv: Conv) -> tuple[int, int]:
-    """The input entries [first, end) a conv's windows span."""
-    last = (conv.inp + (conv.in_blocks - 1) * conv.inp_block
-            + ((conv.out_h - 1) * conv.stride_h + conv.kh - 1) * conv.inp_row
-            + (conv.out_w - 1) * conv.stride_w + conv.kw - 1)
-    return conv.inp, last + 1
-
-
 def _gemm_k(config: NPUConfig, conv: Conv) -> int:
     return conv.in_blocks * conv.kh * conv.kw * config.cols
 
@@ -153,6 +147,7 @@ class _Schedule:
         self.dispatched = dict.fromkeys(_UNITS, 0)
         self.finished = False
         self.fetch_cost = fetch_cycles(config)
+        self.weights_clean: np.ndarray | None = None      # the plan's WeightWatch flag (_watch_weights)
 
     def _dispatch(self):
         depth = self.config.insn_queue_depth
@@ -326,12 +321,12 @@ class _Schedule:
 
         for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
             if isinstance(insn, Load) and insn.buffer == Buffer.INP:
-                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = i
+                writer[slice(*load_footprint(insn))] = i
                 if hasattr(op, "dma"):
                     loads.add(i)
             elif isinstance(insn, Conv):
                 if fresh.get(i, True):
-                    read(*_window(insn))
+                    read(*inp_window(insn))
             elif isinstance(insn, (Add, Mul)):
                 read(insn.a, insn.a + insn.blocks * insn.count)
                 if not insn.b_param:
@@ -360,13 +355,13 @@ class _Schedule:
                 known = tokens.get(fields)
                 if known is None or any(lo < end and start < hi for lo, hi in stores[known[1]:]):
                     known = tokens[fields] = (i, len(stores))      # i: a token no other LOAD has
-                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = known[0]
+                writer[slice(*load_footprint(insn))] = known[0]
             elif isinstance(insn, Store):
                 stores.append(tuple(a[0] for a in dram_extent([insn], config.rows)))
             elif isinstance(insn, Conv) and hasattr(op, "conv"):
                 window = (insn.inp, insn.in_blocks, insn.kh, insn.kw, insn.stride_h, insn.stride_w,
                           insn.out_h, insn.out_w, insn.inp_row, insn.inp_block)
-                read = writer[slice(*_window(insn))]
+                read = writer[slice(*inp_window(insn))]
                 if (read >= 0).all():
                     keys[i] = (window, read.tobytes())
         return keys
@@ -425,7 +420,7 @@ class _Schedule:
         sources: dict[int, np.ndarray] = {}
         for i, (insn, op) in enumerate(zip(insns, ops, strict=True)):
             if isinstance(insn, Load) and insn.buffer == Buffer.WGT:
-                writer[insn.sram:insn.sram + insn.blocks * insn.padded_rows * insn.padded_cols] = len(loads)
+                writer[slice(*load_footprint(insn))] = len(loads)
                 loads.append(insn)
                 load_ops.append(op)
             elif isinstance(insn, Conv) and insn.mode == ConvMode.MAC:
@@ -467,7 +462,7 @@ class _Schedule:
                 continue
             if run:
                 joined.append(self.machine.dma_batch(np.concatenate([r.dma for r in run]),
-                                                     getattr(self, "weights_clean", None)))
+                                                     self.weights_clean))
             run = []
             if op is not None:
                 joined.append(op)

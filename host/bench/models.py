@@ -69,11 +69,12 @@ def run(networks: list[str], size: str, lanes: int, out_dir: str) -> int:
                               text=True)
         return done.returncode, done.stdout
 
+    dealt = _deal(networks, lanes)
     with concurrent.futures.ThreadPoolExecutor(lanes) as pool:
-        results = list(pool.map(lane, _deal(networks, lanes)))
+        results = list(pool.map(lane, dealt))
     times: dict[str, list[str]] = {}
     failed: list[str] = []
-    for names, (code, output) in zip(_deal(networks, lanes), results, strict=True):
+    for names, (code, output) in zip(dealt, results, strict=True):
         steps_failed = len(failed)
         for line in output.splitlines(keepends=True):
             if not line.startswith(_STEP):

