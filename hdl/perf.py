@@ -19,6 +19,11 @@ from softnpu.hdl.csr_map import COUNTERS
 __all__ = ["PerfCounters", "EventLayout", "CountersLayout", "TraceEntryLayout", "BEAT_COUNTERS"]
 
 COUNTER_BITS = 64
+# A trace of at most this many entries is LUT RAM: in block RAM its 352-bit entries would take ten
+# 36-bit-wide blocks used to an eighth of their depth, side by side in one block-RAM row, where
+# their 720 data pins and the CSR read mux they feed made the routing hotspot that kept `tiny` from
+# routing on an ECP5 (README, FPGA figures).
+TRACE_LUTRAM_DEPTH = 64
 BEAT_COUNTERS = ("dram_read_bytes", "dram_write_bytes")       # count bus bytes per event
 EventLayout = data.StructLayout({name: 1 for name in COUNTERS})
 CountersLayout = data.ArrayLayout(unsigned(COUNTER_BITS), len(COUNTERS))
@@ -57,7 +62,8 @@ class PerfCounters(wiring.Component):
                 m.d.sync += counter.eq(counter + step)
             m.d.comb += self.counters[i].eq(counter)
 
-        trace = memory.Memory(shape=TraceEntryLayout, depth=c.trace_depth, init=[])
+        style = {"ram_style": "distributed"} if c.trace_depth <= TRACE_LUTRAM_DEPTH else {}
+        trace = memory.Memory(shape=TraceEntryLayout, depth=c.trace_depth, init=[], attrs=style)
         m.submodules.trace = trace
         trace_w = trace.write_port()
         trace_r = trace.read_port()

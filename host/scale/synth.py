@@ -11,8 +11,9 @@ Targets:
 * ``ecp5``: ``synth_ecp5`` then ``nextpnr-ecp5`` on an LFE5UM-85F, speed grade 6 (the largest ECP5:
   83,640 LUT4, 156 18x18 multipliers, 208 DP16KD block RAMs).  The NPU's AXI ports (over 400 bits)
   exceed any ECP5 package's pins, so nextpnr places the core out of context (``--out-of-context``:
-  no I/O buffers, the clock on general routing): the figures of a core inside a shell, as vendors
-  quote them.  Resources are nextpnr's utilisation after placement.  A design whose synthesis
+  no I/O buffers; the top-level ports, the clock among them, are left for the shell to route): the
+  figures of a core inside a shell, as vendors quote them.  Resources are nextpnr's utilisation
+  after placement.  A design whose synthesis
   counts exceed the device is not placed: the report has its synthesis counts, ``fits: false``
   and a note naming the resources over.
 * ``xilinx``: ``synth_xilinx -flatten -family xcup`` (UltraScale+): cell counts after synthesis
@@ -20,14 +21,14 @@ Targets:
   it, Yosys 0.70's ABC9 reintegration of the `default` NPU's `perf` submodule read from RTLIL fails
   an internal assertion on a duplicate wire name).
 
-Place and route runs nextpnr's analytic placer (HeAP) and router1, nextpnr's default for ECP5
-(``PNR_FLAGS``; router2 did not converge on the `tiny` NPU: its overuse stopped falling after 20
-iterations).  Placement is wirelength-driven (``--no-tmdriv``): with the NPU's critical path many
-times the 100 MHz target (twenty times when the vector unit's requantization was one combinational
-cycle; about four times after placement now that it is pipelined), the timing-driven annealing
-refinement after HeAP cost about 18 CPU-seconds per pass against 3 without timing and ran 35
-passes (measured on `tiny`, see README).  The Fmax is nextpnr's static timing analysis of the
-routed design either way; the report names the critical path (``critical_path``).
+Place and route runs nextpnr's electrostatic placer and router2 (``PNR_FLAGS``).  On `tiny`, HeAP
+(nextpnr's default placer for ECP5) packs the design into about 60% of the die: router1 did not
+finish in 24 minutes and router2's overuse stopped falling near 7,000 wires.  The static placer
+spreads the cells over the die (a third less wirelength), and router2 then converges (see README).
+Placement is wirelength-driven (``--no-tmdriv``): with the NPU's critical path several times the
+100 MHz target, every net is critical, and the timing-driven passes only cost time.  The Fmax is
+nextpnr's static timing analysis of the routed design either way; the report names the critical
+path (``critical_path``).
 
 Units: resources are cells of the named kind; Fmax and clocks in MHz; latency in ms.
 """
@@ -56,8 +57,8 @@ ECP5_DEVICE = ("--um-85k", "--package", "CABGA381", "--speed", "6")     # nextpn
 # what the LFE5UM-85F holds, in the units of `resources_from_cells`
 ECP5_CAPACITY = dict(luts=83640, ffs=83640, dsps=156, brams=208)
 XILINX_FAMILY = "xcup"                                                    # UltraScale+
-# HeAP placement without the timing-driven terms, router1 (see the module docstring)
-PNR_FLAGS = ("--placer", "heap", "--router", "router1", "--no-tmdriv")
+# the electrostatic placer without the timing-driven terms, router2 (see the module docstring)
+PNR_FLAGS = ("--placer", "static", "--router", "router2", "--no-tmdriv")
 
 
 class SynthError(RuntimeError):
@@ -408,8 +409,9 @@ def synthesize(config: NPUConfig, target: str, out_dir: str | os.PathLike, *, cy
             seconds.update(_pnr_step_seconds(out / "nextpnr.log"))
             resources, fmax = _pnr_figures(out / "pnr.json")
             path = critical_path(json.loads((out / "pnr.json").read_text()))
-            notes.append("placed out of context (no I/O buffers; the clock on general routing): the "
-                         "AXI ports exceed the package's pins, as for any core placed without its shell")
+            notes.append("placed out of context (no I/O buffers; the top-level ports, the clock among them, "
+                         "left for a shell to route): the AXI ports exceed the package's pins, as for any "
+                         "core placed without its shell")
             if "--no-tmdriv" in PNR_FLAGS:
                 notes.append("wirelength-driven placement (--no-tmdriv); the Fmax is the static timing "
                              "analysis of the routed design")
