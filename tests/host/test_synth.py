@@ -78,8 +78,9 @@ def test_critical_path_in_figures_and_the_signals_it_runs_through():
 def test_nextpnr_step_times_from_its_log(tmp_path):
     log = tmp_path / "nextpnr.log"
     log.write_text("Info: HeAP Placer Time: 116.90s\nInfo:   of which solving equations: 50.1s\n"
-                   "Info: SA placement time 80.25s\nInfo: Router2 time 212.50s\n")
-    assert synth._pnr_step_seconds(log) == dict(placement_heap=116.9, placement_refine=80.25, routing=212.5)
+                   "Info: SA placement time 80.25s\nInfo: Router2 time 212.50s\n"
+                   "Info: Running router1 to check that route is legal...\nInfo: Router1 time 6.08s\n")
+    assert synth._pnr_step_seconds(log) == dict(placement_heap=116.9, placement_refine=80.25, routing=218.58)
     assert synth._pnr_step_seconds(tmp_path / "absent.log") == {}
 
 
