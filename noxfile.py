@@ -104,7 +104,6 @@ def rtl_regress(session):
     """The RTL-vs-ISS differential suite with 300 random programs, at `tiny`, then at `default`
     (`-- tiny` or `-- default` runs one; the first `default` build takes minutes)."""
     _install(session)
-    session.run("pytest", "-q", "tests/host/test_synth.py", env={"SOFTNPU_SYNTH": "1"})
     for config in session.posargs or ("tiny", "default"):
         session.run("pytest", "-q", "tests/sim/test_rtl.py",
                     env={"SOFTNPU_RTL_PROGRAMS": "300", "SOFTNPU_RTL_CONFIG": config})
@@ -170,6 +169,16 @@ def synth(session):
             out = Path("build/synth") / f"{config}-{target}"
             session.run("softnpu", "synth", "--config", config, "--target", target, "-o", str(out))
             shutil.copyfile(out / "report.json", reports / f"{config}-{target}.json")
+
+
+@nox.session(python=PYTHON)
+def pnr_tiny(session):
+    """`tiny` synthesized, placed and routed on the ECP5 (LFE5UM-85F) by the real flow, Yosys then
+    nextpnr as WebAssembly: about 20 minutes on 2 cores, so outside the suite; CI runs it after the
+    suite (.ci/run).  The test checks the report: resources, an Fmax, the latency at it."""
+    _install(session)
+    session.run("pytest", "-q", "tests/host/test_synth.py::test_tiny_places_and_routes_on_ecp5",
+                env={"SOFTNPU_SYNTH": "1"})
 
 
 @nox.session(python=PYTHON)
