@@ -1,7 +1,7 @@
 """`softnpu synth` and `softnpu sweep`: FPGA figures of a config, design-space sweeps on Ray.
 
     softnpu synth [--config NAME|FILE] --target ecp5|xilinx [-o DIR] [--model M --input-size N | --cycles C]
-                  [--synth-only] [--resume]
+                  [--seed N] [--timeout SECONDS] [--synth-only] [--resume]
     softnpu sweep SPEC [--ray-address A] [--verify iss|rtl] -o DIR
 """
 
@@ -46,7 +46,7 @@ def cmd_synth(args) -> int:
         cycles, workload = network_cycles(config, args.model, size), f"{args.model} {size}x{size}"
     try:
         report = synthesize(config, args.target, out, cycles=cycles, workload=workload, seed=args.seed,
-                            place=not args.synth_only, resume=args.resume)
+                            place=not args.synth_only, resume=args.resume, timeout_s=args.timeout)
     except SynthError as exc:
         raise SystemExit(f"softnpu synth: {exc}") from None
     print(report.summary())
@@ -142,6 +142,9 @@ def add_commands(sub) -> None:
     p.add_argument("--cycles", type=positive_int,
                    help="cycles of one inference, instead of compiling --model")
     p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
+    p.add_argument("--timeout", type=positive_int, metavar="SECONDS",
+                   help="stop a tool that runs longer (default: none; nextpnr's router2 retries until every "
+                        "wire is legal, without a limit of its own)")
     p.add_argument("--synth-only", action="store_true",
                    help="ecp5: synthesis counts only, no place and route (no Fmax)")
     p.add_argument("--resume", action="store_true",

@@ -175,13 +175,28 @@ def _tool(module: str, function: str, argv: list[str], cwd: Path, log: Path,
             proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, stdout=out,
                                   stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise SynthError(f"{module} did not finish in {timeout_s:.0f} s (log: {log})") from None
+            stalled = _router_progress(tool_log)
+            raise SynthError(f"{module} did not finish in {timeout_s:.0f} s (log: {tool_log or log})"
+                             + (f"; {stalled}" if stalled else "")) from None
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         source = tool_log if tool_log is not None and tool_log.exists() and tool_log.stat().st_size else log
         tail = "\n".join(source.read_text(errors="replace").splitlines()[-15:])
         raise SynthError(f"{module} failed (exit {proc.returncode}); last lines of {source}:\n{tail}")
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _router_progress(log: Path | None) -> str | None:
+    """Where router2 was, from nextpnr's log: it iterates until no wire is overused, with no limit of
+    its own, so a placement it cannot route runs until the timeout."""
+    if log is None or not log.exists():
+        return None
+    found = re.findall(r"iter=(\d+) wires=\d+ overused=(\d+)", log.read_text(errors="replace"))
+    if not found:
+        return None
+    iteration, overused = found[-1]
+    return (f"router2 still had {int(overused):,} overused wires after {iteration} iterations "
+            "(another --seed places the design differently)")
 
 
 # Yosys native (pyosys, a PyPI wheel of libyosys for Linux x86-64) runs the script in a child Python

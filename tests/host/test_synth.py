@@ -76,6 +76,22 @@ def test_critical_path_in_figures_and_the_signals_it_runs_through():
     assert synth.critical_path({"critical_paths": []}) is None
 
 
+SLEEP = "import time; time.sleep(30)"
+
+
+def test_a_tool_over_its_timeout_is_stopped_and_says_where_router2_was(tmp_path):
+    """router2 iterates until no wire is overused, without a limit: the timeout stops it and the
+    error gives its last iteration from nextpnr's log."""
+    log = tmp_path / "nextpnr.log"
+    log.write_text("Info:     iter=51 wires=593000 overused=390 overuse=391 archfail=NA\n"
+                   "Info:     iter=52 wires=593428 overused=406 overuse=407 archfail=NA\n")
+    with pytest.raises(synth.SynthError, match=r"did not finish in 1 s \(log: .*nextpnr.log\); router2 still "
+                       r"had 406 overused wires after 52 iterations \(another --seed"):
+        synth._tool("nextpnr", "", [], tmp_path, tmp_path / "out.log", 1, log, code=SLEEP)
+    with pytest.raises(synth.SynthError, match=r"did not finish in 1 s \(log: .*yosys.out\)$"):
+        synth._tool("yosys", "", [], tmp_path, tmp_path / "yosys.out", 1, code=SLEEP)
+
+
 def test_nextpnr_step_times_from_its_log(tmp_path):
     log = tmp_path / "nextpnr.log"
     log.write_text("Info: HeAP Placer Time: 116.90s\nInfo:   of which solving equations: 50.1s\n"
