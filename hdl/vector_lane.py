@@ -67,16 +67,16 @@ def saturating_rounding_doubling_high_mul(m, a, b, cut=comb) -> Signal:
 
 
 def rounding_divide_by_pot(m, x, exponent, static=comb) -> Signal:
-    """exponent: unsigned, 0..31, static."""
+    """exponent: unsigned, 0..31, static.  gemmlowp's remainder test as numerics does it: one add
+    and a shift, floor((x + nudge) / 2**exponent), the nudge 2**(exponent-1) for x >= 0, one less
+    for x < 0, 0 for exponent 0 (both nudges made from the exponent alone)."""
     x = _sig(m, signed(32), x, "rdbpot_x")
     e = exponent.as_unsigned()
-    mask = static(m, unsigned(32), ((1 << e) - 1)[:32], "rdbpot_mask")
-    # the threshold is mask/2, one more for a negative x: both made from the exponent alone
-    threshold = static(m, unsigned(31), ((1 << e) - 1)[:32] >> 1, "rdbpot_threshold")
-    threshold_neg = static(m, unsigned(32), (((1 << e) - 1)[:32] >> 1) + 1, "rdbpot_threshold_neg")
-    remainder = x.as_unsigned() & mask
-    up = Mux(x < 0, remainder > threshold_neg, remainder > threshold)
-    return _sig(m, signed(32), wrap32((x >> e) + up), "rdbpot")
+    half = static(m, unsigned(31), ((1 << e) >> 1)[:31], "rdbpot_half")
+    half_neg = static(m, unsigned(31), (((1 << e) >> 1) - (e != 0))[:31], "rdbpot_half_neg")
+    # |x + nudge| < 2**32 and, shifted by at least 1 when the nudge is not 0, fits 32 bits again
+    total = _sig(m, signed(33), x + Mux(x < 0, half_neg, half), "rdbpot_total")
+    return _sig(m, signed(32), wrap32(total >> e), "rdbpot")
 
 
 def clamp_shift(m, shift) -> Signal:

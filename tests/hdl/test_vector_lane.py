@@ -158,3 +158,40 @@ def test_lane_matches_numerics(seed, pipelined):
     sim.add_testbench(bench)
     sim.run()
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[0]}"
+
+
+class RoundingDivide(wiring.Component):
+    x: In(I32)
+    exponent: In(5)
+    out: Out(I32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.out.eq(vector_lane.rounding_divide_by_pot(m, self.x, self.exponent))
+        return m
+
+
+def test_rounding_divide_by_pot_every_exponent():
+    """The one-add form against numerics (gemmlowp's remainder test) for every exponent, on the ends of
+    int32, the ties either side of zero and random values."""
+    rng = np.random.default_rng(3)
+    xs = [numerics.INT32_MIN, numerics.INT32_MIN + 1, numerics.INT32_MAX, numerics.INT32_MAX - 1, -1, 0, 1]
+    xs += [int(v) for v in rng.integers(numerics.INT32_MIN, numerics.INT32_MAX, 24, endpoint=True)]
+    cases = [(x, e) for e in range(32) for x in xs + [s * ((1 << e) * k + (1 << e >> 1) + d)
+                                                       for s in (1, -1) for k in (0, 3) for d in (-1, 0, 1)]
+             if numerics.INT32_MIN <= x <= numerics.INT32_MAX]
+    dut = RoundingDivide()
+    got = []
+
+    async def bench(ctx):
+        for x, e in cases:
+            ctx.set(dut.x, x)
+            ctx.set(dut.exponent, e)
+            got.append(ctx.get(dut.out))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    want = numerics.rounding_divide_by_pot(np.array([x for x, _ in cases]), np.array([e for _, e in cases]))
+    bad = [(c, g, int(w)) for c, g, w in zip(cases, got, want, strict=True) if g != w]
+    assert len(cases) > 1000 and not bad, f"{len(bad)} mismatches, first: {bad[:3]}"
