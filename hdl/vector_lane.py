@@ -54,15 +54,14 @@ def register(m, shape, value, name) -> Signal:
 
 
 def saturating_rounding_doubling_high_mul(m, a, b, cut=comb) -> Signal:
-    """Two stages: the 32 x 32-bit multiply | the rounding nudge and the truncating shift.
-    `a` arrives with its stage, `b` is static."""
-    ab = cut(m, signed(64), a.as_signed() * b.as_signed(), "srdhm_ab")
+    """Two stages: the 32 x 32-bit multiply | the rounding shift.  `a` arrives with its stage, `b` is
+    static.  As numerics does it: gemmlowp's nudge and truncating division by 2**31 come to
+    floor((ab + 2**30) / 2**31) for either sign, which reads only the product's bits from 30 up: the
+    stage carries those 34 bits and the next adds one and halves them."""
+    # |ab| <= 2**62: the product fits 64 bits, which Verilator keeps in native integers
+    ab_high = cut(m, signed(34), (a.as_signed() * b.as_signed()) >> 30, "srdhm_ab")
     overflow = cut(m, 1, (a == INT32_MIN) & (b == INT32_MIN), "srdhm_overflow")
-    # |ab| <= 2**62: every intermediate fits 64 bits, which Verilator keeps in native integers
-    total = _sig(m, signed(64), ab + Mux(ab >= 0, 1 << 30, 1 - (1 << 30)), "srdhm_total")
-    # C's truncating division by 2**31: the floor, plus one for a negative value with a remainder
-    # (a 33-bit increment after the 64-bit add, not a second 64-bit add)
-    high = _sig(m, signed(33), (total >> 31) + ((total < 0) & (total[:31] != 0)), "srdhm_high")
+    high = _sig(m, signed(34), (ab_high + 1) >> 1, "srdhm_high")
     return _sig(m, signed(32), Mux(overflow, INT32_MAX, wrap32(high)), "srdhm")
 
 
@@ -206,10 +205,9 @@ def round_divide_by_reciprocal(m, acc, divisor, reciprocal, cut=comb, static=com
     # when num = 0, whatever its sign).  |num| <= 2**31 + 2**15 < 2**32.
     neg = cut(m, 1, acc <= 0, "rdr_neg")
     magnitude = cut(m, unsigned(32), Mux(acc > 0, acc + half, half - acc).as_unsigned()[:32], "rdr_mag")
-    # a 32 x 32-bit product, native in the simulator
-    product = cut(m, unsigned(64), magnitude * reciprocal.as_unsigned()[:32], "rdr_product")
+    # a 32 x 32-bit product, native in the simulator; the stage carries the bits the quotient reads
+    q0 = cut(m, unsigned(33), (magnitude * reciprocal.as_unsigned()[:32]) >> 31, "rdr_product")
     neg, magnitude = cut(m, 1, neg, "rdr_neg"), cut(m, unsigned(32), magnitude, "rdr_mag")
-    q0 = _sig(m, unsigned(34), product >> 31, "rdr_q0")
     qd = cut(m, unsigned(50), q0 * d, "rdr_qd")
     q0, neg, magnitude = cut(m, unsigned(34), q0, "rdr_q0"), cut(m, 1, neg, "rdr_neg"), \
         cut(m, unsigned(32), magnitude, "rdr_mag")
