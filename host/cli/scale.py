@@ -24,7 +24,7 @@ def _config(spec: str):
 
 
 def cmd_synth(args) -> int:
-    from softnpu.host.scale.synth import SynthError, network_cycles, synthesize
+    from softnpu.host.scale.synth import PNR_SEED, SynthError, network_cycles, synthesize
 
     config = _config(args.config)
     out = Path(args.output or f"build/synth/{config.name}-{args.target}")
@@ -45,7 +45,8 @@ def cmd_synth(args) -> int:
               "latency)")
         cycles, workload = network_cycles(config, args.model, size), f"{args.model} {size}x{size}"
     try:
-        report = synthesize(config, args.target, out, cycles=cycles, workload=workload, seed=args.seed,
+        seed = PNR_SEED if args.seed is None else args.seed
+        report = synthesize(config, args.target, out, cycles=cycles, workload=workload, seed=seed,
                             place=not args.synth_only, resume=args.resume, timeout_s=args.timeout)
     except SynthError as exc:
         raise SystemExit(f"softnpu synth: {exc}") from None
@@ -141,7 +142,7 @@ def add_commands(sub) -> None:
     p.add_argument("--input-size", type=positive_int, help="its input side (default: the network's)")
     p.add_argument("--cycles", type=positive_int,
                    help="cycles of one inference, instead of compiling --model")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
+    p.add_argument("--seed", type=int, help="nextpnr's placement seed (default 2, synth.PNR_SEED)")
     p.add_argument("--timeout", type=positive_int, metavar="SECONDS",
                    help="stop a tool that runs longer (default: none; nextpnr's router2 retries until every "
                         "wire is legal, without a limit of its own)")
