@@ -1,7 +1,7 @@
 """`softnpu synth`: Yosys (and nextpnr for ECP5) from PyPI on the NPU's Verilog.
 
-The flow runs end to end on eight multiply-accumulates in seconds.  The `tiny` NPU takes about 20
-minutes (nextpnr is WebAssembly: placement ~4 min, routing ~16 min on 2 cores), so it runs when
+The flow runs end to end on eight multiply-accumulates in seconds.  The `tiny` NPU takes about 9
+minutes (nextpnr is WebAssembly: placement ~3 min, routing ~4 min on 2 cores), so it runs when
 SOFTNPU_SYNTH=1 (`nox -s pnr_tiny`, which CI runs after the suite); report parsing and the command's
 errors always."""
 
@@ -121,9 +121,9 @@ def test_synth_command_errors(tmp_path, capsys):
 
 
 @pytest.mark.skipif(os.environ.get("SOFTNPU_SYNTH") != "1",
-                    reason="20 minutes of synthesis and place and route: SOFTNPU_SYNTH=1 or nox -s pnr_tiny")
+                    reason="9 minutes of synthesis and place and route: SOFTNPU_SYNTH=1 or nox -s pnr_tiny")
 def test_tiny_places_and_routes_on_ecp5(tmp_path):
-    # about 20 minutes; a placement router2 cannot route would run on (it has no limit): 45 at most
+    # about 9 minutes; a placement router2 cannot route would run on (it has no limit): 45 at most
     report = synth.synthesize(synth_config(), "ecp5", tmp_path, cycles=1_000_000, workload="w",
                               log=lambda m: None, timeout_s=2700)
     r = report.resources
