@@ -173,9 +173,9 @@ def synth(session):
 
 @nox.session(python=PYTHON)
 def pnr_tiny(session):
-    """`tiny` synthesized, placed and routed on the ECP5 (LFE5UM-85F) by the real flow, Yosys then
-    nextpnr as WebAssembly: about 9 minutes on 2 cores, so outside the suite; CI runs it after the
-    suite (.ci/run).  The test checks the report: resources, an Fmax, the latency at it."""
+    """`tiny` synthesized, placed and routed on the ECP5 (LFE5UM-85F) by the real flow, Yosys (native,
+    pyosys) then nextpnr (WebAssembly): about 9 minutes on 2 cores, so outside the suite; CI runs it
+    after the suite (.ci/run).  The test checks the report: resources, an Fmax, the latency at it."""
     _install(session)
     session.run("pytest", "-q", "tests/host/test_synth.py::test_tiny_places_and_routes_on_ecp5",
                 env={"SOFTNPU_SYNTH": "1"})

@@ -24,9 +24,10 @@ Targets:
 Place and route runs nextpnr's electrostatic placer and router2 (``PNR_FLAGS``).  On `tiny`, HeAP
 (nextpnr's default placer for ECP5) packs the design into about 60% of the die: router1 did not
 finish in 24 minutes and router2's overuse stopped falling near 7,000 wires.  The static placer
-spreads the cells over the die (a third less wirelength), and router2 then converges (see README).
-Placement is wirelength-driven (``--no-tmdriv``): with the NPU's critical path several times the
-100 MHz target, every net is critical, and the timing-driven passes only cost time.  The Fmax is
+spreads the cells over the die (a third less wirelength), and router2 then converges at the seed
+``PNR_SEED`` (see README).  Placement is wirelength-driven (``--no-tmdriv``): with the NPU's critical
+path several times the 100 MHz target, every net is critical, and the timing-driven passes only
+cost time.  The Fmax is
 nextpnr's static timing analysis of the routed design either way; the report names the critical
 path (``critical_path``).
 
@@ -59,7 +60,7 @@ ECP5_CAPACITY = dict(luts=83640, ffs=83640, dsps=156, brams=208)
 XILINX_FAMILY = "xcup"                                                    # UltraScale+
 # the electrostatic placer without the timing-driven terms, router2 (see the module docstring)
 PNR_FLAGS = ("--placer", "static", "--router", "router2", "--no-tmdriv")
-# nextpnr's placement seed.  `tiny` routes with little margin (43% of the logic cells, 87% of the
+# nextpnr's placement seed.  `tiny` routes with little margin (39% of the logic cells, 87% of the
 # multipliers): at seed 1 router2 stalls near 350 overused wires around the scratchpads' block RAMs;
 # at seed 2 it routes in 29 iterations (measured on today's `tiny`, README).  `--seed` picks another.
 PNR_SEED = 2
@@ -308,15 +309,11 @@ _PNR_STEPS = {"placement_heap": r"HeAP Placer Time: ([\d.]+)s",
 
 
 def _pnr_step_seconds(log: Path) -> dict[str, float]:
-    """nextpnr's own timings of its placer and router, from its log (seconds).  Routing adds up every
-    router's time: router2 ends with a pass of router1 that checks the routes are legal."""
+    """nextpnr's own timings of its placer and router, from its log (seconds): each step adds up the
+    times the log gives it (router2 ends with a pass of router1 that checks the routes are legal)."""
     text = log.read_text(errors="replace") if log.exists() else ""
-    out = {}
-    for step, pattern in _PNR_STEPS.items():
-        found = [float(t) for t in re.findall(pattern, text)]
-        if found:
-            out[step] = round(sum(found), 2) if step == "routing" else found[-1]
-    return out
+    found = {step: [float(t) for t in re.findall(pattern, text)] for step, pattern in _PNR_STEPS.items()}
+    return {step: round(sum(times), 2) for step, times in found.items() if times}
 
 
 def _finished_synthesis(out: Path, design: str, text: str, script: str) -> float | None:
